@@ -1,0 +1,247 @@
+"""Data-owner side of the Liu / FDH-OPE algorithms, plus in-process drivers for whole jobs.
+
+The data owner holds the secret keys: it encrypts the dataset (Liu), builds the UDM or distance matrix
+(and FDH-OPE-encrypts it for the "double-blind" variants), decrypts the per-iteration shift and tests
+convergence, and decrypts SKNN distances. The `run_*` drivers chain these with the worker phases of
+`core.algorithms` in one process, so a full job can be tested (and benchmarked) without NATS or storage.
+CKKS lives in `core.pqc_dataowner`.
+
+What leaves the data owner (i.e. what the worker sees) is listed in each algorithm module's docstring.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from core.algorithms import dbskmeans, nnc, skmeans, sknn
+from core.algorithms.knn import pairwise_distances
+from core.algorithms.skmeans import check_shift, decrypt_shift
+from core.algorithms.udm import build_udm
+from core.crypto import fdhope, liu
+from core.errors import CoreError
+
+__all__ = [
+    "DbsnncPreparation",
+    "SecureKMeansRun",
+    "build_udm",
+    "check_shift",
+    "decrypt_distances",
+    "decrypt_shift",
+    "distance_matrix",
+    "encrypt_dataset",
+    "encrypt_distance_matrix",
+    "encrypt_shift_ope",
+    "prepare_dbskmeans",
+    "prepare_dbsnnc",
+    "prepare_skmeans",
+    "run_dbskmeans",
+    "run_dbsnnc",
+    "run_skmeans",
+    "run_sknn",
+    "threshold",
+]
+
+
+def _data(x: np.ndarray) -> np.ndarray:
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[0] == 0:
+        raise CoreError(f"data must be a non-empty 2-D array, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise CoreError("data contains NaN or infinity")
+    return arr
+
+
+def encrypt_dataset(key: liu.LiuKey, data: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Liu-encrypt an n x a dataset -> n x a x m."""
+    return liu.encrypt(key, _data(data), rng)
+
+
+def distance_matrix(data: np.ndarray) -> np.ndarray:
+    """Manhattan distance matrix DM[x, y] = sum_z |D[x, z] - D[y, z]| (n x n, blocked)."""
+    d = _data(data)
+    return pairwise_distances(d, d, "manhattan")
+
+
+def threshold(dm: np.ndarray, value: float = -1) -> float:
+    """NNC threshold: `value`, or the smallest positive plaintext distance when `value` is -1."""
+    return nnc.resolve_threshold(dm, value)
+
+
+def encrypt_distance_matrix(
+    key: fdhope.FdhopeKey, dm: np.ndarray, rng: np.random.Generator | None = None
+) -> np.ndarray:
+    """FDH-OPE-encrypt a distance matrix element-wise (DBSNNC reads only its lower triangle)."""
+    return fdhope.encrypt(key, dm, rng)
+
+
+def encrypt_shift_ope(
+    key: fdhope.FdhopeKey, shift: np.ndarray, rng: np.random.Generator | None = None
+) -> np.ndarray:
+    """Re-encrypt the decrypted k x a shift with the UDM's FDH-OPE key (DBSKMeans)."""
+    return dbskmeans.encrypt_shift(key, shift, rng)
+
+
+def decrypt_distances(key: liu.LiuKey, distances: sknn.EncryptedDistances | np.ndarray) -> np.ndarray:
+    """Decrypt an SKNN distance matrix (n_rec x n_model x m or m^2) to n_rec x n_model."""
+    values = distances.values if isinstance(distances, sknn.EncryptedDistances) else np.asarray(distances)
+    return liu.decrypt(key, values)
+
+
+def prepare_skmeans(
+    data: np.ndarray, k: int, key: liu.LiuKey, compact: bool = True, rng: np.random.Generator | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(encrypted data n x a x m, plaintext UDM n x k x a if `compact` else n x n x a)."""
+    d = _data(data)
+    return liu.encrypt(key, d, rng), build_udm(d, k if compact else None)
+
+
+def prepare_dbskmeans(
+    data: np.ndarray,
+    k: int,
+    key: liu.LiuKey,
+    compact: bool = True,
+    sensitivity: float = fdhope.DEFAULT_SENSITIVITY,
+    rng: np.random.Generator | None = None,
+    fdhope_key: fdhope.FdhopeKey | None = None,
+) -> tuple[np.ndarray, np.ndarray, fdhope.FdhopeKey]:
+    """(encrypted data, FDH-OPE UDM, FDH-OPE key derived from the plaintext UDM unless given)."""
+    d = _data(data)
+    udm = build_udm(d, k if compact else None)
+    fkey = fdhope_key if fdhope_key is not None else fdhope.generate_key(udm, sensitivity, rng)
+    return liu.encrypt(key, d, rng), dbskmeans.encrypt_udm(fkey, udm, rng), fkey
+
+
+@dataclass(frozen=True)
+class DbsnncPreparation:
+    encrypted_dm: np.ndarray
+    encrypted_threshold: float
+    threshold: float
+    fdhope_key: fdhope.FdhopeKey
+    encrypted_data: np.ndarray | None = None
+
+
+def prepare_dbsnnc(
+    data: np.ndarray,
+    key: liu.LiuKey | None = None,
+    threshold_value: float = -1,
+    sensitivity: float = fdhope.DEFAULT_SENSITIVITY,
+    rng: np.random.Generator | None = None,
+) -> DbsnncPreparation:
+    """DM -> FDH-OPE key from the DM -> threshold on the PLAINTEXT DM -> OPE(DM), OPE(threshold).
+
+    The Liu-encrypted dataset (uploaded by the original but unused by the algorithm) is included only
+    when a Liu key is given. Fixes the original's default threshold computed on ciphertexts (ref. 4.2).
+    """
+    d = _data(data)
+    dm = distance_matrix(d)
+    fkey = fdhope.generate_key(dm, sensitivity, rng)
+    theta = threshold(dm, threshold_value)
+    return DbsnncPreparation(
+        encrypted_dm=fdhope.encrypt(fkey, dm, rng),
+        encrypted_threshold=fdhope.encrypt_threshold(fkey, theta),
+        threshold=theta,
+        fdhope_key=fkey,
+        encrypted_data=None if key is None else liu.encrypt(key, d, rng),
+    )
+
+
+@dataclass(frozen=True)
+class SecureKMeansRun:
+    """Outcome of an in-process secure k-means job."""
+
+    labels: np.ndarray
+    n_iter: int
+    converged: bool
+    centroids: np.ndarray  # final encrypted centroids (k, a, m)
+    shifts: list[np.ndarray] = field(default_factory=list)  # decrypted shift of every iteration
+    fdhope_key: fdhope.FdhopeKey | None = None
+
+
+def _run_kmeans(
+    encrypted: np.ndarray,
+    udm: np.ndarray,
+    k: int,
+    key: liu.LiuKey,
+    max_iter: int,
+    tolerance: float,
+    reencrypt: fdhope.FdhopeKey | None,
+    rng: np.random.Generator | None,
+) -> SecureKMeansRun:
+    if max_iter < 1:
+        raise CoreError(f"max_iter must be >= 1, got {max_iter}")
+    previous: np.ndarray | None = None
+    shifts: list[np.ndarray] = []
+    labels = np.empty(0, dtype=np.int64)
+    converged = False
+    it = 0
+    for it in range(1, max_iter + 1):
+        result = skmeans.encrypted_phase(encrypted, udm, k, it == 1, previous)
+        converged, plain = check_shift(key, result.shift, tolerance)
+        shifts.append(plain)
+        labels, previous = result.labels, result.centroids
+        if converged or it == max_iter:
+            break
+        sent = plain if reencrypt is None else encrypt_shift_ope(reencrypt, plain, rng)
+        udm = skmeans.plaintext_phase(udm, sent)
+    if previous is None:  # unreachable: the loop runs at least once
+        raise CoreError("no iteration ran")
+    return SecureKMeansRun(labels=labels, n_iter=it, converged=converged, centroids=previous,
+                           shifts=shifts, fdhope_key=reencrypt)
+
+
+def run_skmeans(
+    data: np.ndarray,
+    k: int,
+    key: liu.LiuKey,
+    max_iter: int = 10,
+    tolerance: float = 1e-6,
+    compact: bool = True,
+    rng: np.random.Generator | None = None,
+) -> SecureKMeansRun:
+    """Whole SKMeans job in process: encrypt, then encrypted phase / decrypt shift / plaintext phase."""
+    encrypted, udm = prepare_skmeans(data, k, key, compact, rng)
+    return _run_kmeans(encrypted, udm, k, key, max_iter, tolerance, None, rng)
+
+
+def run_dbskmeans(
+    data: np.ndarray,
+    k: int,
+    key: liu.LiuKey,
+    max_iter: int = 10,
+    tolerance: float = 1e-6,
+    compact: bool = True,
+    sensitivity: float = fdhope.DEFAULT_SENSITIVITY,
+    rng: np.random.Generator | None = None,
+    fdhope_key: fdhope.FdhopeKey | None = None,
+) -> SecureKMeansRun:
+    """Whole DBSKMeans job in process (FDH-OPE UDM, OPE-re-encrypted shift)."""
+    encrypted, udm_ope, fkey = prepare_dbskmeans(data, k, key, compact, sensitivity, rng, fdhope_key)
+    return _run_kmeans(encrypted, udm_ope, k, key, max_iter, tolerance, fkey, rng)
+
+
+def run_sknn(
+    model: np.ndarray,
+    model_labels: np.ndarray,
+    records: np.ndarray,
+    key: liu.LiuKey,
+    metric: str = "euclidean",
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """Whole SKNN job in process: encrypt model and records, worker distances, owner argmin, labels."""
+    enc_model = liu.encrypt(key, _data(model), rng)
+    enc_records = liu.encrypt(key, _data(records), rng)
+    dist = sknn.encrypted_distances(enc_records, enc_model, metric)
+    return sknn.labels_from_indices(sknn.nearest_from_distances(key, dist), model_labels)
+
+
+def run_dbsnnc(
+    data: np.ndarray,
+    threshold_value: float = -1,
+    sensitivity: float = fdhope.DEFAULT_SENSITIVITY,
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """Whole DBSNNC job in process: labels of NNC run on the FDH-OPE-encrypted DM."""
+    prep = prepare_dbsnnc(data, None, threshold_value, sensitivity, rng)
+    return nnc.dbsnnc(prep.encrypted_dm, prep.encrypted_threshold)

@@ -1,0 +1,72 @@
+"""DBSKMeans (FDH-OPE UDM): how its labels compare with SKMeans, and the non-homomorphic update."""
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from core import dataowner
+from core.algorithms import dbskmeans, skmeans
+from core.crypto import fdhope, liu
+
+KEY = liu.generate_key(rng=np.random.default_rng(7))
+BLOB_CENTRES = np.array([[0.0, 0.0], [50.0, 50.0], [100.0, 0.0]])
+
+
+def test_reference_two_blobs_same_as_skmeans() -> None:
+    d = np.array([[0, 0], [10, 10], [1, 0], [0, 1], [9, 10], [10, 9]], dtype=float)
+    run = dataowner.run_dbskmeans(d, 2, KEY)
+    np.testing.assert_array_equal(run.labels, [0, 1, 0, 0, 1, 1])
+    assert run.converged and run.fdhope_key is not None
+    run_full = dataowner.run_dbskmeans(d, 2, KEY, compact=False)
+    np.testing.assert_array_equal(run_full.labels, [0, 1, 0, 0, 1, 1])
+
+
+def test_ope_addition_is_not_homomorphic() -> None:
+    """Reference 3.1: OPE(3) + OPE(1) = 55 + 18 = 73 but OPE(4) = 75 with the 3.3 key."""
+    dm = np.array([[0, 3, 7], [3, 0, 4], [7, 4, 0]], dtype=float)
+    key = fdhope.key_from_breakpoints(dm, [2.5, 5.5], sensitivity=0.0)
+    assert fdhope.encrypt_scalar(key, 3) + fdhope.encrypt_scalar(key, 1) == 73
+    assert fdhope.encrypt_scalar(key, 4) == 75
+
+
+def test_plaintext_phase_adds_the_ope_shift() -> None:
+    rng = np.random.default_rng(0)
+    d = rng.normal(size=(10, 2))
+    enc, u_ope, fkey = dataowner.prepare_dbskmeans(d, 3, KEY, rng=rng)
+    # element-wise encryption: antisymmetric up to the noise, as the corrected update needs
+    full = dbskmeans.encrypt_udm(fkey, d[:, None, :] - d[None, :, :], rng)
+    np.testing.assert_allclose(full, -full.transpose(1, 0, 2), atol=2e-8 * float(fkey.slopes.max()) * 1.01)
+    res = dbskmeans.encrypted_phase(enc, u_ope, 3, True, None)
+    _, s = dbskmeans.check_shift(KEY, res.shift, 1e-6)
+    s_ope = dbskmeans.encrypt_shift(fkey, s, rng)
+    assert np.all(np.sign(s_ope) == np.sign(s))
+    np.testing.assert_array_equal(dbskmeans.plaintext_phase(u_ope, s_ope), u_ope[:, :3] + s_ope[None])
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 40), k=st.integers(1, 5))
+def test_first_iteration_single_attribute_matches_skmeans(seed: int, n: int, k: int) -> None:
+    """a = 1: OPE is increasing in |u|, so the first assignment is SKMeans' (up to sens-close values)."""
+    rng = np.random.default_rng(seed)
+    k = min(k, n)
+    d = rng.normal(0, rng.uniform(0.1, 100), size=(n, 1))
+    enc, u = dataowner.prepare_skmeans(d, k, KEY, rng=rng)
+    _, u_ope, _ = dataowner.prepare_dbskmeans(d, k, KEY, rng=rng)
+    plain = skmeans.encrypted_phase(enc, u, k, True, None)
+    blind = dbskmeans.encrypted_phase(enc, u_ope, k, True, None)
+    np.testing.assert_array_equal(blind.labels, plain.labels)
+    np.testing.assert_array_equal(blind.shift, plain.shift)  # same labels -> bit-identical Liu shift
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(3, 40))
+def test_well_separated_clusters_match_skmeans(seed: int, n: int) -> None:
+    """a > 1 and later iterations are an approximation; on well-separated blobs it is exact."""
+    rng = np.random.default_rng(seed)
+    truth = np.r_[np.arange(3), rng.integers(0, 3, size=n - 3)]
+    d = BLOB_CENTRES[truth] + rng.normal(size=(n, 2))
+    blind = dataowner.run_dbskmeans(d, 3, KEY, rng=rng)
+    plain = dataowner.run_skmeans(d, 3, KEY, rng=rng)
+    np.testing.assert_array_equal(blind.labels, plain.labels)
+    np.testing.assert_array_equal(blind.labels, truth)
+    assert blind.converged
