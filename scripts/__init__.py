@@ -1,0 +1,1 @@
+"""Operator and developer tools (cluster runner, config generators); not part of the installed package."""

@@ -1,0 +1,179 @@
+"""compose.yaml and its env files, checked against what the worker actually reads (worker/settings.py)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.deploy.util import REPO, WORKER_VARS, interpolate, interpolation_vars, read_env_file
+from worker.settings import Settings, StorageBackend
+
+yaml = pytest.importorskip("yaml", reason="PyYAML is a test dependency (pyproject [test])")
+
+COMPOSE = REPO / "compose.yaml"
+ENV_DEV = REPO / "config" / ".env.dev"
+ENV_MICTLANX = REPO / "config" / ".env.mictlanx.dev"
+WORKERS = ("rory-worker-0", "rory-worker-1")
+MICTLANX_SERVICES = {
+    # service -> image from the original deployment (shared/reference/mictlanx.md, section 5.1)
+    "mictlanx-router-0": "nachocode/mictlanx:router-0.1.0a5",
+    "mictlanx-rm-0": "nachocode/mictlanx:rm-0.1.0a3",
+    "mictlanx-peer-0": "nachocode/mictlanx:peer-0.1.0a2",
+    "mictlanx-peer-1": "nachocode/mictlanx:peer-0.1.0a2",
+}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+@pytest.fixture(scope="module")
+def env_dev() -> dict[str, str]:
+    return read_env_file(ENV_DEV)[0]
+
+
+def _strings(node: Any) -> list[str]:
+    """Every string value of a loaded YAML tree (what compose interpolates; comments are not in it)."""
+    if isinstance(node, dict):
+        return [s for key, value in node.items() for s in (*_strings(key), *_strings(value))]
+    if isinstance(node, list):
+        return [s for item in node for s in _strings(item)]
+    return [node] if isinstance(node, str) else []
+
+
+def _mounts(volumes: list[str]) -> dict[str, str]:
+    """target -> source of short-syntax volumes (sources may contain ``${VAR:-/x}``)."""
+    parsed = (re.fullmatch(r"(.+?):(/[^:]*)(?::(?:ro|rw))?", v) for v in volumes)
+    return {m.group(2): m.group(1) for m in parsed if m}
+
+
+def _environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {key: str(value) for key, value in env.items()}
+
+
+def _env_files(service: dict[str, Any]) -> list[Path]:
+    files = service.get("env_file") or []
+    return [REPO / f for f in ([files] if isinstance(files, str) else files)]
+
+
+def test_services_and_profiles(compose):
+    services = compose["services"]
+    assert set(services) == {"nats", *WORKERS, *MICTLANX_SERVICES}
+    for name in ("nats", *WORKERS):
+        assert "profiles" not in services[name], f"{name} must run without a profile"
+    for name in MICTLANX_SERVICES:
+        assert services[name]["profiles"] == ["mictlanx"]
+
+
+def test_workers_environment_only_has_worker_variables(compose):
+    for name in WORKERS:
+        service = compose["services"][name]
+        unknown = set(_environment(service)) - WORKER_VARS
+        assert not unknown, f"{name} sets variables the worker never reads: {sorted(unknown)}"
+        for env_file in _env_files(service):
+            active, commented = read_env_file(env_file)
+            assert not (set(active) | set(commented)) - WORKER_VARS, env_file
+
+
+def test_workers_identity_and_nats(compose):
+    services = compose["services"]
+    for name in WORKERS:
+        env = _environment(services[name])
+        assert env["NODE_ID"] == name == services[name]["container_name"] == services[name]["hostname"]
+        host_port = env["NATS_URLS"].removeprefix("nats://")
+        host, port = host_port.split(":")
+        assert host in services and port == "4222"
+        assert services[name]["depends_on"]["nats"]["condition"] == "service_healthy"
+        assert _env_files(services[name]) == [REPO / "config" / "worker.env"]
+        assert services[name]["image"] == "${RORY_IMAGE:-rory:worker}"
+        assert services[name]["build"]["context"] == "."
+
+
+def _resolved_settings(service: dict[str, Any], compose_env: dict[str, str], monkeypatch) -> Settings:
+    """What the worker in this container would load: env_file, then the service environment."""
+    for var in WORKER_VARS:
+        monkeypatch.delenv(var, raising=False)
+    merged: dict[str, str] = {}
+    for env_file in _env_files(service):
+        merged.update(read_env_file(env_file)[0])
+    merged.update({k: interpolate(v, compose_env) for k, v in _environment(service).items()})
+    for key, value in merged.items():
+        monkeypatch.setenv(key, value)
+    return Settings(_env_file=None)
+
+
+@pytest.mark.parametrize(
+    ("env_path", "backend"), [(ENV_DEV, StorageBackend.LOCAL), (ENV_MICTLANX, StorageBackend.MICTLANX)]
+)
+def test_worker_containers_load_valid_settings(compose, monkeypatch, env_path, backend):
+    compose_env = read_env_file(env_path)[0]
+    for name in WORKERS:
+        settings = _resolved_settings(compose["services"][name], compose_env, monkeypatch)
+        assert settings.node_id == name
+        assert settings.resolved_storage_backend is backend
+        assert settings.storage_path == "/rory/css"
+        _router_id, host, port = settings.mictlanx_routers[0].split(":")
+        assert host in compose["services"] and port == "60666"
+
+
+def test_worker_volumes_follow_the_seed_layout(compose):
+    for name in WORKERS:
+        volumes = compose["services"][name]["volumes"]
+        mounts = _mounts(volumes)
+        for sub in ("source", "sink", "log", "keys"):
+            assert mounts[f"/rory/{sub}"] == f"${{RORY_BASE_PATH:-/rory}}/{name}/{sub}"
+        assert mounts["/rory/css"] == "${RORY_BASE_PATH:-/rory}/css"  # shared local storage
+        assert f"${{RORY_BASE_PATH:-/rory}}/{name}/keys:/rory/keys:ro" in volumes  # public material only
+
+
+def test_nats_service(compose):
+    nats = compose["services"]["nats"]
+    mounts = {source: target for target, source in _mounts(nats["volumes"]).items()}
+    conf_target = mounts["./config/nats-server.conf"]
+    assert (REPO / "config" / "nats-server.conf").is_file()
+    assert nats["command"] == ["-c", conf_target]
+    assert "http://127.0.0.1:8222/healthz" in " ".join(nats["healthcheck"]["test"])
+    assert mounts["nats-data"] == "/data"  # store_dir in config/nats-server.conf
+    assert 'store_dir: "/data"' in (REPO / "config" / "nats-server.conf").read_text()
+
+
+def test_mictlanx_profile(compose, env_dev):
+    services = compose["services"]
+    for name, image in MICTLANX_SERVICES.items():
+        assert interpolate(services[name]["image"], {}) == image
+        assert interpolate(services[name]["image"], env_dev) == image
+        assert services[name]["container_name"] == name
+    router = services["mictlanx-router-0"]
+    assert router["ports"] == ["${RORY_MICTLANX_ROUTER_PORT:-63666}:60666"]
+    assert router["environment"]["MICTLANX_DAEMON_HOSTNAME"] == "mictlanx-rm-0"
+    for name in WORKERS:
+        dep = services[name]["depends_on"]["mictlanx-router-0"]
+        assert dep == {"condition": "service_started", "required": False}
+
+
+def test_network_can_be_switched_to_external_mictlanx(compose):
+    network = compose["networks"]["rory"]
+    assert network == {"name": "${RORY_NETWORK:-rory}", "external": "${RORY_NETWORK_EXTERNAL:-false}"}
+    for name, service in compose["services"].items():
+        assert service["networks"] == ["rory"], name
+    assert interpolate(network["name"], {"RORY_NETWORK": "mictlanx"}) == "mictlanx"
+
+
+def test_env_files_cover_exactly_the_compose_variables(compose, env_dev):
+    used = interpolation_vars("\n".join(_strings(compose)))
+    assert all(default is not None for default in used.values()), "every ${VAR} needs a default"
+    assert set(env_dev) == set(used)
+    for name, value in env_dev.items():
+        assert value == used[name], f"{name}: .env.dev and the compose default disagree"
+    assert not set(env_dev) & WORKER_VARS, ".env.dev holds compose variables, never worker settings"
+    mictlanx = read_env_file(ENV_MICTLANX)[0]
+    assert set(mictlanx) == set(env_dev) | {"COMPOSE_PROFILES"}
+    assert mictlanx["COMPOSE_PROFILES"] == "mictlanx"
+    assert {k for k in env_dev if mictlanx[k] != env_dev[k]} == {"RORY_STORAGE_BACKEND"}
