@@ -106,6 +106,11 @@ def encrypted_predictions(test_id: str, namespace: str | None = None) -> str:
     return state(f"{test_id}encryptedpredictions", namespace)
 
 
+def staged(key: str) -> str:
+    """Where a step stages the new value of an object it will overwrite (PPLR weights and bias)."""
+    return check_key(f"{key}staged")
+
+
 # --- CKKS k-means where the worker learns only labels ---
 def pqc_kmeans_distances(root: str, namespace: str | None = None) -> str:
     return state(f"{root}encrypteddistances", namespace)

@@ -145,15 +145,62 @@ class DbsKMeansParams(SecureKMeansParams):
 
 
 class PqcKMeansParams(Params):
-    """CKKS k-means in which the worker learns only the labels (step 1 distances, step 2 sums)."""
+    """``clustering.pqc.kmeans``: Euclidean k-means over CKKS where the worker learns only the labels.
 
-    step_index: StepIndex = 1
-    plaintext_matrix_id: Key
-    encrypted_matrix_id: Key | None = Field(None, description="Column-packed dataset, default encrypted<P>.")
-    k: int = Field(3, ge=1, le=1000)
-    n_records: int = Field(..., ge=1)
-    n_attributes: int = Field(..., ge=1)
-    iterations: int = Field(0, ge=0)
+    One round = two worker calls, the data owner (who holds the secret key) in between:
+
+    1. data owner stores the centroids ``C`` (k×a) encrypted and *replicated* over the block size:
+       ``<P>encryptedcentroids``, a ciphertext list of shape ``[k, a]`` (item ``j*a + z`` = Enc(C[j, z]
+       in every slot)); in round 1 usually the first k records.
+    2. worker step 1 reads the column-packed dataset (``encrypted<P>``: ciphertext list of shape
+       ``[blocks, a]``, item ``b*a + z`` = attribute z of records ``b*B .. b*B+B-1``, last block
+       zero-padded) and the centroids, and stores ``<P>encrypteddistances`` (shape ``[blocks, k]``, item
+       ``b*k + j`` = the squared distances of block b's records to centroid j, one per slot).
+    3. data owner decrypts the distances, takes the argmin per record and stores the label vector
+       ``<P>labels`` (int64, n): the only plaintext the worker ever reads.
+    4. worker step 2 reads the dataset and the labels and stores ``<P>encryptedsums`` (shape ``[k, a]``,
+       item ``j*a + z`` = attribute z of the records of cluster j, masked slot-wise and summed over the
+       blocks; the data owner sums the slots).
+    5. data owner decrypts the sums, divides by the counts it knows from its labels, tests convergence
+       and, if not converged, stores the new centroids (1.) for the next round.
+
+    No Galois keys are needed (no rotations); relinearisation keys are (step 1 squares ciphertexts).
+    Keys under ``<P>`` (except the dataset) take the ``namespace`` prefix.
+    """
+
+    step_index: StepIndex = Field(1, description="1: encrypted distances; 2: encrypted per-cluster sums.")
+    plaintext_matrix_id: Key = Field(..., description="Root id <P> of the derived keys (never read).")
+    encrypted_matrix_id: Key | None = Field(
+        None, description="Column-packed CKKS dataset, ciphertext list [blocks, a]; default encrypted<P>."
+    )
+    encrypted_matrix_shape: Shape | None = Field(
+        None, description="[blocks, a], checked against storage when given (never used as a loop bound)."
+    )
+    encrypted_centroids_id: Key | None = Field(
+        None, description="Step 1 input: k×a replicated centroid ciphertexts; default <P>encryptedcentroids."
+    )
+    labels_id: Key | None = Field(
+        None, description="Step 2 input: the data owner's int label vector (n); default <P>labels."
+    )
+    k: int = Field(3, ge=1, le=1000, description="Clusters; checked against the stored centroids/labels.")
+    iterations: int = Field(0, ge=0, description="Round counter kept by the data owner; echoed + 1.")
+
+
+class PqcKMeansDistancesResult(Result):
+    """Step 1 of ``clustering.pqc.kmeans``."""
+
+    encrypted_distances_id: str
+    distances_shape: list[int] = Field(..., description="[blocks, k] ciphertexts.")
+    block_size: int = Field(..., description="Slots per ciphertext B; record i is block i // B, slot i % B.")
+    n_iterations: int
+
+
+class PqcKMeansSumsResult(Result):
+    """Step 2 of ``clustering.pqc.kmeans``."""
+
+    encrypted_sums_id: str
+    sums_shape: list[int] = Field(..., description="[k, a] ciphertexts; sum the first B slots of each.")
+    n_iterations: int
 
 
 class Step1Result(LabelsResult):
@@ -178,6 +225,10 @@ class DbsNncParams(Params):
     plaintext_matrix_id: Key
     encrypted_dm_id: Key | None = Field(None, description="Default <P>encrypteddm.")
     encrypted_threshold: float
+
+
+class NncResult(LabelsResult):
+    threshold: float | None = Field(None, description="The threshold used (resolves -1); plaintext NNC only.")
 
 
 # ---------------------------------------------------------------- classification
@@ -205,7 +256,8 @@ class DistancesResult(Result):
     distances_id: str
     distances_shape: list[int]
     distances_dtype: str
-    exact: bool = True
+    exact: bool = Field(True, description="False: Manhattan on Liu ciphertext components (approximate).")
+    distance: str | None = Field(None, description="Metric used: MANHATHAN or EUCLIDEAN.")
 
 
 # ---------------------------------------------------------------- machine learning
@@ -233,32 +285,84 @@ class TrainResult(Result):
 class LrPredictResult(Result):
     predictions_id: str
     predict_time: float
+    algorithm: str = "LOGISTIC_REGRESSION_PREDICT"
 
 
 class PplrTrainParams(Params):
-    encrypted_matrix_train_id: Key
-    encrypted_label_vector_train_id: Key
-    encrypted_weights_id: Key
-    encrypted_bias_id: Key
+    """``ml.pplr.train``: homomorphic logistic-regression passes over CKKS data (row layout).
+
+    Inputs are ciphertext lists: X (n ciphertexts of d slots), y (n size-1 ciphertexts), the weights
+    (1 ciphertext of d slots) and the bias (1 size-1 ciphertext). The worker runs ``epochs`` full-batch
+    gradient steps with the polynomial sigmoid and writes the new weights and bias over the same ids
+    (staged first, so an interrupted write is completed by the retry of the same command). One step
+    consumes 6 multiplicative levels: with the ``ml-*`` profiles (7 levels) only ``epochs=1`` fits and
+    the data owner refreshes (decrypts and re-encrypts) the weights between calls. The public context
+    must carry Galois keys (``rotatekey``): dot products rotate.
+    """
+
+    encrypted_matrix_train_id: Key = Field(..., description="X: n row ciphertexts.")
+    encrypted_label_vector_train_id: Key = Field(..., description="y: n size-1 ciphertexts.")
+    encrypted_weights_id: Key = Field(..., description="w: 1 ciphertext; overwritten with the new weights.")
+    encrypted_bias_id: Key = Field(..., description="b: 1 ciphertext; overwritten with the new bias.")
     learning_rate: float = Field(0.01, gt=0)
-    scale: float = Field(40, gt=0)
-    n_features: int = Field(0, ge=0)
-    n_samples: int = Field(0, ge=0)
-    epochs: int = Field(1, ge=1, le=1000)
+    scale: float = Field(
+        40, gt=0, description="Accepted for compatibility; the public context's own scale is used."
+    )
+    n_features: int = Field(0, ge=0, description="d; 0 = from the ciphertexts, else checked against them.")
+    n_samples: int = Field(0, ge=0, description="n; 0 = from storage, else checked against it.")
+    epochs: int = Field(1, ge=1, le=1000, description="Passes in this call (each needs 6 levels).")
+
+
+class PplrTrainResult(Result):
+    train_time: float
+    algorithm: str = "PPLR_TRAIN"
+    encrypted_weights_id: str
+    encrypted_bias_id: str
+    epochs: int
+    n_samples: int
+    recovered: bool = Field(
+        False, description="True when this call only completed the interrupted write of an earlier try."
+    )
 
 
 class PplrPredictParams(Params):
-    encrypted_matrix_test_id: Key
+    """``ml.pplr.predict``: encrypted σ̃(x·w + b) per record, stored as ``<test>encryptedpredictions``."""
+
+    encrypted_matrix_test_id: Key = Field(..., description="X_test: n row ciphertexts.")
     encrypted_weights_id: Key
     encrypted_bias_id: Key
-    scale: float = Field(40, gt=0)
-    n_features: int = Field(0, ge=0)
+    scale: float = Field(
+        40, gt=0, description="Accepted for compatibility; the public context's own scale is used."
+    )
+    n_features: int = Field(0, ge=0, description="d; 0 = from the ciphertexts, else checked against them.")
 
 
 class PplrPredictResult(Result):
     encrypted_predictions_id: str
     predict_time: float
     algorithm: str = "PPLR_PREDICT"
+    n_records: int = 0
+
+
+class PqcSknnParams(SknnParams):
+    """``classification.pqc.sknn.predict``: SKNN over CKKS (squared Euclidean only).
+
+    ``layout="rows"`` (the original's): model and records are lists of row ciphertexts; step 1 stores
+    ``distances<R>`` with shape ``[n_rec, n_model]``, one ciphertext (x − y)² per pair (sum its first a
+    slots). ``layout="packed"``: the model is column-packed (ciphertext list ``[blocks, a]``) and each
+    record replicated per attribute (``[n_rec, a]``); ``distances<R>`` has shape ``[n_rec, blocks]``, slot
+    s of item ``t*blocks + b`` = squared distance of record t to model row ``b*B + s``. ``distance``
+    MANHATHAN is refused (400): CKKS cannot evaluate |x − y|. Absent, it means EUCLIDEAN here (the
+    DISTANCE setting applies to the Liu variant only; the original ignored it for CKKS as well).
+    """
+
+    layout: Literal["rows", "packed"] = Field("rows", description="Ciphertext packing of model/records.")
+
+
+class PqcDistancesResult(DistancesResult):
+    layout: str = "rows"
+    n_model: int = 0
+    block_size: int | None = None
 
 
 PARAMS: dict[Op, type[Params]] = {
@@ -272,7 +376,7 @@ PARAMS: dict[Op, type[Params]] = {
     Op.PQC_KMEANS: PqcKMeansParams,
     Op.KNN_PREDICT: KnnParams,
     Op.SKNN_PREDICT: SknnParams,
-    Op.PQC_SKNN_PREDICT: SknnParams,
+    Op.PQC_SKNN_PREDICT: PqcSknnParams,
     Op.LR_TRAIN: LrTrainParams,
     Op.LR_PREDICT: LrPredictParams,
     Op.PPLR_TRAIN: PplrTrainParams,

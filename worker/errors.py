@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from core.errors import UnsupportedOperation as CoreUnsupported
+
 
 class RoryError(Exception):
     """Base class: ``code`` is HTTP-like, ``type`` a short upper-case name, ``retryable`` a hint."""
@@ -39,6 +41,12 @@ class PayloadTooLarge(BadRequest):
 
 class InvalidName(BadRequest):
     type = "INVALID_NAME"
+
+
+class UnsupportedOperation(BadRequest):
+    """The operation cannot be done correctly under the chosen scheme (e.g. Manhattan under CKKS)."""
+
+    type = "UNSUPPORTED_OPERATION"
 
 
 class NotFound(RoryError):
@@ -83,6 +91,8 @@ def classify(error: BaseException) -> RoryError:
     """Map any exception to a RoryError. Core code raises ValueError for bad inputs: that is a 400."""
     if isinstance(error, RoryError):
         return error
+    if isinstance(error, CoreUnsupported):
+        return UnsupportedOperation(str(error))
     if isinstance(error, TimeoutError):
         return DeadlineExceeded(str(error) or "deadline exceeded")
     if isinstance(error, ValueError):

@@ -1,0 +1,263 @@
+"""Helpers shared by the operation handlers: validation against storage, result sizing, safe writes.
+
+Handlers are thin: validate the command against what storage says (``info`` only, never a download
+just to learn a shape), fetch, compute in the process pool, write, reply. The pieces every handler
+repeats live here so their semantics are the same everywhere:
+
+* :func:`check_shape`, :func:`check_k`, :func:`check_numeric`, :func:`check_dtype`: bad commands are
+  rejected *before* anything is written (400 for impossible parameters, 422 when storage disagrees);
+* :func:`labels_payload` / :func:`plan_labels`: a label vector travels inline unless it would take a
+  large part of a message, in which case it is stored and its key returned;
+* :func:`put_all`: the write discipline (see its docstring for the exact guarantee).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from worker.errors import BadRequest, ValidationFailed
+
+__all__ = [
+    "Write",
+    "check_dtype",
+    "check_integral",
+    "check_k",
+    "check_numeric",
+    "check_shape",
+    "fetch_arrays",
+    "labels_payload",
+    "plan_labels",
+    "put_all",
+    "result_chunks",
+]
+
+log = logging.getLogger(__name__)
+
+# A label vector larger than this fraction of MAX_MESSAGE_BYTES is stored instead of sent inline:
+# the rest of the reply, the envelope and JSON's larger encoding must still fit in one message.
+LABELS_INLINE_FRACTION = 4
+
+
+# ------------------------------------------------------------------ sizing
+def result_chunks(ctx: Any, params: Any) -> int:
+    """Chunks for result objects: the command's ``num_chunks`` or the NUM_CHUNKS setting."""
+    requested = getattr(params, "num_chunks", None)
+    return int(requested) if requested else int(ctx.settings.num_chunks)
+
+
+def _labels_list(labels: np.ndarray) -> list[int]:
+    array = np.asarray(labels)
+    if array.size and not np.issubdtype(array.dtype, np.integer):
+        array = np.rint(array)
+    return [int(v) for v in array.astype(np.int64, copy=False).ravel().tolist()]
+
+
+def _encoded_size(values: list[int]) -> int:
+    """Bytes of the larger of the two wire encodings (JSON text is the larger one for ints)."""
+    # msgpack needs at most 9 bytes per int; compact JSON needs len(str(v)) + 1 (the comma).
+    json_size = len(json.dumps(values, separators=(",", ":")))
+    return max(json_size, 9 * len(values) + 5)
+
+
+def _inline_limit(ctx: Any) -> int:
+    return int(ctx.settings.max_message_bytes) // LABELS_INLINE_FRACTION
+
+
+@dataclass(frozen=True)
+class Write:
+    """One object a handler wants stored.
+
+    ``kind``: ``ndarray`` (chunked along axis 0, ``num_chunks``), ``blob`` (single object, e.g. the LR
+    bias) or ``bytes_list`` (alias ``bytes``: a list of serialized ciphertexts, ``num_chunks`` and
+    optional ``shape``).
+    """
+
+    key: str
+    value: Any
+    kind: Literal["ndarray", "blob", "bytes_list", "bytes"] = "ndarray"
+    num_chunks: int = 1
+    shape: Sequence[int] | None = None
+    tags: dict[str, str] | None = field(default=None)
+
+
+def plan_labels(ctx: Any, labels: np.ndarray, key: str) -> tuple[dict[str, Any], Write | None]:
+    """Decide how a label vector travels; return the payload and the write it needs (if stored).
+
+    Use this instead of :func:`labels_payload` when the handler also writes state, so the label
+    object joins the same :func:`put_all` (and is not left behind if the step fails).
+    """
+    values = _labels_list(labels)
+    if _encoded_size(values) <= _inline_limit(ctx):
+        return {"label_vector": values}, None
+    array = np.asarray(values, dtype=np.int64)
+    return {"label_vector_id": key}, Write(key, array, "ndarray", num_chunks=1)
+
+
+async def labels_payload(ctx: Any, labels: np.ndarray, key: str) -> dict[str, Any]:
+    """``{"label_vector": [...]}``, or ``{"label_vector_id": key}`` after storing the labels there
+    (an int64 ndarray, one chunk) when the vector would exceed ~1/4 of MAX_MESSAGE_BYTES."""
+    payload, write = plan_labels(ctx, labels, key)
+    if write is not None:
+        await put_all(ctx, [write])
+    return payload
+
+
+# ------------------------------------------------------------------ validation
+async def check_shape(
+    ctx: Any, ball_id: str, declared: Sequence[int] | None, *, allow_prefix: bool = False
+) -> Any:
+    """Return the stored object's BallInfo; 422 when a declared shape disagrees with it.
+
+    ``allow_prefix`` accepts a declared shape that is a leading prefix of the stored one (Rory's newest
+    client declares a Liu matrix as ``(r, a)`` while storage holds ``(r, a, m)``). A missing object
+    raises the store's NotFound (404).
+    """
+    info = await ctx.store.info(ball_id)
+    if declared is not None:
+        stored = [int(d) for d in info.full_shape]
+        wanted = [int(d) for d in declared]
+        matches = stored == wanted or (
+            allow_prefix and len(wanted) < len(stored) and stored[: len(wanted)] == wanted
+        )
+        if not matches:
+            raise ValidationFailed(f"{ball_id}: declared shape {wanted} but storage holds {stored}")
+    return info
+
+
+def check_dtype(info: Any, declared: str | None) -> None:
+    """422 when a declared dtype disagrees with the stored object's dtype."""
+    if declared is not None and str(_dtype_of(info, info.ball_id)) != str(np.dtype(declared)):
+        raise ValidationFailed(
+            f"{info.ball_id}: declared dtype {declared} but storage holds {info.full_dtype}"
+        )
+
+
+def check_k(k: int, n: int) -> None:
+    """400 when more clusters (or neighbours) are asked for than there are records."""
+    if k > n:
+        raise BadRequest(f"k={k} is larger than the number of records ({n})")
+
+
+def _dtype_of(obj: Any, name: str) -> np.dtype:
+    if hasattr(obj, "dtype"):
+        return np.dtype(obj.dtype)
+    if getattr(obj, "kind", "ndarray") == "bytes_list" or obj.full_dtype is None:
+        raise ValidationFailed(f"{name}: storage holds a list of serialized objects, not an ndarray")
+    try:
+        return np.dtype(obj.full_dtype)
+    except TypeError:
+        raise ValidationFailed(f"{name}: unknown dtype {obj.full_dtype!r} in storage") from None
+
+
+def check_numeric(obj: Any, name: str, *, ndim: int | Sequence[int] | None = None) -> None:
+    """422 unless ``obj`` (an ndarray or a BallInfo) holds real numbers (ints or floats) of ``ndim``."""
+    dtype = _dtype_of(obj, name)
+    if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)):
+        raise ValidationFailed(f"{name}: expected a real numeric array, storage holds dtype {dtype}")
+    if ndim is not None:
+        shape = obj.shape if hasattr(obj, "shape") else tuple(obj.full_shape)
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if len(shape) not in allowed:
+            dims = " or ".join(map(str, allowed))
+            raise ValidationFailed(f"{name}: expected {dims}-D, got shape {list(shape)}")
+
+
+def check_integral(array: np.ndarray, name: str) -> np.ndarray:
+    """Return ``array`` as int64; 422 when it is not numeric or holds non-integral values."""
+    check_numeric(array, name)
+    if np.issubdtype(array.dtype, np.integer):
+        return array.astype(np.int64, copy=False)
+    if not np.all(np.isfinite(array)) or not np.array_equal(array, np.rint(array)):
+        raise ValidationFailed(f"{name}: expected integer values (dtype {array.dtype})")
+    return array.astype(np.int64)
+
+
+# ------------------------------------------------------------------ reads
+async def fetch_arrays(ctx: Any, *keys: str) -> list[np.ndarray]:
+    """Download several ndarrays concurrently (the store's errors propagate: 404, 422, 503)."""
+    return list(await asyncio.gather(*(ctx.store.get_ndarray(key) for key in keys)))
+
+
+# ------------------------------------------------------------------ writes
+async def _write(ctx: Any, write: Write) -> None:
+    store = ctx.store
+    if write.kind == "ndarray":
+        await store.put_ndarray(write.key, write.value, num_chunks=write.num_chunks, tags=write.tags)
+    elif write.kind == "blob":
+        await store.put_blob(write.key, write.value, tags=write.tags)
+    elif write.kind in ("bytes_list", "bytes"):
+        shape = list(write.shape) if write.shape is not None else None
+        await store.put_bytes_list(
+            write.key, write.value, num_chunks=write.num_chunks, shape=shape, tags=write.tags
+        )
+    else:  # pragma: no cover - Literal guards this
+        raise ValueError(f"unknown write kind {write.kind!r}")
+
+
+async def _discard(ctx: Any, keys: Sequence[str]) -> None:
+    """Best-effort delete of objects this step created; a failure here is logged, not raised."""
+    for key in keys:
+        try:
+            await ctx.store.delete(key)
+        except Exception as error:  # cleanup must not mask the original failure
+            log.warning("could not remove %s after a failed step: %s", key, error)
+
+
+async def put_all(ctx: Any, writes: Sequence[Write]) -> None:
+    """Store ``writes`` so that a failed step does not leave a mix of old and new state behind.
+
+    Procedure:
+
+    1. ask storage which keys already exist;
+    2. write every object whose key is NEW (concurrently); if any of them fails (or the step is
+       cancelled), delete every new key, partial ones included, and re-raise: storage is exactly as
+       before the step;
+    3. then overwrite the EXISTING keys one at a time, in the order given; if one fails, delete the
+       new objects of step 2 and re-raise.
+
+    Guarantee, stated honestly: a failed ``put_all`` never leaves a *new* object behind, and never
+    touches an existing object before every new object is safely stored. Existing objects are not
+    versioned (MictlanX has no rename or compare-and-swap), so if overwrite number i fails, the
+    overwrites before i stay applied and the one that failed may be gone or partial (the store's
+    own delete-then-put: on MictlanX the old object is gone, on the local backend it is intact because
+    its writes commit atomically). Handlers therefore list superseding writes so that the step's
+    own inputs come LAST (SKMeans step 1 writes ``centi`` and the shift matrix before ``centj``,
+    which it reads): until the last write lands, re-running the step reads the same inputs and
+    rewrites the same outputs, so a retry converges to the state of a successful run. Cleanup is
+    best effort: if storage also refuses the deletes, new objects can remain (logged).
+    """
+    if not writes:
+        return
+    keys = [w.key for w in writes]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"put_all: duplicate keys in one step: {keys}")
+    existing = await asyncio.gather(*(ctx.store.exists(key) for key in keys))
+    fresh = [w for w, exists in zip(writes, existing, strict=True) if not exists]
+    stale = [w for w, exists in zip(writes, existing, strict=True) if exists]
+
+    fresh_keys = [w.key for w in fresh]
+    try:
+        outcomes = await asyncio.gather(*(_write(ctx, w) for w in fresh), return_exceptions=True)
+    except BaseException:  # cancelled (deadline): the new objects may be partly written
+        await _discard(ctx, fresh_keys)
+        raise
+    failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+    if failures:
+        # Failed writes may have left partial chunks under a new key: remove those too.
+        await _discard(ctx, fresh_keys)
+        raise failures[0]
+
+    for write in stale:
+        try:
+            await _write(ctx, write)
+        except BaseException:
+            await _discard(ctx, fresh_keys)
+            raise
+

@@ -1,0 +1,136 @@
+"""CPU-bound steps of the non-CKKS operations, run in the compute pool (``ctx.compute``).
+
+Every function here is a picklable top-level function: it receives numpy arrays and plain values,
+calls the pure core, and returns arrays and plain values. No I/O, no asyncio, no settings: the handler
+fetched the inputs and will store the outputs. Core errors (``CoreError``, a ``ValueError``) propagate
+and are mapped to 400 by the runtime; handlers validate shapes first so those are the exception.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from core.algorithms import dbskmeans, knn, nnc, skmeans, sknn
+from core.algorithms.kmeans import KMeans
+from core.errors import CoreError
+
+__all__ = [
+    "dbsnnc_labels",
+    "kmeans_fit",
+    "knn_predict",
+    "lr_predict",
+    "lr_train",
+    "nnc_labels",
+    "secure_kmeans_step1",
+    "sknn_distances",
+    "udm_update",
+]
+
+
+# ------------------------------------------------------------------ clustering
+def kmeans_fit(data: np.ndarray, k: int, max_iterations: int, tolerance: float) -> tuple[np.ndarray, int]:
+    """Plaintext Euclidean k-means from the first k rows: (labels int64, iterations)."""
+    model = KMeans(n_clusters=k, max_iter=max_iterations, tol=tolerance).fit(data)
+    return np.asarray(model.labels_, dtype=np.int64), int(model.n_iter_)
+
+
+def secure_kmeans_step1(
+    encrypted_data: np.ndarray,
+    udm: np.ndarray,
+    k: int,
+    start: bool,
+    previous_centroids: np.ndarray | None,
+    double_blind: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One encrypted phase: (labels, previous centroids, new centroids, encrypted shift).
+
+    The previous centroids are returned too because the worker stores them as ``<P>centi``: at START
+    they are the first k encrypted records, which the core derives internally.
+    """
+    phase = dbskmeans.encrypted_phase if double_blind else skmeans.encrypted_phase
+    result = phase(encrypted_data, udm, k, start, previous_centroids)
+    if previous_centroids is None:
+        previous = np.asarray(encrypted_data[:k], dtype=np.float64)
+    else:
+        previous = np.asarray(previous_centroids, dtype=np.float64)
+    return result.labels, previous, result.centroids, result.shift
+
+
+def udm_update(udm: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """Step 2 of a secure k-means round: the n x k x a UDM for the new centroids, U' = U[:, :k] + S.
+
+    The same update serves SKMeans (plaintext UDM and shift) and DBSKMeans (FDH-OPE UDM and shift).
+    """
+    return skmeans.plaintext_phase(udm, shift)
+
+
+def nnc_labels(dm: np.ndarray, threshold: float) -> tuple[np.ndarray, float]:
+    """Plaintext NNC; threshold -1 means the smallest non-zero distance. Returns (labels, threshold used)."""
+    used = nnc.resolve_threshold(dm, threshold)
+    return nnc.nnc(dm, used), used
+
+
+def dbsnnc_labels(encrypted_dm: np.ndarray, encrypted_threshold: float) -> np.ndarray:
+    """NNC on an FDH-OPE-encrypted distance matrix with an encrypted threshold (comparisons only)."""
+    return nnc.dbsnnc(encrypted_dm, encrypted_threshold)
+
+
+# ------------------------------------------------------------------ classification
+def knn_predict(model: np.ndarray, labels: np.ndarray, records: np.ndarray, metric: str) -> np.ndarray:
+    """Plaintext 1-NN: the label of the nearest model row for every record."""
+    return np.asarray(knn.knn_predict(model, labels, records, metric))
+
+
+def sknn_distances(
+    encrypted_records: np.ndarray, encrypted_model: np.ndarray, metric: str
+) -> tuple[np.ndarray, bool]:
+    """SKNN step 1: (n_rec x n_model x m^2 exact squared Euclidean, or x m approximate Manhattan, exact)."""
+    result = sknn.encrypted_distances(encrypted_records, encrypted_model, metric)
+    return result.values, bool(result.exact)
+
+
+# ------------------------------------------------------------------ machine learning
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    """Rory's degree-3 Taylor sigmoid (reference core 7.1), shared with PPLR so results compare."""
+    return 0.5 + 0.25 * z - (z**3) / 48.0
+
+
+def lr_train(
+    x: np.ndarray, y: np.ndarray, epochs: int, learning_rate: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Full-batch gradient-descent logistic regression from zero weights: (weights (a,), bias (1,)).
+
+    Same model as Rory's plaintext ``LogisticRegression`` baseline and PPLR: polynomial sigmoid,
+    w <- w - (lr/n) X^T e, b <- b - (lr/n) sum(e), e = sigmoid(Xw + b) - y.
+    """
+    features = np.asarray(x, dtype=np.float64)
+    target = np.asarray(y, dtype=np.float64).reshape(-1)
+    if features.ndim != 2 or features.shape[0] != target.size or target.size == 0:
+        raise CoreError(f"X {features.shape} and y {target.shape} do not describe the same samples")
+    n, a = features.shape
+    weights = np.zeros(a)
+    bias = 0.0
+    step = learning_rate / n
+    with np.errstate(over="ignore", invalid="ignore"):
+        for _ in range(epochs):
+            error = _sigmoid(features @ weights + bias) - target
+            weights -= step * (features.T @ error)
+            bias -= step * float(error.sum())
+    if not (np.all(np.isfinite(weights)) and np.isfinite(bias)):
+        # The cubic sigmoid is only a good approximation for small |z|; large steps blow up.
+        raise CoreError("logistic regression diverged (non-finite weights): lower learning_rate or scale X")
+    return weights, np.array([bias], dtype=np.float64)
+
+
+def lr_predict(x: np.ndarray, weights: np.ndarray, bias: float) -> np.ndarray:
+    """Predicted classes (int64, 0/1): 1 where x.w + b >= 0.
+
+    That is "sigmoid >= 0.5" for the true sigmoid and for the Taylor one inside its useful range; the
+    Taylor polynomial itself turns back below 0.5 for z > sqrt(12), which would flip confident
+    predictions, so the decision is taken on the margin.
+    """
+    features = np.asarray(x, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    if features.ndim != 2 or features.shape[1] != w.size:
+        raise CoreError(f"X {features.shape} does not match {w.size} weights")
+    return (features @ w + float(bias) >= 0.0).astype(np.int64)
