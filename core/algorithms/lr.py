@@ -89,8 +89,12 @@ class LogisticRegression:
         x, t = _check_xy(X, y)
         w = np.zeros(x.shape[1]) if weights is None else np.asarray(weights, dtype=np.float64).copy()
         b = float(bias)
-        for _ in range(self.epochs):
-            w, b = gradient_step(x, t, w, b, self.learning_rate, self.sigmoid)  # type: ignore[arg-type]
+        with np.errstate(over="ignore", invalid="ignore"):
+            for _ in range(self.epochs):
+                w, b = gradient_step(x, t, w, b, self.learning_rate, self.sigmoid)  # type: ignore[arg-type]
+        if not (np.all(np.isfinite(w)) and np.isfinite(b)):
+            # The cubic sigmoid only approximates the logistic for small |z|: large steps blow up.
+            raise CoreError("logistic regression diverged: lower learning_rate or scale X")
         self.weights_, self.bias_ = w, b
         return self
 
@@ -106,8 +110,22 @@ class LogisticRegression:
             raise CoreError(f"X has {x.shape[1]} features, the model {w.shape[0]}")
         return sigmoid(x @ w + b, self.sigmoid)
 
+    def decision_function(self, X: ArrayLike) -> np.ndarray:
+        """The margin x.w + b."""
+        w, b = self._fitted()
+        x, _ = _check_xy(X, None)
+        if x.shape[1] != w.shape[0]:
+            raise CoreError(f"X has {x.shape[1]} features, the model {w.shape[0]}")
+        return x @ w + b
+
     def predict(self, X: ArrayLike) -> np.ndarray:
-        return (self.predict_proba(X) >= self.threshold).astype(np.int64)
+        """Classes decided on the margin, logit(threshold), as the true sigmoid would decide.
+
+        The cubic polynomial turns back below 0.5 for z > sqrt(12), which would flip confident
+        predictions if the decision were taken on its value.
+        """
+        cut = float(np.log(self.threshold / (1.0 - self.threshold)))
+        return (self.decision_function(X) >= cut).astype(np.int64)
 
     @classmethod
     def from_weights(cls, weights: ArrayLike, bias: float, **kwargs: object) -> LogisticRegression:

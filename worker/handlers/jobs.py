@@ -12,7 +12,7 @@ import numpy as np
 
 from core.algorithms import dbskmeans, knn, nnc, skmeans, sknn
 from core.algorithms.kmeans import KMeans
-from core.errors import CoreError
+from core.algorithms.lr import LogisticRegression
 
 __all__ = [
     "dbsnnc_labels",
@@ -90,47 +90,14 @@ def sknn_distances(
 
 
 # ------------------------------------------------------------------ machine learning
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    """Rory's degree-3 Taylor sigmoid (reference core 7.1), shared with PPLR so results compare."""
-    return 0.5 + 0.25 * z - (z**3) / 48.0
-
-
 def lr_train(
     x: np.ndarray, y: np.ndarray, epochs: int, learning_rate: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Full-batch gradient-descent logistic regression from zero weights: (weights (a,), bias (1,)).
-
-    Same model as Rory's plaintext ``LogisticRegression`` baseline and PPLR: polynomial sigmoid,
-    w <- w - (lr/n) X^T e, b <- b - (lr/n) sum(e), e = sigmoid(Xw + b) - y.
-    """
-    features = np.asarray(x, dtype=np.float64)
-    target = np.asarray(y, dtype=np.float64).reshape(-1)
-    if features.ndim != 2 or features.shape[0] != target.size or target.size == 0:
-        raise CoreError(f"X {features.shape} and y {target.shape} do not describe the same samples")
-    n, a = features.shape
-    weights = np.zeros(a)
-    bias = 0.0
-    step = learning_rate / n
-    with np.errstate(over="ignore", invalid="ignore"):
-        for _ in range(epochs):
-            error = _sigmoid(features @ weights + bias) - target
-            weights -= step * (features.T @ error)
-            bias -= step * float(error.sum())
-    if not (np.all(np.isfinite(weights)) and np.isfinite(bias)):
-        # The cubic sigmoid is only a good approximation for small |z|; large steps blow up.
-        raise CoreError("logistic regression diverged (non-finite weights): lower learning_rate or scale X")
-    return weights, np.array([bias], dtype=np.float64)
+    """Full-batch logistic regression from zero weights: (weights (a,), bias (1,)); see core.algorithms.lr."""
+    model = LogisticRegression(epochs=epochs, learning_rate=learning_rate).fit(x, y)
+    return model.weights_, np.array([model.bias_], dtype=np.float64)
 
 
 def lr_predict(x: np.ndarray, weights: np.ndarray, bias: float) -> np.ndarray:
-    """Predicted classes (int64, 0/1): 1 where x.w + b >= 0.
-
-    That is "sigmoid >= 0.5" for the true sigmoid and for the Taylor one inside its useful range; the
-    Taylor polynomial itself turns back below 0.5 for z > sqrt(12), which would flip confident
-    predictions, so the decision is taken on the margin.
-    """
-    features = np.asarray(x, dtype=np.float64)
-    w = np.asarray(weights, dtype=np.float64).reshape(-1)
-    if features.ndim != 2 or features.shape[1] != w.size:
-        raise CoreError(f"X {features.shape} does not match {w.size} weights")
-    return (features @ w + float(bias) >= 0.0).astype(np.int64)
+    """Predicted classes (int64, 0/1), decided on the margin x.w + b >= 0."""
+    return LogisticRegression.from_weights(weights, bias).predict(x)
