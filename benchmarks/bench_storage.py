@@ -1,0 +1,206 @@
+"""Storage throughput and memory: the local backend beside numpy.save/numpy.load on the same disk,
+and the MictlanX client through the in-repo fake router.
+
+    python benchmarks/bench_storage.py                 # 64 MB float64, quick
+    python benchmarks/bench_storage.py --full          # 64 MB and 512 MB
+    python benchmarks/bench_storage.py --sizes 16 128 --repeat 5 --num-chunks 1 --fsync
+
+Goals (from the storage issue): local put/get >= 0.7x numpy.save/numpy.load throughput, and the peak
+memory of a get <= 2x the array (tracemalloc peak of the call, divided by the array's bytes).
+Times are the best of ``--repeat`` runs, with warm page cache for every contender alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import sys
+import tempfile
+import time
+import tracemalloc
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.fakes.mictlanx_router import FakeRouter
+from worker.storage import LocalStore, MictlanXStore, ObjectStore, RetryPolicy, parse_mictlanx_uri
+
+MB = 1024 * 1024
+
+
+@dataclass
+class Row:
+    size_mb: int
+    name: str
+    put_s: float
+    get_s: float
+    peak_ratio: float | None
+
+
+class Contender:
+    """Something that can store and fetch the benchmark array."""
+
+    name = ""
+
+    async def put(self, array: np.ndarray) -> None:
+        raise NotImplementedError
+
+    async def get(self) -> np.ndarray:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        return None
+
+
+class NumpyFile(Contender):
+    def __init__(self, path: Path, fsync: bool) -> None:
+        self.name, self.path, self.fsync = "numpy.save / numpy.load", path, fsync
+
+    async def put(self, array: np.ndarray) -> None:
+        with open(self.path, "wb") as handle:
+            np.save(handle, array)
+            if self.fsync:
+                handle.flush()
+                os.fsync(handle.fileno())
+
+    async def get(self) -> np.ndarray:
+        return np.load(self.path)
+
+
+class Store(Contender):
+    def __init__(self, name: str, store: ObjectStore, num_chunks: int) -> None:
+        self.name, self.store, self.num_chunks = name, store, num_chunks
+
+    async def put(self, array: np.ndarray) -> None:
+        await self.store.put_ndarray("bench", array, num_chunks=self.num_chunks)
+
+    async def get(self) -> np.ndarray:
+        return await self.store.get_ndarray("bench")
+
+    async def close(self) -> None:
+        await self.store.aclose()
+
+
+async def _peak_ratio(contender: Contender, array: np.ndarray) -> float:
+    gc.collect()
+    tracemalloc.start()
+    tracemalloc.reset_peak()
+    fetched = await contender.get()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    del fetched
+    return peak / array.nbytes
+
+
+async def _measure(contenders: list[Contender], array: np.ndarray, repeat: int, size: int) -> list[Row]:
+    """Interleave the contenders round by round, so load changes on a shared machine hit all alike."""
+    puts: dict[str, list[float]] = {c.name: [] for c in contenders}
+    gets: dict[str, list[float]] = {c.name: [] for c in contenders}
+    for _ in range(repeat):
+        for contender in contenders:
+            start = time.perf_counter()
+            await contender.put(array)
+            puts[contender.name].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            fetched = await contender.get()
+            gets[contender.name].append(time.perf_counter() - start)
+            if not np.array_equal(fetched, array):
+                raise SystemExit(f"{contender.name}: round trip mismatch")
+            del fetched
+    rows = []
+    for contender in contenders:
+        peak = await _peak_ratio(contender, array)
+        rows.append(Row(size, contender.name, min(puts[contender.name]), min(gets[contender.name]), peak))
+    return rows
+
+
+async def run(args: argparse.Namespace) -> list[Row]:
+    sizes = sorted(set(args.sizes + ([512] if args.full else [])))
+    rows: list[Row] = []
+    base = Path(args.dir) if args.dir else None
+    suffix = " fsync" if args.fsync else ""
+    with tempfile.TemporaryDirectory(prefix="bench-storage-", dir=base) as tmp:
+        root = Path(tmp)
+        for size in sizes:
+            array = np.random.default_rng(size).random((size * MB // 8 // 128, 128))
+            print(f"... {size} MB float64 {array.shape}", file=sys.stderr, flush=True)
+            contenders: list[Contender] = [NumpyFile(root / "numpy.npy", args.fsync)]
+            configs: list[tuple[str, dict[str, bool]]] = [("local (crc32, default)", {})]
+            if not args.quick:
+                configs += [
+                    ("local sha256=True", {"sha256": True}),
+                    ("local verify=False", {"verify": False}),
+                ]
+            for index, (label, options) in enumerate(configs):
+                store = LocalStore(root / f"css{index}", fsync=args.fsync, **options)
+                contenders.append(Store(label + suffix, store, args.num_chunks))
+            try:
+                rows += await _measure(contenders, array, args.repeat, size)
+            finally:
+                for contender in contenders:
+                    await contender.close()
+            if not args.no_mictlanx:
+                async with FakeRouter() as router:
+                    policy = RetryPolicy(max_retries=2, delay=0.01)
+                    store = MictlanXStore(
+                        parse_mictlanx_uri(router.uri), retry=policy, chunk_size=MB, timeout=600
+                    )
+                    remote = Store("mictlanx via fake router", store, args.num_chunks)
+                    try:
+                        rows += await _measure([remote], array, max(1, args.repeat - 1), size)
+                    finally:
+                        await remote.close()
+            del array
+            gc.collect()
+    return rows
+
+
+def report(rows: list[Row], num_chunks: int) -> None:
+    header = (
+        f"{'size':>6}  {'contender':<28} {'put MB/s':>9} {'get MB/s':>9} "
+        f"{'put/np':>7} {'get/np':>7} {'get peak':>9}"
+    )
+    print(
+        f"\nnum_chunks={num_chunks}; ratios are against numpy.save/numpy.load of the same array in this run"
+    )
+    print("goals: local put/np and get/np >= 0.70, get peak <= 2.00x the array\n")
+    print(header)
+    print("-" * len(header))
+    reference: dict[int, Row] = {}
+    for row in rows:
+        if row.name.startswith("numpy"):
+            reference[row.size_mb] = row
+        ref = reference[row.size_mb]
+        put_rate, get_rate = row.size_mb / row.put_s, row.size_mb / row.get_s
+        put_ratio, get_ratio = ref.put_s / row.put_s, ref.get_s / row.get_s
+        peak = f"{row.peak_ratio:.2f}x" if row.peak_ratio is not None else "-"
+        print(
+            f"{row.size_mb:>4}MB  {row.name:<28} {put_rate:>9.0f} {get_rate:>9.0f} "
+            f"{put_ratio:>7.2f} {get_ratio:>7.2f} {peak:>9}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64], help="array sizes in MB (default 64)")
+    parser.add_argument("--full", action="store_true", help="also run 512 MB")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; the best is shown")
+    parser.add_argument("--num-chunks", type=int, default=4, help="chunks per ball (NUM_CHUNKS, default 4)")
+    parser.add_argument("--fsync", action="store_true", help="fsync numpy.save and the local store alike")
+    parser.add_argument("--dir", default=None, help="directory on the disk to test (default: system temp)")
+    parser.add_argument("--quick", action="store_true", help="only the default local configuration")
+    parser.add_argument("--no-mictlanx", action="store_true", help="skip the fake-router measurement")
+    args = parser.parse_args()
+    rows = asyncio.run(run(args))
+    report(rows, args.num_chunks)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,299 @@
+"""Local backend specifics: layout, atomic overwrite, crash safety, on-disk corruption."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from worker.errors import CorruptObject, InvalidName, NotFound, StorageUnavailable
+from worker.settings import Settings
+from worker.storage import LocalStore, MictlanXStore, open_store
+from worker.storage import local as local_module
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[LocalStore]:
+    store = LocalStore(tmp_path, "rory", max_workers=4)
+    yield store
+    await store.aclose()
+
+
+def _version_dir(root: Path, ball_id: str) -> Path:
+    version = (root / "rory" / f"{ball_id}.ref").read_text().strip()
+    return root / "rory" / f"{ball_id}.{version}"
+
+
+def _manifest(root: Path, ball_id: str) -> dict:
+    return json.loads((_version_dir(root, ball_id) / "manifest.json").read_text())
+
+
+async def test_layout_and_mictlanx_tags(store: LocalStore, tmp_path: Path) -> None:
+    array = np.arange(30, dtype=np.float64).reshape(10, 3)
+    await store.put_ndarray("udm", array, num_chunks=4, tags={"job": "7"})
+    directory = _version_dir(tmp_path, "udm")
+    assert sorted(p.name for p in directory.iterdir()) == [
+        "manifest.json",
+        "udm_0",
+        "udm_1",
+        "udm_2",
+        "udm_3",
+    ]
+    assert (directory / "udm_3").read_bytes() == array[6:].tobytes()  # raw C-order bytes, remainder last
+    manifest = _manifest(tmp_path, "udm")
+    tags = [chunk["tags"] for chunk in manifest["chunks"]]
+    assert [t["shape"] for t in tags] == ["(2, 3)", "(2, 3)", "(2, 3)", "(4, 3)"]
+    assert {t["dtype"] for t in tags} == {"float64"}
+    assert {t["full_shape"] for t in tags} == {"(10, 3)"}
+    assert [t["index"] for t in tags] == ["0", "1", "2", "3"]
+    assert {t["num_chunks"] for t in tags} == {"4"}
+    assert tags[0]["records"] == "2" and tags[0]["attributes"] == "3" and tags[0]["group_id"] == "udm"
+    assert tags[0]["job"] == "7" and tags[0]["rory_kind"] == "ndarray"
+
+
+async def test_sha256_option_records_mictlanx_checksums(tmp_path: Path) -> None:
+    async with LocalStore(tmp_path, sha256=True, fsync=True) as store:
+        array = np.arange(40, dtype=np.int64).reshape(8, 5)
+        info = await store.put_ndarray("s", array, num_chunks=3)
+        assert info.checksum == hashlib.sha256(array.tobytes()).hexdigest()
+        assert (await store.info("s")).checksum == info.checksum
+        chunks = _manifest(tmp_path, "s")["chunks"]
+        assert chunks[1]["checksum"] == hashlib.sha256(array[2:4].tobytes()).hexdigest()
+        assert {c["tags"]["full_checksum"] for c in chunks} == {info.checksum}
+        np.testing.assert_array_equal(await store.get_ndarray("s"), array)
+
+
+async def test_large_chunks_use_several_blocks(
+    store: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(local_module, "BLOCK_SIZE", 64 * 1024)
+    monkeypatch.setattr(local_module, "PIECE_SIZE", 16 * 1024)
+    array = np.random.default_rng(1).standard_normal((300, 100))  # 240 kB in one chunk -> 4 blocks
+    await store.put_ndarray("big", array)
+    assert len(_manifest(tmp_path, "big")["chunks"][0]["crc32"]) == 4
+    np.testing.assert_array_equal(await store.get_ndarray("big"), array)
+    path = _version_dir(tmp_path, "big") / "big_0"
+    data = bytearray(path.read_bytes())
+    data[200_000] ^= 1  # a single bit in the last block
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptObject, match="checksum mismatch"):
+        await store.get_ndarray("big")
+
+
+async def test_overwrite_is_atomic_for_concurrent_readers(store: LocalStore) -> None:
+    versions = [np.full((64, 8), float(v)) for v in (1, 2)]
+    await store.put_ndarray("hot", versions[0], num_chunks=8)
+    stop = asyncio.Event()
+    seen: set[float] = set()
+
+    async def reader() -> None:
+        while not stop.is_set():
+            got = await store.get_ndarray("hot")
+            values = np.unique(got)
+            assert len(values) == 1, f"mixed versions: {values}"  # never a mix of two writes
+            seen.add(float(values[0]))
+
+    async def writer() -> None:
+        for round_ in range(30):
+            await store.put_ndarray("hot", versions[round_ % 2], num_chunks=1 + round_ % 8)
+        stop.set()
+
+    await asyncio.gather(writer(), *(reader() for _ in range(4)))
+    assert seen <= {1.0, 2.0}
+
+
+async def test_concurrent_writers_of_one_ball_leave_one_complete_version(
+    store: LocalStore, tmp_path: Path
+) -> None:
+    arrays = [np.full((16, 2), float(i)) for i in range(8)]
+    await asyncio.gather(*(store.put_ndarray("race", a, num_chunks=4) for a in arrays))
+    got = await store.get_ndarray("race")
+    assert len(np.unique(got)) == 1
+    for _ in range(200):  # replaced versions are removed in the background
+        leftovers = [p for p in (tmp_path / "rory").iterdir() if p.name.startswith("race.v")]
+        if len(leftovers) == 1:
+            break
+        await asyncio.sleep(0.01)
+    assert len(leftovers) == 1  # every replaced version was removed
+
+
+async def test_failed_write_keeps_the_old_version(
+    store: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = np.arange(12.0).reshape(6, 2)
+    await store.put_ndarray("keep", old, num_chunks=3)
+    calls = 0
+    real = local_module._write_pieces
+
+    def flaky(pieces):  # type: ignore[no-untyped-def]
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise OSError(28, "No space left on device")
+        return real(pieces)
+
+    monkeypatch.setattr(local_module, "BLOCK_SIZE", 256)  # one thread task per 256-byte block
+    monkeypatch.setattr(local_module, "_write_pieces", flaky)
+    with pytest.raises(StorageUnavailable, match="No space left"):
+        await store.put_ndarray("keep", np.zeros((60, 2)), num_chunks=3)
+    np.testing.assert_array_equal(await store.get_ndarray("keep"), old)
+    await asyncio.sleep(0.05)  # the janitor thread removes the half-written version
+    assert [p.name for p in (tmp_path / "rory").iterdir() if p.name.startswith("keep.v")] == [
+        _version_dir(tmp_path, "keep").name
+    ]
+
+
+async def test_cancelled_write_leaves_nothing(
+    store: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = threading.Event()
+    real = local_module._write_pieces
+
+    def slow(pieces):  # type: ignore[no-untyped-def]
+        gate.wait(5)
+        return real(pieces)
+
+    monkeypatch.setattr(local_module, "_write_pieces", slow)
+    task = asyncio.ensure_future(store.put_ndarray("never", np.ones((8, 2)), num_chunks=4))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(100):
+        if not any(p.name.startswith("never.") for p in (tmp_path / "rory").iterdir()):
+            break
+        await asyncio.sleep(0.01)
+    assert not any(p.name.startswith("never") for p in (tmp_path / "rory").iterdir())
+    assert not await store.exists("never")
+
+
+async def test_crash_leftovers_are_invisible_and_swept(store: LocalStore, tmp_path: Path) -> None:
+    await store.put_ndarray("ok", np.ones(4))
+    orphan = tmp_path / "rory" / "ok.v0123456789abcdef"  # a writer died before its commit
+    orphan.mkdir()
+    (orphan / "ok_0").write_bytes(b"partial")
+    (tmp_path / "rory" / ".tmp" / "ok.v1.ref").write_text("v1\n")
+    np.testing.assert_array_equal(await store.get_ndarray("ok"), np.ones(4))
+    assert await store.sweep(min_age_s=3600) == 0  # too young: could be a write in progress
+    assert await store.sweep(min_age_s=0) == 2
+    assert not orphan.exists()
+    np.testing.assert_array_equal(await store.get_ndarray("ok"), np.ones(4))
+
+
+@pytest.mark.parametrize(
+    "damage", ["truncate", "extend", "remove-chunk", "manifest-json", "manifest-crc", "ref"]
+)
+async def test_on_disk_damage_is_corrupt_object(store: LocalStore, tmp_path: Path, damage: str) -> None:
+    await store.put_ndarray("d", np.arange(20.0).reshape(10, 2), num_chunks=2)
+    directory = _version_dir(tmp_path, "d")
+    chunk = directory / "d_1"
+    if damage == "truncate":
+        chunk.write_bytes(chunk.read_bytes()[:-1])
+    elif damage == "extend":
+        chunk.write_bytes(chunk.read_bytes() + b"\0")
+    elif damage == "remove-chunk":
+        chunk.unlink()
+    elif damage == "manifest-json":
+        (directory / "manifest.json").write_text("{not json")
+    elif damage == "manifest-crc":
+        manifest = json.loads((directory / "manifest.json").read_text())
+        manifest["chunks"][0]["crc32"] = ["x"]
+        (directory / "manifest.json").write_text(json.dumps(manifest))
+    else:
+        (tmp_path / "rory" / "d.ref").write_text("../../etc\n")
+    with pytest.raises(CorruptObject):
+        await store.get_ndarray("d")
+    fresh = np.ones(3)
+    await store.put_ndarray("d", fresh)  # a damaged ball can always be overwritten
+    np.testing.assert_array_equal(await store.get_ndarray("d"), fresh)
+    assert await store.delete("d") == 1
+
+
+async def test_evaluating_tags_is_impossible(store: LocalStore, tmp_path: Path) -> None:
+    await store.put_ndarray("evil", np.zeros((2, 2)))
+    directory = _version_dir(tmp_path, "evil")
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["chunks"][0]["tags"]["shape"] = "__import__('os').system('false')"
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CorruptObject, match="shape"):
+        await store.get_ndarray("evil")
+
+
+async def test_verify_off_skips_crc(tmp_path: Path) -> None:
+    async with LocalStore(tmp_path, verify=False) as store:
+        await store.put_ndarray("nv", np.zeros(16))
+        path = _version_dir(tmp_path, "nv") / "nv_0"
+        data = bytearray(path.read_bytes())
+        data[0] = 1
+        path.write_bytes(bytes(data))
+        assert (await store.get_ndarray("nv"))[0] != 0  # documented: no verification when disabled
+
+
+async def test_delete_removes_files(store: LocalStore, tmp_path: Path) -> None:
+    await store.put_ndarray("gone", np.zeros((9, 1)), num_chunks=3)
+    assert await store.delete("gone") == 3
+    assert sorted(p.name for p in (tmp_path / "rory").iterdir()) == [".lock", ".tmp"]
+    with pytest.raises(NotFound):
+        await store.info("gone")
+
+
+async def test_closed_store(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    await store.aclose()
+    assert await store.ping() is False
+    with pytest.raises(StorageUnavailable):
+        await store.get_ndarray("x")
+
+
+def test_bucket_name_is_checked(tmp_path: Path) -> None:
+    with pytest.raises(InvalidName):
+        LocalStore(tmp_path, "../up")
+
+
+async def test_open_store_chooses_the_backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("MICTLANX_URI", "MICTLANX_ROUTERS", "STORAGE_BACKEND", "STORAGE_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    local = open_store(Settings(_env_file=None, storage_path=str(tmp_path)))  # type: ignore[call-arg]
+    uri = "mictlanx://r0@127.0.0.1:1?api_version=4&protocol=http"
+    remote = open_store(Settings(_env_file=None, mictlanx_uri=uri))  # type: ignore[call-arg]
+    routers = open_store(Settings(_env_file=None, mictlanx_routers="r0:127.0.0.1:1"))  # type: ignore[call-arg]
+    forced = open_store(
+        Settings(_env_file=None, storage_backend="local", mictlanx_uri=uri, storage_path=str(tmp_path))  # type: ignore[call-arg]
+    )
+    try:
+        assert isinstance(local, LocalStore) and local.directory == tmp_path / "rory"
+        assert isinstance(remote, MictlanXStore) and remote.routers[0].port == 1
+        assert isinstance(routers, MictlanXStore) and routers.routers[0].router_id == "r0"
+        assert isinstance(forced, LocalStore)
+        assert await remote.ping() is False  # nothing listens on port 1; ping never raises
+    finally:
+        for store in (local, remote, routers, forced):
+            await store.aclose()
+
+
+async def test_file_io_runs_off_the_event_loop(store: LocalStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    threads: set[str] = set()
+    real_write, real_read = local_module._write_pieces, local_module._read_pieces
+
+    def write(pieces):  # type: ignore[no-untyped-def]
+        threads.add(threading.current_thread().name)
+        return real_write(pieces)
+
+    def read(pieces, verify):  # type: ignore[no-untyped-def]
+        threads.add(threading.current_thread().name)
+        return real_read(pieces, verify)
+
+    monkeypatch.setattr(local_module, "_write_pieces", write)
+    monkeypatch.setattr(local_module, "_read_pieces", read)
+    await store.put_ndarray("t", np.ones((4, 4)), num_chunks=2)
+    await store.get_ndarray("t")
+    assert threads and all(name.startswith("css-local") for name in threads)
+    assert os.getpid()  # (the loop thread is MainThread; none of the I/O ran there)
