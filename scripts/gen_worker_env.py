@@ -30,73 +30,82 @@ UNSET_ON_PURPOSE = {"mictlanx_uri", "mictlanx_routers", "env_file_path", "worker
 DISPLAY = {"mictlanx_chunk_size": "256kb", "worker_capacity": "<number of CPUs>"}
 MACHINE_DEPENDENT = {"worker_capacity"}
 
-SECTIONS: dict[str, dict[str, str]] = {
-    "Node identity (names and defaults of the original worker)": {
-        "node_id": "Unique worker id; a NATS subject token, ^[A-Za-z0-9_-]{1,64}$.",
-        "node_port": "Port of the original HTTP service (kept from the original worker).",
-        "node_index": "Node index of the original deployment (port offsets).",
-        "node_ip_addr": "Host name of this node; empty means the same as NODE_ID.",
-        "rory_manager_ip_addr": "Manager host of the original deployment (Managers now use NATS).",
-        "rory_manager_port": "Manager port of the original deployment.",
-        "server_ip_addr": "Interface of the original HTTP service.",
-    },
-    "Algorithms": {
-        "distance": "Distance metric: MANHATHAN (MANHATTAN accepted) or EUCLIDEAN.",
-        "min_error": "Convergence tolerance of the iterative algorithms.",
-        "num_chunks": "Chunks a result matrix is split into when stored.",
-    },
-    "CKKS material (the worker only ever reads public material from KEYS_PATH)": {
-        "ckks_round": "Round CKKS results (true/false, 1/0).",
-        "ckks_decimals": "Decimal places kept when CKKS results are rounded.",
-        "ctx_filename": "File name of the public CKKS context in KEYS_PATH.",
-        "pubkey_filename": "File name of the public key in KEYS_PATH.",
-        "secret_key_filename": "File name of the secret key; the worker never opens it (data owner only).",
-        "relinkey_filename": "File name of the relinearisation key in KEYS_PATH.",
-        "rotatekey_filename": "File name of the Galois (rotation) keys in KEYS_PATH.",
-    },
-    "Storage (CSS)": {
-        "storage_backend": "auto, local or mictlanx; auto = mictlanx only if MICTLANX_URI/ROUTERS is set.",
-        "storage_path": "Directory of the local backend; empty means <SINK_PATH>/css.",
-        "mictlanx_uri": "mictlanx://<router-id>@<host>:<port>?api_version=4&protocol=http",
-        "mictlanx_routers": "Comma-separated MictlanX routers as id:host:port.",
-        "mictlanx_protocol": "http or https towards the routers.",
-        "mictlanx_api_version": "MictlanX router API version.",
-        "mictlanx_client_id": "Client id sent to MictlanX; empty means <NODE_ID>_mictlanx.",
-        "mictlanx_bucket_id": "Bucket holding Rory's objects.",
-        "mictlanx_chunk_size": "Chunk size for uploads, e.g. 256kb, 1mb, or bytes.",
-        "mictlanx_timeout": "Seconds before a storage request times out.",
-        "mictlanx_max_workers": "Concurrent storage requests.",
-        "mictlanx_max_retries": "Retries of a failed storage request.",
-        "mictlanx_delay": "Seconds before the first retry.",
-        "mictlanx_backoff_factor": "Exponential back-off factor between retries.",
-    },
-    "Paths": {
-        "source_path": "Input directory.",
-        "sink_path": "Output directory.",
-        "log_path": "Log directory.",
-        "keys_path": "Directory of the public CKKS material.",
-        "env_file_path": "This file's path; read at start when it exists (real environment variables win).",
-    },
-    "NATS": {
-        "nats_urls": "Comma-separated server URLs (nats://, tls://, ws://, wss://).",
-        "nats_user": "User name (user/password auth).",
-        "nats_password": "Password (user/password auth); prefer NATS_NKEY_SEED.",
-        "nats_token": "Token auth.",
-        "nats_nkey_seed": "Path to a file holding this node's nkey seed (see config/auth/).",
-        "nats_creds": "Path to a .creds file (JWT + seed, operator mode).",
-        "nats_tls_ca": "CA bundle to verify the servers (tls:// URLs).",
-        "nats_tls_cert": "Client certificate for mutual TLS.",
-        "nats_tls_key": "Client key for mutual TLS.",
-        "nats_inbox_prefix": "Inbox prefix; with per-node permissions use _INBOX_<NODE_ID>.",
-        "nats_connect_timeout": "Seconds allowed for the first connection.",
-        "rory_subject_prefix": "Subject prefix <p> of every Rory subject.",
-        "heartbeat_interval": "Seconds between heartbeats; a Manager drops a node after three missed beats.",
-        "worker_capacity": "Commands run at once; defaults to the number of CPUs.",
-        "rory_jobs_mode": "core (request-reply) or jetstream (durable RORY_JOBS work queue).",
-        "shutdown_grace_period": "Seconds in-flight commands get to finish on SIGTERM.",
-        "max_message_bytes": "Largest message the worker accepts or sends (bytes).",
-        "log_level": "DEBUG, INFO, WARNING, ERROR or CRITICAL.",
-    },
+# Sections of the file; each field's comment is its description in the Settings model.
+SECTIONS: dict[str, list[str]] = {
+    "Node identity (names and defaults of the original worker)": [
+        "node_id",
+        "node_port",
+        "node_index",
+        "node_ip_addr",
+        "rory_manager_ip_addr",
+        "rory_manager_port",
+        "server_ip_addr",
+    ],
+    "Algorithms": [
+        "distance",
+        "min_error",
+        "num_chunks",
+    ],
+    "CKKS material (the worker only ever reads public material from KEYS_PATH)": [
+        "ckks_round",
+        "ckks_decimals",
+        "ctx_filename",
+        "pubkey_filename",
+        "secret_key_filename",
+        "relinkey_filename",
+        "rotatekey_filename",
+    ],
+    "Storage (CSS)": [
+        "storage_backend",
+        "storage_path",
+        "mictlanx_uri",
+        "mictlanx_routers",
+        "mictlanx_protocol",
+        "mictlanx_api_version",
+        "mictlanx_client_id",
+        "mictlanx_bucket_id",
+        "mictlanx_chunk_size",
+        "mictlanx_timeout",
+        "mictlanx_max_workers",
+        "mictlanx_max_retries",
+        "mictlanx_delay",
+        "mictlanx_backoff_factor",
+    ],
+    "Paths": [
+        "source_path",
+        "sink_path",
+        "log_path",
+        "keys_path",
+        "env_file_path",
+    ],
+    "NATS": [
+        "nats_urls",
+        "nats_user",
+        "nats_password",
+        "nats_token",
+        "nats_nkey_seed",
+        "nats_creds",
+        "nats_tls_ca",
+        "nats_tls_cert",
+        "nats_tls_key",
+        "nats_inbox_prefix",
+        "nats_connect_timeout",
+        "rory_subject_prefix",
+        "heartbeat_interval",
+        "worker_capacity",
+        "rory_jobs_mode",
+        "shutdown_grace_period",
+        "max_message_bytes",
+        "log_level",
+    ],
+    "Durable intake and limits": [
+        "jetstream_stream",
+        "jetstream_dlq_stream",
+        "jetstream_ensure",
+        "jetstream_ack_wait",
+        "jetstream_max_deliver",
+        "max_object_bytes",
+    ],
 }
 
 HEADER = """\
@@ -138,13 +147,30 @@ def render() -> str:
         if parsed is not None and parsed != field_default(name):
             raise SystemExit(f"gen_worker_env: {name.upper()}={spelled} no longer equals the model's default")
     out = [HEADER]
-    for title, comments in SECTIONS.items():
+    for title, names in SECTIONS.items():
         out.append(f"\n# --- {title} ---\n")
-        for name, comment in comments.items():
-            out.append(f"# {comment}\n")
+        for name in names:
+            out.append(f"# {Settings.model_fields[name].description}\n")
             value = DISPLAY.get(name) or env_value(field_default(name))
             out.append(f"{'#' if name in UNSET_ON_PURPOSE else ''}{name.upper()}={value}\n")
     return "".join(out)
+
+
+def render_markdown() -> str:
+    """The README's configuration table: variable, default, meaning."""
+    render()  # same completeness checks
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for title, names in SECTIONS.items():
+        rows.append(f"| **{title}** | | |")
+        for name in names:
+            value = DISPLAY.get(name) or env_value(field_default(name))
+            description = (Settings.model_fields[name].description or "").replace("|", "\\|")
+            rows.append(
+                f"| `{name.upper()}` | `{value}` | {description} |"
+                if value
+                else f"| `{name.upper()}` | (empty) | {description} |"
+            )
+    return "\n".join(rows) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -152,8 +178,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--check", type=Path, metavar="FILE", help="compare FILE with the generated text")
+    parser.add_argument("--markdown", action="store_true", help="print the README's configuration table")
     args = parser.parse_args(argv)
-    text = render()
+    text = render_markdown() if args.markdown else render()
     if args.check:
         if args.check.read_text() != text:
             fix = f"python scripts/gen_worker_env.py > {args.check}"

@@ -72,70 +72,192 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", validate_default=True)
 
     # --- node identity (seed) ---
-    node_id: str = Field("rory-worker-0", pattern=NODE_ID_PATTERN)
-    node_port: int = Field(9000, ge=0, le=65535)
-    node_index: int = Field(0, ge=0)
-    node_ip_addr: str = ""  # empty means: same as NODE_ID (the original default)
-    rory_manager_ip_addr: str = "localhost"
-    rory_manager_port: int = Field(6000, ge=0, le=65535)
-    server_ip_addr: str = "0.0.0.0"
+    node_id: str = Field(
+        "rory-worker-0",
+        pattern=NODE_ID_PATTERN,
+        description="Unique worker id; a NATS subject token, ^[A-Za-z0-9_-]{1,64}$.",
+    )
+    node_port: int = Field(
+        9000,
+        ge=0,
+        le=65535,
+        description="Port of the original HTTP service (kept from the original worker).",
+    )
+    node_index: int = Field(0, ge=0, description="Node index of the original deployment (port offsets).")
+    node_ip_addr: str = Field("", description="Host name of this node; empty means the same as NODE_ID.")
+    rory_manager_ip_addr: str = Field(
+        "localhost",
+        description="Manager host of the original deployment (Managers now use NATS).",
+    )
+    rory_manager_port: int = Field(
+        6000,
+        ge=0,
+        le=65535,
+        description="Manager port of the original deployment.",
+    )
+    server_ip_addr: str = Field("0.0.0.0", description="Interface of the original HTTP service.")
 
     # --- algorithms (seed) ---
-    distance: Distance = Distance.MANHATTAN
-    min_error: float = Field(0.015, ge=0)
-    num_chunks: int = Field(4, ge=1, le=4096)
+    distance: Distance = Field(
+        Distance.MANHATTAN,
+        description="Distance metric: MANHATHAN (MANHATTAN accepted) or EUCLIDEAN.",
+    )
+    min_error: float = Field(0.015, ge=0, description="Convergence tolerance of the iterative algorithms.")
+    num_chunks: int = Field(4, ge=1, le=4096, description="Chunks a result matrix is split into when stored.")
 
     # --- CKKS material (seed); the worker only ever reads public material ---
-    ckks_round: bool = False
-    ckks_decimals: int = Field(2, ge=0, le=15)
-    ctx_filename: str = "ctx"
-    pubkey_filename: str = "pubkey"
-    secret_key_filename: str = "secretkey"
-    relinkey_filename: str = "relinkey"
-    rotatekey_filename: str = "rotatekey"
+    ckks_round: bool = Field(False, description="Round CKKS results (true/false, 1/0).")
+    ckks_decimals: int = Field(
+        2,
+        ge=0,
+        le=15,
+        description="Decimal places kept when CKKS results are rounded.",
+    )
+    ctx_filename: str = Field("ctx", description="File name of the public CKKS context in KEYS_PATH.")
+    pubkey_filename: str = Field("pubkey", description="File name of the public key in KEYS_PATH.")
+    secret_key_filename: str = Field(
+        "secretkey",
+        description="File name of the secret key; the worker never opens it (data owner only).",
+    )
+    relinkey_filename: str = Field(
+        "relinkey",
+        description="File name of the relinearisation key in KEYS_PATH.",
+    )
+    rotatekey_filename: str = Field(
+        "rotatekey",
+        description="File name of the Galois (rotation) keys in KEYS_PATH.",
+    )
 
     # --- storage (seed + backend choice) ---
-    storage_backend: StorageBackend = StorageBackend.AUTO
-    storage_path: str = ""  # local backend directory; empty means <SINK_PATH>/css
-    mictlanx_uri: str = ""
-    mictlanx_routers: CommaList = Field(default_factory=lambda: ["mictlanx-router-0:localhost:60666"])
-    mictlanx_protocol: str = Field("http", pattern=r"^https?$")
-    mictlanx_api_version: int = Field(4, ge=1)
-    mictlanx_client_id: str = ""  # empty means <NODE_ID>_mictlanx
-    mictlanx_bucket_id: str = Field("rory", min_length=1)
-    mictlanx_chunk_size: int = 256 * 1024
-    mictlanx_timeout: float = Field(120.0, gt=0)
-    mictlanx_max_workers: int = Field(4, ge=1, le=256)
-    mictlanx_max_retries: int = Field(10, ge=0, le=1000)
-    mictlanx_delay: float = Field(2.0, ge=0)
-    mictlanx_backoff_factor: float = Field(0.5, ge=0)
+    storage_backend: StorageBackend = Field(
+        StorageBackend.AUTO,
+        description="auto, local or mictlanx; auto = mictlanx only if MICTLANX_URI/ROUTERS is set.",
+    )
+    storage_path: str = Field("", description="Directory of the local backend; empty means <SINK_PATH>/css.")
+    mictlanx_uri: str = Field(
+        "",
+        description="mictlanx://<router-id>@<host>:<port>?api_version=4&protocol=http",
+    )
+    mictlanx_routers: CommaList = Field(
+        default_factory=lambda: ["mictlanx-router-0:localhost:60666"],
+        description="Comma-separated MictlanX routers as id:host:port.",
+    )
+    mictlanx_protocol: str = Field(
+        "http",
+        pattern=r"^https?$",
+        description="http or https towards the routers.",
+    )
+    mictlanx_api_version: int = Field(4, ge=1, description="MictlanX router API version.")
+    mictlanx_client_id: str = Field(
+        "",
+        description="Client id sent to MictlanX; empty means <NODE_ID>_mictlanx.",
+    )
+    mictlanx_bucket_id: str = Field("rory", min_length=1, description="Bucket holding Rory's objects.")
+    mictlanx_chunk_size: int = Field(
+        256 * 1024,
+        description="Chunk size for uploads, e.g. 256kb, 1mb, or bytes.",
+    )
+    mictlanx_timeout: float = Field(120.0, gt=0, description="Seconds before a storage request times out.")
+    mictlanx_max_workers: int = Field(4, ge=1, le=256, description="Concurrent storage requests.")
+    mictlanx_max_retries: int = Field(10, ge=0, le=1000, description="Retries of a failed storage request.")
+    mictlanx_delay: float = Field(2.0, ge=0, description="Seconds before the first retry.")
+    mictlanx_backoff_factor: float = Field(
+        0.5,
+        ge=0,
+        description="Exponential back-off factor between retries.",
+    )
 
     # --- paths (seed) ---
-    source_path: str = "/rory/source"
-    sink_path: str = "/rory/sink"
-    log_path: str = "/rory/log"
-    keys_path: str = "/rory/keys"
-    env_file_path: str = DEFAULT_ENV_FILE
+    source_path: str = Field("/rory/source", description="Input directory.")
+    sink_path: str = Field("/rory/sink", description="Output directory.")
+    log_path: str = Field("/rory/log", description="Log directory.")
+    keys_path: str = Field("/rory/keys", description="Directory of the public CKKS material.")
+    env_file_path: str = Field(
+        DEFAULT_ENV_FILE,
+        description="This file's path; read at start when it exists (real environment variables win).",
+    )
 
     # --- NATS ---
-    nats_urls: CommaList = Field(default_factory=lambda: ["nats://127.0.0.1:4222"])
-    nats_user: str = ""
-    nats_password: str = ""
-    nats_token: str = ""
-    nats_nkey_seed: str = ""  # path to a file holding an nkey seed
-    nats_creds: str = ""  # path to a .creds file (JWT + seed)
-    nats_tls_ca: str = ""
-    nats_tls_cert: str = ""
-    nats_tls_key: str = ""
-    nats_inbox_prefix: str = Field("_INBOX", pattern=SUBJECT_TOKEN_PATTERN)
-    nats_connect_timeout: float = Field(5.0, gt=0)
-    rory_subject_prefix: str = Field("rory", pattern=SUBJECT_TOKEN_PATTERN)
-    heartbeat_interval: float = Field(5.0, gt=0)
-    worker_capacity: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1), ge=1, le=256)
-    rory_jobs_mode: JobsMode = JobsMode.CORE
-    shutdown_grace_period: float = Field(30.0, ge=0)
-    max_message_bytes: int = Field(1024 * 1024, ge=1024)
-    log_level: str = Field("INFO", pattern=r"^(?i:debug|info|warning|error|critical)$")
+    nats_urls: CommaList = Field(
+        default_factory=lambda: ["nats://127.0.0.1:4222"],
+        description="Comma-separated server URLs (nats://, tls://, ws://, wss://).",
+    )
+    nats_user: str = Field("", description="User name (user/password auth).")
+    nats_password: str = Field("", description="Password (user/password auth); prefer NATS_NKEY_SEED.")
+    nats_token: str = Field("", description="Token auth.")
+    nats_nkey_seed: str = Field(
+        "",
+        description="Path to a file holding this node's nkey seed (see config/auth/).",
+    )
+    nats_creds: str = Field("", description="Path to a .creds file (JWT + seed, operator mode).")
+    nats_tls_ca: str = Field("", description="CA bundle to verify the servers (tls:// URLs).")
+    nats_tls_cert: str = Field("", description="Client certificate for mutual TLS.")
+    nats_tls_key: str = Field("", description="Client key for mutual TLS.")
+    nats_inbox_prefix: str = Field(
+        "_INBOX",
+        pattern=SUBJECT_TOKEN_PATTERN,
+        description="Inbox prefix; with per-node permissions use _INBOX_<NODE_ID>.",
+    )
+    nats_connect_timeout: float = Field(5.0, gt=0, description="Seconds allowed for the first connection.")
+    rory_subject_prefix: str = Field(
+        "rory",
+        pattern=SUBJECT_TOKEN_PATTERN,
+        description="Subject prefix <p> of every Rory subject.",
+    )
+    heartbeat_interval: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds between heartbeats; a Manager drops a node after three missed beats.",
+    )
+    worker_capacity: int = Field(
+        default_factory=lambda: max(1, os.cpu_count() or 1),
+        ge=1,
+        le=256,
+        description="Commands run at once; defaults to the number of CPUs.",
+    )
+    rory_jobs_mode: JobsMode = Field(
+        JobsMode.CORE,
+        description="core (request-reply) or jetstream (durable RORY_JOBS work queue).",
+    )
+    shutdown_grace_period: float = Field(
+        30.0,
+        ge=0,
+        description="Seconds in-flight commands get to finish on SIGTERM.",
+    )
+    max_message_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="Largest message the worker accepts or sends (bytes).",
+    )
+    # --- durable intake and limits ---
+    jetstream_stream: str = Field(
+        "RORY_JOBS", pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Work-queue stream of job commands."
+    )
+    jetstream_dlq_stream: str = Field(
+        "RORY_DLQ",
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="Stream of commands that exhausted their deliveries.",
+    )
+    jetstream_ensure: bool = Field(
+        True,
+        description="Create/update the streams and consumers (false: only verify, for restricted users).",
+    )
+    jetstream_ack_wait: float = Field(
+        60.0, gt=0, description="Seconds before an unacknowledged command is redelivered."
+    )
+    jetstream_max_deliver: int = Field(
+        5, ge=1, le=1000, description="Deliveries of one command before it goes to the DLQ."
+    )
+    max_object_bytes: int = Field(
+        4 * 1024**3,
+        ge=1024,
+        description="Largest object (declared shape x itemsize) the worker will allocate.",
+    )
+    log_level: str = Field(
+        "INFO",
+        pattern=r"^(?i:debug|info|warning|error|critical)$",
+        description="DEBUG, INFO, WARNING, ERROR or CRITICAL.",
+    )
 
     @field_validator("distance", mode="before")
     @classmethod
