@@ -1,0 +1,79 @@
+"""The compute pool: processes, crash recovery, cancellation kills the slot, per-process cache."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from tests import ops
+from worker.runtime.pool import ComputeCrashed, ComputePool
+
+
+@pytest.fixture
+async def pool():
+    pool = ComputePool(2, preload=["tests.ops"])
+    pool.start()
+    await pool.wait_ready(timeout=30)
+    yield pool
+    await pool.shutdown()
+
+
+async def test_runs_in_other_processes(pool: ComputePool) -> None:
+    assert await pool.run(ops.add, 2, b=3) == 5
+    pids = set(await asyncio.gather(*(pool.run(ops.pid) for _ in range(6))))
+    assert os.getpid() not in pids and pids <= set(pool.pids())
+    assert pool.busy == 0
+
+
+async def test_exceptions_from_the_function_propagate(pool: ComputePool) -> None:
+    with pytest.raises(ValueError, match="nope"):
+        await pool.run(ops.raise_value_error, "nope")
+    assert pool.restarts == 0
+
+
+async def test_more_jobs_than_slots_wait_for_a_slot(pool: ComputePool) -> None:
+    results = await asyncio.gather(*(pool.run(ops.add, i, 1) for i in range(7)))
+    assert results == [i + 1 for i in range(7)]
+
+
+async def test_crash_restarts_only_that_slot(pool: ComputePool) -> None:
+    survivor = asyncio.create_task(pool.run(ops.burn, 0.5))
+    await asyncio.sleep(0.05)
+    with pytest.raises(ComputeCrashed):
+        await pool.run(ops.die)
+    assert pool.restarts == 1
+    assert await survivor > 0  # the other slot's job was not affected
+    assert await pool.run(ops.add, 1, 1) == 2
+    assert len(pool.pids()) >= 1
+
+
+async def test_cancellation_kills_and_replaces_the_slot(pool: ComputePool) -> None:
+    before = set(pool.pids())
+    task = asyncio.create_task(pool.run(ops.burn, 10))
+    await asyncio.sleep(0.2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert pool.kills == 1 and pool.busy == 0
+    results = await asyncio.gather(pool.run(ops.add, 1, 2), pool.run(ops.add, 3, 4))
+    assert results == [3, 7]
+    assert set(pool.pids()) != before
+
+
+async def test_process_cached_loads_once_per_process(pool: ComputePool) -> None:
+    from worker.runtime.pool import process_cached
+
+    calls = []
+    assert process_cached("k", lambda: calls.append(1) or "v") == "v"
+    assert process_cached("k", lambda: calls.append(1) or "w") == "v"
+    assert calls == [1]
+
+
+async def test_not_started_pool_refuses_work() -> None:
+    pool = ComputePool(1)
+    with pytest.raises(Exception, match="not running"):
+        await pool.run(ops.add, 1, 2)
+    with pytest.raises(ValueError):
+        ComputePool(0)

@@ -1,0 +1,329 @@
+"""From raw message to Reply: decode, validate, admit, run the handler, time it, count it.
+
+Split in two so both intakes (core request-reply now, JetStream later) share it:
+
+* :meth:`Dispatcher.prepare` runs inside the subscription callback and is cheap and synchronous:
+  bounded decode, envelope fast path, op checks, params validation, capacity check. Bad input and
+  "busy" are answered from here without ever taking a slot; at capacity the answer is 503 BUSY at
+  once (nothing queues behind a full worker).
+* :meth:`Dispatcher.run` runs the admitted job in its own task, under the command's deadline, and
+  always returns a Reply map: handlers cannot crash the worker.
+
+Replies are built as plain dicts with exactly the fields of ``schemas.envelopes.Reply`` (a test
+validates them against the model) to keep pydantic off the per-message path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+from schemas import codec
+from schemas.envelopes import PROTOCOL_VERSION, Command, parse_command
+from schemas.subjects import is_valid_job_id
+from worker.errors import (
+    BadRequest,
+    Busy,
+    DeadlineExceeded,
+    Internal,
+    RoryError,
+    UnknownOperation,
+    classify,
+)
+from worker.runtime.context import JobContext, Resources
+from worker.runtime.discovery import Discovery, EndpointStats
+from worker.runtime.pool import ComputePool
+from worker.runtime.registry import Operation, Registry
+from worker.settings import Settings
+
+log = logging.getLogger("rory.worker.dispatch")
+
+ERROR_HEADER = "Nats-Service-Error"
+ERROR_CODE_HEADER = "Nats-Service-Error-Code"
+MAX_ERROR_HEADER = 512
+MAX_OP_ECHO = 128
+
+
+@dataclass(slots=True)
+class Job:
+    """An admitted command: it holds one unit of capacity until :meth:`Dispatcher.run` returns."""
+
+    command: Command
+    operation: Operation
+    params: BaseModel
+    json_mode: bool
+    received: float  # perf_counter at receipt
+    deadline: float | None  # event-loop time, None = no deadline
+    endpoint: EndpointStats
+
+
+class Rejected(Exception):
+    """``prepare`` refused a message; ``reply`` is the error Reply to send."""
+
+    def __init__(self, reply: dict[str, Any], json_mode: bool, error: RoryError) -> None:
+        super().__init__(error.message)
+        self.reply = reply
+        self.json_mode = json_mode
+        self.error = error
+
+
+def error_headers(reply: Mapping[str, Any]) -> dict[str, str]:
+    """ADR-32 error headers for an error Reply (single line, bounded)."""
+    error = reply["error"]
+    text = " ".join(str(error["message"]).split())[:MAX_ERROR_HEADER] or error["type"]
+    return {ERROR_HEADER: text, ERROR_CODE_HEADER: str(error["code"])}
+
+
+def error_info(error: RoryError) -> dict[str, Any]:
+    return {"code": error.code, "type": error.type, "message": error.message, "retryable": error.retryable}
+
+
+class Dispatcher:
+    """Turns command messages into Replies for one worker instance."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        registry: Registry,
+        discovery: Discovery,
+        store: Any,
+        pool: ComputePool | None,
+        resources: Resources,
+        instance_id: str,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.discovery = discovery
+        self.store = store
+        self.pool = pool
+        self.resources = resources
+        self.node_id = settings.node_id
+        self.capacity = settings.worker_capacity
+        self.max_bytes = settings.max_message_bytes
+        self.inflight = 0
+        self.accepting = True
+        self._ids = itertools.count(1)
+        self._id_prefix = f"{instance_id}-"
+
+    # ------------------------------------------------------------------ replies
+    def new_id(self) -> str:
+        return f"{self._id_prefix}{next(self._ids)}"
+
+    def _reply(
+        self,
+        *,
+        in_reply_to: str,
+        job_id: str,
+        op: str,
+        result: dict[str, Any] | None,
+        error: RoryError | None,
+        timings: dict[str, float],
+    ) -> dict[str, Any]:
+        reply: dict[str, Any] = {
+            "v": PROTOCOL_VERSION,
+            "id": self.new_id(),
+            "in_reply_to": in_reply_to,
+            "job_id": job_id,
+            "op": op[:MAX_OP_ECHO],
+            "node_id": self.node_id,
+            "ok": error is None,
+        }
+        if error is None:
+            reply["result"] = result if result is not None else {}
+        else:
+            reply["error"] = error_info(error)
+        reply["timings"] = timings
+        return reply
+
+    def reject(
+        self,
+        error: RoryError,
+        *,
+        op: str,
+        received: float,
+        data: Any = None,
+        endpoint: EndpointStats | None = None,
+    ) -> dict[str, Any]:
+        """An error Reply for a message that was never run; counts it on its endpoint."""
+        in_reply_to = job_id = ""
+        if type(data) is dict:  # echo whatever identifiers were readable and valid
+            ident, job = data.get("id"), data.get("job_id")
+            in_reply_to = ident if type(ident) is str and _valid_id(ident) else ""
+            if job is None:
+                job = in_reply_to
+            job_id = job if type(job) is str and _valid_id(job) else ""
+        total = time.perf_counter() - received
+        reply = self._reply(
+            in_reply_to=in_reply_to,
+            job_id=job_id,
+            op=op,
+            result=None,
+            error=error,
+            timings={"queued": 0.0, "storage_get": 0.0, "compute": 0.0, "storage_put": 0.0, "total": total},
+        )
+        (endpoint or self.discovery.endpoint(op)).record(total, _describe(error))
+        return reply
+
+    # ------------------------------------------------------------------ admission
+    def prepare(
+        self,
+        data: bytes,
+        headers: Mapping[str, str] | None,
+        subject_op: str,
+        received: float,
+    ) -> Job:
+        """Validate and admit a command, or raise :class:`Rejected` carrying its error Reply."""
+        json_mode = codec.is_json(headers)
+        endpoint = self.discovery.endpoint(subject_op)
+        decoded: Any = None
+        try:
+            decoded = codec.decode(data, json_mode=json_mode, max_bytes=self.max_bytes)
+            command = parse_command(decoded)
+            if command.op != subject_op:
+                raise BadRequest(f"op {command.op!r} does not match the subject's operation {subject_op!r}")
+            operation = self.registry.get(subject_op)
+            if operation is None:
+                served = ", ".join(self.registry.names())
+                raise UnknownOperation(f"unknown operation {subject_op!r}; this worker serves: {served}")
+            params = operation.parse_params(command.params)
+            if not self.accepting:
+                raise Busy("the worker is stopping; send the command again (another worker may take it)")
+            if self.inflight >= self.capacity:
+                raise Busy(f"all {self.capacity} slots are busy; retry later")
+        except RoryError as error:
+            reply = self.reject(error, op=subject_op, received=received, data=decoded, endpoint=endpoint)
+            raise Rejected(reply, json_mode, error) from None
+        except Exception as error:  # a bug in validation must still produce an answer
+            log.exception("unexpected error while admitting a command")
+            wrapped = Internal(f"{type(error).__name__}: {error}")
+            reply = self.reject(wrapped, op=subject_op, received=received, data=decoded, endpoint=endpoint)
+            raise Rejected(reply, json_mode, wrapped) from None
+        self.inflight += 1
+        endpoint.inflight += 1
+        deadline = None
+        if command.deadline_s is not None:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + command.deadline_s - (time.perf_counter() - received)
+        return Job(command, operation, params, json_mode, received, deadline, endpoint)
+
+    # ------------------------------------------------------------------ execution
+    async def run(self, job: Job) -> dict[str, Any]:
+        """Run an admitted job and return its Reply map (never raises)."""
+        started = time.perf_counter()
+        command = job.command
+        ctx = JobContext(
+            settings=self.settings,
+            command=command,
+            node_id=self.node_id,
+            store=self.store,
+            pool=self.pool,
+            resources=self.resources,
+            deadline=job.deadline,
+            log=log,
+        )
+        result: dict[str, Any] | None = None
+        error: RoryError | None = None
+        try:
+            if job.deadline is None:
+                result = await self._invoke(job, ctx)
+            else:
+                async with asyncio.timeout_at(job.deadline):
+                    result = await self._invoke(job, ctx)
+        except TimeoutError as exc:
+            loop = asyncio.get_running_loop()
+            if job.deadline is not None and loop.time() >= job.deadline:
+                error = DeadlineExceeded(
+                    f"deadline of {command.deadline_s:g}s passed; the computation was stopped and its "
+                    "result discarded"
+                )
+            else:
+                error = classify(exc)
+        except asyncio.CancelledError:
+            error = Busy("the worker stopped before this command finished; send it again")
+        except Exception as exc:
+            error = classify(exc)
+            if error.code >= 500 and not isinstance(exc, RoryError):
+                log.error(
+                    "handler failed",
+                    exc_info=exc,
+                    extra={"op": command.op, "job_id": command.job_id, "id": command.id},
+                )
+        finally:
+            self.inflight -= 1
+            job.endpoint.inflight -= 1
+        storage_get, compute, storage_put = ctx.stage_timings()
+        total = time.perf_counter() - job.received
+        reply = self._reply(
+            in_reply_to=command.id,
+            job_id=command.job_id or command.id,
+            op=command.op,
+            result=result,
+            error=error,
+            timings={
+                "queued": started - job.received,
+                "storage_get": storage_get,
+                "compute": compute,
+                "storage_put": storage_put,
+                "total": total,
+            },
+        )
+        job.endpoint.record(total, None if error is None else _describe(error))
+        if error is not None:
+            log.info(
+                "command failed",
+                extra={
+                    "op": command.op,
+                    "job_id": command.job_id,
+                    "code": error.code,
+                    "error": error.message,
+                },
+            )
+        return reply
+
+    async def _invoke(self, job: Job, ctx: JobContext) -> dict[str, Any]:
+        value = await job.operation.handler(ctx, job.params)
+        if isinstance(value, BaseModel):
+            return value.model_dump(mode="json")
+        if isinstance(value, Mapping):
+            return dict(value)
+        raise Internal(f"handler of {job.operation.name} returned {type(value).__name__}, not a map")
+
+    # ------------------------------------------------------------------ encoding
+    def encode(
+        self, reply: dict[str, Any], json_mode: bool, max_payload: int
+    ) -> tuple[bytes, dict[str, str]]:
+        """Encode a Reply with its headers; an unencodable or oversized result becomes a 500."""
+        try:
+            data = codec.encode(reply, json_mode=json_mode)
+            if len(data) > max_payload:
+                raise Internal(
+                    f"reply of {len(data)} bytes exceeds the server's max_payload of {max_payload} bytes; "
+                    "large results must be stored and their key returned"
+                )
+        except Exception as exc:
+            error = exc if isinstance(exc, Internal) else Internal(f"result cannot be encoded: {exc}")
+            reply = {**reply, "ok": False, "error": error_info(error)}
+            reply.pop("result", None)
+            data = codec.encode(reply, json_mode=json_mode)
+        headers = {codec.CONTENT_TYPE: codec.content_type(json_mode)}
+        if not reply["ok"]:
+            headers.update(error_headers(reply))
+        return data, headers
+
+
+def _describe(error: RoryError) -> str:
+    return f"{error.code} {error.type}: {error.message}"
+
+
+_valid_id = is_valid_job_id
+
+
+__all__ = ["ERROR_CODE_HEADER", "ERROR_HEADER", "Dispatcher", "Job", "Rejected", "error_headers"]

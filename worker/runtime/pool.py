@@ -1,0 +1,313 @@
+"""The compute pool: WORKER_CAPACITY single-process slots, started with ``forkserver``.
+
+Why processes: TenSEAL holds the GIL, so a thread would still starve the event loop (heartbeats,
+health, $SRV). Why ``forkserver``: forking a process that runs an event loop and threads is unsafe;
+the fork server is a clean single-threaded process that imports the preload modules once, so each
+slot starts in milliseconds instead of re-importing numpy/TenSEAL.
+
+Why one executor per slot instead of one ``ProcessPoolExecutor(max_workers=N)``: a slot can be
+killed and replaced on its own. When a job's deadline passes, its process is killed at once (the
+result would be discarded anyway) and the slot is restarted, so capacity comes back immediately
+instead of staying busy until the computation returns. A job that crashes its process
+(``BrokenProcessPool``) only takes down its own slot, which is restarted; the other slots keep
+running their jobs.
+
+Functions given to :meth:`ComputePool.run` must be picklable top-level functions; their arguments and
+results travel by pickle between our own processes only (never data from the bus).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import importlib
+import logging
+import multiprocessing
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, TypeVar
+
+from worker.errors import Internal
+
+log = logging.getLogger("rory.worker.pool")
+
+T = TypeVar("T")
+
+DEFAULT_PRELOAD = ("numpy",)
+DEFAULT_NICENESS = 5
+
+
+class ComputeCrashed(Internal):
+    """A compute process died while running a job (segfault, os._exit, out of memory)."""
+
+    type = "COMPUTE_CRASHED"
+
+
+# ----------------------------------------------------------------------------- child side
+_PROCESS_CACHE: dict[str, Any] = {}
+
+
+def process_cached(name: str, loader: Callable[[], T]) -> T:
+    """Per-process cache for compute functions (e.g. a deserialized public CKKS context).
+
+    Runs in a pool process: the first job that needs ``name`` loads it, later jobs on the same
+    process reuse it. A slot that is restarted starts with an empty cache.
+    """
+    try:
+        return _PROCESS_CACHE[name]
+    except KeyError:
+        value = _PROCESS_CACHE[name] = loader()
+        return value
+
+
+def _init_child(preload: tuple[str, ...], niceness: int) -> None:
+    # The parent handles SIGINT/SIGTERM and stops gracefully; a terminal Ctrl-C reaches the whole
+    # process group, so children ignore it and are stopped by the parent.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if niceness:
+        # Compute yields the CPU to the event-loop process, so health, heartbeats and $SRV stay
+        # responsive when every slot is busy (inside a container this only ranks our processes).
+        with contextlib.suppress(OSError):
+            os.nice(niceness)
+    for module in preload:
+        with contextlib.suppress(Exception):
+            importlib.import_module(module)
+
+
+def _ready() -> int:
+    return os.getpid()
+
+
+# ----------------------------------------------------------------------------- parent side
+_FORKSERVER_CONFIGURED = False
+
+
+def _context(method: str, preload: tuple[str, ...]) -> multiprocessing.context.BaseContext:
+    global _FORKSERVER_CONFIGURED
+    ctx = multiprocessing.get_context(method)
+    if method == "forkserver" and not _FORKSERVER_CONFIGURED:
+        # Only effective before the fork server starts (once per interpreter).
+        ctx.set_forkserver_preload(["__main__", *preload])  # type: ignore[attr-defined]
+        _FORKSERVER_CONFIGURED = True
+    return ctx
+
+
+class _Slot:
+    """One process behind its own executor, so it can be killed and replaced alone."""
+
+    __slots__ = ("_ctx", "_niceness", "_preload", "busy", "executor", "index", "warm")
+
+    def __init__(self, index: int, ctx: Any, preload: tuple[str, ...], niceness: int) -> None:
+        self.index = index
+        self.busy = False
+        self._ctx = ctx
+        self._preload = preload
+        self._niceness = niceness
+        self.executor = self._new_executor()
+        self.warm: concurrent.futures.Future[int] = self.executor.submit(_ready)
+
+    def _new_executor(self) -> concurrent.futures.ProcessPoolExecutor:
+        return concurrent.futures.ProcessPoolExecutor(
+            max_workers=1,
+            mp_context=self._ctx,
+            initializer=_init_child,
+            initargs=(self._preload, self._niceness),
+        )
+
+    def pids(self) -> list[int]:
+        processes = getattr(self.executor, "_processes", None) or {}
+        return [p.pid for p in list(processes.values()) if p.pid is not None]
+
+    def kill(self) -> None:
+        """SIGKILL the slot's process; its pending future fails with BrokenProcessPool."""
+        kill_workers = getattr(self.executor, "kill_workers", None)  # Python 3.14+
+        if kill_workers is not None:
+            kill_workers()
+            return
+        processes = getattr(self.executor, "_processes", None) or {}
+        for process in list(processes.values()):
+            with contextlib.suppress(Exception):
+                process.kill()
+
+    def replace(self) -> None:
+        """Drop the executor (broken or killed) and start a fresh process in its place."""
+        old = self.executor
+        with contextlib.suppress(Exception):
+            old.shutdown(wait=False, cancel_futures=True)
+        self.executor = self._new_executor()
+        self.warm = self.executor.submit(_ready)
+        self.warm.add_done_callback(_consume)
+
+
+def _consume(future: concurrent.futures.Future[Any]) -> None:
+    # Retrieve the outcome of futures nobody awaits any more, so nothing logs "never retrieved".
+    if not future.cancelled():
+        future.exception()
+
+
+class ComputePool:
+    """Runs CPU-bound functions in ``size`` processes; at most ``size`` at once, others wait."""
+
+    def __init__(
+        self,
+        size: int,
+        *,
+        preload: Iterable[str] = (),
+        start_method: str = "forkserver",
+        niceness: int = DEFAULT_NICENESS,
+    ) -> None:
+        if size < 1:
+            raise ValueError("pool size must be at least 1")
+        self.size = size
+        self._niceness = niceness
+        self._preload = tuple(dict.fromkeys([*DEFAULT_PRELOAD, *preload]))
+        self._method = start_method
+        self._slots: list[_Slot] = []
+        self._free: asyncio.Queue[_Slot] | None = None
+        self._busy = 0
+        self.restarts = 0  # slots replaced after a crash
+        self.kills = 0  # slots killed because their job was cancelled (deadline, shutdown)
+        self._closed = False
+        self._starting: asyncio.Future[None] | None = None
+
+    # -- lifecycle
+    def start(self) -> None:
+        """Start the slots' processes from a helper thread and return at once.
+
+        The first start of the fork server imports the preload modules before it can fork, which
+        takes a noticeable time; doing it in a thread keeps the event loop (and the ``started``
+        announcement) free. A job arriving earlier simply waits for the first slot.
+        """
+        if self._free is not None:
+            return
+        loop = asyncio.get_running_loop()
+        ctx = _context(self._method, self._preload)
+        self._free = asyncio.Queue()
+        self._starting = loop.run_in_executor(None, self._create_slots, ctx, loop)
+
+    def _create_slots(self, ctx: Any, loop: asyncio.AbstractEventLoop) -> None:
+        for index in range(self.size):
+            if self._closed:
+                return
+            slot = _Slot(index, ctx, self._preload, self._niceness)  # blocks until forked
+            slot.warm.add_done_callback(_consume)
+            loop.call_soon_threadsafe(self._add_slot, slot)
+
+    def _add_slot(self, slot: _Slot) -> None:
+        if self._closed or self._free is None:
+            slot.executor.shutdown(wait=False, cancel_futures=True)
+            return
+        self._slots.append(slot)
+        self._free.put_nowait(slot)
+
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        """Wait until every slot's process has started (imports done)."""
+
+        async def ready() -> None:
+            if self._starting is not None:
+                await self._starting
+                await asyncio.sleep(0)  # let the call_soon_threadsafe additions run
+            futures = [asyncio.wrap_future(slot.warm) for slot in self._slots]
+            await asyncio.gather(*futures, return_exceptions=True)
+
+        await asyncio.wait_for(ready(), timeout)
+
+    async def shutdown(self) -> None:
+        """Stop every process. Jobs still running are killed (callers finish theirs first)."""
+        self._closed = True
+        if self._starting is not None:
+            with contextlib.suppress(Exception):
+                await self._starting
+            await asyncio.sleep(0)
+        slots, self._slots = self._slots, []
+        for slot in slots:
+            if slot.busy:
+                slot.kill()
+            slot.executor.shutdown(wait=False, cancel_futures=True)
+        await asyncio.gather(
+            *(asyncio.to_thread(slot.executor.shutdown, True) for slot in slots), return_exceptions=True
+        )
+
+    # -- state
+    @property
+    def busy(self) -> int:
+        """Slots running a job now."""
+        return self._busy
+
+    @property
+    def started(self) -> bool:
+        return self._free is not None and not self._closed
+
+    def pids(self) -> list[int]:
+        return [pid for slot in self._slots for pid in slot.pids()]
+
+    def healthy(self) -> bool:
+        """Running with every slot (slots still starting count as healthy)."""
+        if not self.started:
+            return False
+        return self._starting is None or not self._starting.done() or len(self._slots) == self.size
+
+    # -- work
+    async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(*args, **kwargs)`` in a free slot and return its result.
+
+        Cancellation (a deadline, a shutdown) kills the slot's process and restarts it; a crashed
+        process raises :class:`ComputeCrashed` and its slot is restarted. Exceptions raised by
+        ``fn`` itself propagate unchanged.
+        """
+        if self._free is None or self._closed:
+            raise Internal("the compute pool is not running")
+        slot = await self._free.get()
+        self._busy += 1
+        slot.busy = True
+        try:
+            try:
+                future = slot.executor.submit(fn, *args, **kwargs)
+            except (BrokenProcessPool, RuntimeError):
+                self._restart(slot, crashed=True)
+                future = slot.executor.submit(fn, *args, **kwargs)
+            waiter = asyncio.wrap_future(future)
+            try:
+                return await asyncio.shield(waiter)
+            except asyncio.CancelledError:
+                if not future.done():
+                    waiter.add_done_callback(lambda f: f.cancelled() or f.exception())
+                    slot.kill()
+                    self.kills += 1
+                    self._restart(slot, crashed=False)
+                raise
+            except BrokenProcessPool:
+                self._restart(slot, crashed=True)
+                raise ComputeCrashed(
+                    f"the compute process running {getattr(fn, '__name__', 'the job')} died "
+                    "(crash, os._exit or out of memory); its slot was restarted"
+                ) from None
+        finally:
+            self._busy -= 1
+            slot.busy = False
+            if not self._closed:
+                self._free.put_nowait(slot)
+
+    def _restart(self, slot: _Slot, *, crashed: bool) -> None:
+        if self._closed:
+            return
+        started = time.perf_counter()
+        slot.replace()
+        if crashed:
+            self.restarts += 1
+        log.log(
+            logging.WARNING if crashed else logging.INFO,
+            "compute slot restarted",
+            extra={
+                "slot": slot.index,
+                "reason": "crash" if crashed else "cancelled",
+                "ms": round((time.perf_counter() - started) * 1000, 2),
+            },
+        )
+
+
+__all__ = ["DEFAULT_PRELOAD", "ComputeCrashed", "ComputePool", "process_cached"]
