@@ -77,10 +77,14 @@ def main() -> None:
 
     t_enc, enc = _best(lambda: liu.encrypt(key, data), rep)
     t_udm, udm = _best(lambda: build_udm(data, k), rep)
-    print(f"Liu encrypt     {t_enc * 1e3:9.1f} ms  {n * a / t_enc / 1e6:8.2f} M values/s   "
-          f"({enc.nbytes / 2**20:.1f} MB)")
-    print(f"compact UDM     {t_udm * 1e3:9.1f} ms  ({udm.nbytes / 2**20:.1f} MB; full n x n x a would be "
-          f"{8 * n * n * a / 2**30:,.1f} GB)")
+    print(
+        f"Liu encrypt     {t_enc * 1e3:9.1f} ms  {n * a / t_enc / 1e6:8.2f} M values/s   "
+        f"({enc.nbytes / 2**20:.1f} MB)"
+    )
+    print(
+        f"compact UDM     {t_udm * 1e3:9.1f} ms  ({udm.nbytes / 2**20:.1f} MB; full n x n x a would be "
+        f"{8 * n * n * a / 2**30:,.1f} GB)"
+    )
 
     # state after iteration 1, so the timed iteration is a regular (non-START) one
     first = skmeans.encrypted_phase(enc, udm, k, True, None)
@@ -108,8 +112,10 @@ def main() -> None:
     t_plain = _median(plain_iteration, rep)
     print(f"SKMeans encrypted phase  {t_ep * 1e3:9.1f} ms")
     print(f"SKMeans plaintext phase  {t_pp * 1e3:9.1f} ms")
-    print(f"SKMeans worker total     {t_worker * 1e3:9.1f} ms   "
-          f"(+ data owner decrypt/check {t_owner * 1e3:.2f} ms)")
+    print(
+        f"SKMeans worker total     {t_worker * 1e3:9.1f} ms   "
+        f"(+ data owner decrypt/check {t_owner * 1e3:.2f} ms)"
+    )
     print(f"plaintext L1 iteration   {t_plain * 1e3:9.1f} ms")
     ratio = t_worker / t_plain
     print(f"ratio secure/plaintext   {ratio:9.2f} x   (goal <= 3x: {'OK' if ratio <= 3 else 'MISSED'})")
@@ -117,10 +123,15 @@ def main() -> None:
     peak = _peak_mb(secure_iteration)
     peak_plain = _peak_mb(plain_iteration)
     nn_mb = 8 * n * n * a / 2**20
-    verdict = ("no n x n intermediate" if peak < nn_mb / 4 else "POSSIBLE n x n intermediate") if n >= 1000 \
+    verdict = (
+        ("no n x n intermediate" if peak < nn_mb / 4 else "POSSIBLE n x n intermediate")
+        if n >= 1000
         else "n too small to tell"
-    print(f"peak traced memory, secure iteration  {peak:9.1f} MB  (inputs excluded; compact UDM "
-          f"{udm.nbytes / 2**20:.1f} MB, n x n x a {nn_mb:,.0f} MB -> {verdict})")
+    )
+    print(
+        f"peak traced memory, secure iteration  {peak:9.1f} MB  (inputs excluded; compact UDM "
+        f"{udm.nbytes / 2**20:.1f} MB, n x n x a {nn_mb:,.0f} MB -> {verdict})"
+    )
     print(f"peak traced memory, plaintext iter.   {peak_plain:9.1f} MB")
 
     t_key, fkey = _best(lambda: fdhope.generate_key(udm), 1)

@@ -1,0 +1,167 @@
+"""The data-owner client driving a real worker over a real nats-server and local storage.
+
+Each protocol's result must equal the core's in-process driver run with the same keys: the bus and
+storage may add latency, never change a label.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from core import dataowner as core_owner
+from core import pqc_dataowner
+from dataowner.client import DataOwnerClient, NoWorkerError, WorkerError
+from dataowner.keys import OwnerKeys
+from dataowner.progress import ProgressEvent
+from schemas import keys as names
+from worker.runtime.registry import default_registry
+from worker.storage import LocalStore
+
+
+def _blobs(seed: int, n_per: int, a: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = np.array([[0.0] * a, [4.0] * a, [-4.0, 4.0, 0.0][:a] + [0.0] * max(0, a - 3)])
+    x = np.concatenate([rng.normal(c, 0.8, size=(n_per, a)) for c in centres])
+    y = np.repeat(np.arange(3), n_per)
+    order = rng.permutation(x.shape[0])
+    return x[order], y[order]
+
+
+@pytest.fixture(scope="module")
+def owner(tmp_path_factory) -> tuple[OwnerKeys, str]:
+    base = tmp_path_factory.mktemp("owner")
+    keys = OwnerKeys.generate(base / "owner-keys")
+    keys.export_public(base / "worker-keys")
+    return keys, str(base / "worker-keys")
+
+
+@pytest.fixture
+async def setup(start_worker, nats_url, tmp_path, owner):
+    keys, keys_path = owner
+    css = tmp_path / "css"
+    worker = await start_worker(
+        registry=default_registry(), store=LocalStore(css), keys_path=keys_path, storage_path=str(css)
+    )
+    store = LocalStore(css)  # the owner's own handle on the same bucket, as another process would have
+    client = DataOwnerClient(
+        nats_url,
+        store,
+        keys,
+        prefix=worker.settings.rory_subject_prefix,
+        node=worker.settings.node_id,
+        timeout=60,
+    )
+    await client.connect()
+    yield client, worker, keys
+    await client.close()
+    await store.aclose()
+
+
+async def test_skmeans_matches_the_in_process_driver(setup):
+    client, worker, keys = setup
+    x, _ = _blobs(1, 20)
+    events: list[ProgressEvent] = []
+    report = await client.skmeans(x, 3, max_iterations=10, tolerance=1e-6, progress=events.append)
+    reference = core_owner.run_skmeans(x, 3, keys.liu, max_iter=10, tolerance=1e-6)
+    np.testing.assert_array_equal(report.labels, reference.labels)
+    assert report.iterations == reference.n_iter and report.converged == reference.converged
+    np.testing.assert_allclose(report.shifts, [np.max(np.abs(s)) for s in reference.shifts], atol=1e-6)
+    assert report.nodes == [worker.settings.node_id]
+    assert len(report.per_round_seconds) == report.iterations
+    assert report.worker_seconds > 0 and report.total_seconds >= sum(report.per_round_seconds)
+    phases = [e.phase for e in events]
+    assert phases[0] == "upload" and phases[-1] == "done" and "step1" in phases
+    # the state lives in storage under Rory's names
+    assert await client.store.exists(names.udm(report.dataset_id))
+    assert await client.store.exists(names.encrypted(report.dataset_id))
+
+
+async def test_dbskmeans_through_the_pool_and_namespaces(setup):
+    client, _, keys = setup
+    x, _ = _blobs(2, 15)
+    pool = DataOwnerClient(client._nc, client.store, keys, prefix=client.prefix, node=None)
+    first, second = await asyncio.gather(
+        pool.skmeans(x, 3, dataset_id="shared", namespace="jobA"),
+        pool.skmeans(x, 3, dataset_id="shared", namespace="jobB"),
+    )
+    np.testing.assert_array_equal(first.labels, second.labels)
+    assert await client.store.exists(names.udm("shared", "jobA"))
+    assert await client.store.exists(names.udm("shared", "jobB"))
+    dbs = await pool.dbskmeans(x, 3)
+    assert dbs.labels is not None and dbs.labels.shape == (x.shape[0],)
+    assert client.keys.has_fdhope(f"{dbs.dataset_id}-udm")
+
+
+async def test_sknn_matches_the_in_process_driver(setup):
+    client, _, keys = setup
+    x, y = _blobs(3, 12)
+    model, labels, records = x[:27], y[:27], x[27:]
+    report = await client.sknn(model, labels, records, distance="EUCLIDEAN")
+    reference = core_owner.run_sknn(model, labels, records, keys.liu, metric="euclidean")
+    np.testing.assert_array_equal(report.predictions, reference)
+    assert report.extra["exact"] is True
+    knn = await client.knn(model, labels, records, distance="EUCLIDEAN")
+    np.testing.assert_array_equal(knn.predictions, reference)
+
+
+async def test_pqc_skmeans_matches_the_in_process_driver(setup):
+    client, _, keys = setup
+    x, _ = _blobs(4, 8)
+    report = await client.pqc_skmeans(x, 3, max_iterations=10, tolerance=1e-4)
+    reference = pqc_dataowner.run_pqc_skmeans(x, 3, ctx=keys.ckks(), max_iterations=10, tol=1e-4)
+    np.testing.assert_array_equal(report.labels, reference.labels)
+    assert report.iterations == reference.stats.iterations
+    assert report.converged == reference.converged
+
+
+async def test_pqc_kmeans_and_pqc_sknn(setup):
+    client, _, keys = setup
+    x, y = _blobs(5, 8)
+    report = await client.pqc_kmeans(x, 3)
+    reference = pqc_dataowner.run_pqc_kmeans(x, 3, ctx=keys.ckks())
+    np.testing.assert_array_equal(report.labels, reference.labels)
+    sknn = await client.pqc_sknn(x[:18], y[:18], x[18:], layout="packed")
+    expected, _ = pqc_dataowner.run_pqc_sknn(x[:18], y[:18], x[18:], ctx=keys.ckks())
+    np.testing.assert_array_equal(sknn.predictions, expected)
+
+
+async def test_errors_are_typed(setup):
+    client, _, keys = setup
+    x, _ = _blobs(6, 2)
+    with pytest.raises(ValueError, match="k must be"):
+        await client.skmeans(x, 50)
+    with pytest.raises(WorkerError) as info:
+        await client.request("clustering.skmeans", {"plaintext_matrix_id": "missing-dataset", "k": 2})
+    assert info.value.code == 404 and not info.value.retryable
+    nobody = DataOwnerClient(
+        client._nc, client.store, keys, prefix=client.prefix, node="nobody-here", retries=0
+    )
+    with pytest.raises(NoWorkerError, match="nobody-here"):
+        await nobody.kmeans(x, 2)
+
+
+async def test_upload_schemes_store_rory_layouts(tmp_path, owner):
+    keys, _ = owner
+    store = LocalStore(tmp_path / "css")
+    client = DataOwnerClient("nats://127.0.0.1:1", store, keys)  # storage only: never connects
+    x = np.arange(12, dtype=float).reshape(4, 3)
+    try:
+        assert await client.upload("p1", x, scheme="plain") == "p1"
+        np.testing.assert_array_equal(await store.get_ndarray("p1"), x)
+        assert await client.upload("p2", x, scheme="liu", labels=[0, 1, 0, 1]) == "encryptedp2"
+        assert (await store.info("encryptedp2")).full_shape == (4, 3, keys.liu.m)
+        np.testing.assert_array_equal(await store.get_ndarray("p2labels"), [[0, 1, 0, 1]])
+        await client.upload("p3", x, scheme="ckks-rows")
+        info = await store.info("encryptedp3")
+        assert info.kind == "bytes_list" and info.full_shape == (4, 3)
+        await client.upload("p4", x, scheme="ckks-columns")
+        assert (await store.info("encryptedp4")).full_shape == (1, 3)
+        with pytest.raises(ValueError, match="unknown scheme"):
+            await client.upload("p5", x, scheme="rot13")
+        with pytest.raises(ValueError, match="invalid storage key"):
+            await client.upload("../etc", x)
+    finally:
+        await store.aclose()
