@@ -13,7 +13,8 @@ instead of staying busy until the computation returns. A job that crashes its pr
 running their jobs.
 
 Functions given to :meth:`ComputePool.run` must be picklable top-level functions; their arguments and
-results travel by pickle between our own processes only (never data from the bus).
+results travel by pickle between our own processes only (never data from the bus), except large
+numpy arrays, which go through memory-mapped files (``worker/runtime/shared.py``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
 from worker.errors import Internal
+from worker.runtime import shared
 
 log = logging.getLogger("rory.worker.pool")
 
@@ -261,15 +263,31 @@ class ComputePool:
         """
         if self._free is None or self._closed:
             raise Internal("the compute pool is not running")
+        created: list[str] = []
+        try:
+            if shared.has_large((args, kwargs)):
+                # Large arrays go through memory-mapped files (see worker/runtime/shared.py); the
+                # copy runs in a thread so the event loop keeps answering health and heartbeats.
+                args, kwargs = await asyncio.to_thread(shared.pack, (args, kwargs), created)
+            result = await self._run_in_slot(shared.call, fn, args, kwargs)
+            if shared.has_shared(result):
+                result = await asyncio.to_thread(shared.collect, result)
+            return result
+        finally:
+            if created:
+                shared.remove(created)
+
+    async def _run_in_slot(self, fn: Callable[..., T], /, *args: Any) -> T:
+        assert self._free is not None
         slot = await self._free.get()
         self._busy += 1
         slot.busy = True
         try:
             try:
-                future = slot.executor.submit(fn, *args, **kwargs)
+                future = slot.executor.submit(fn, *args)
             except (BrokenProcessPool, RuntimeError):
                 self._restart(slot, crashed=True)
-                future = slot.executor.submit(fn, *args, **kwargs)
+                future = slot.executor.submit(fn, *args)
             waiter = asyncio.wrap_future(future)
             try:
                 return await asyncio.shield(waiter)
@@ -283,7 +301,7 @@ class ComputePool:
             except BrokenProcessPool:
                 self._restart(slot, crashed=True)
                 raise ComputeCrashed(
-                    f"the compute process running {getattr(fn, '__name__', 'the job')} died "
+                    f"the compute process running {getattr(args[0], '__name__', 'the job')} died "
                     "(crash, os._exit or out of memory); its slot was restarted"
                 ) from None
         finally:
