@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from schemas import codec, envelopes, subjects
+from schemas.operations import GLOSSARY
 
 DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 
@@ -132,7 +133,8 @@ def _model_table(model: type[BaseModel]) -> str:
     required = set(schema.get("required", []))
     lines = ["| field | type | required | constraints | meaning |", "|---|---|---|---|---|"]
     for name, prop in schema["properties"].items():
-        description = prop.get("description") or model.model_fields[name].description or ""
+        own = prop.get("description") or model.model_fields[name].description
+        description = own or GLOSSARY.get(name, "")
         lines.append(
             f"| `{name}` | {_type(prop, defs)} | {'yes' if name in required else 'no'} | "
             f"{_constraints(prop)} | {description} |"
@@ -273,6 +275,32 @@ Also 500 `COMPUTE_CRASHED`: the compute process running the job died (its slot i
 """
 
 
+_OPERATIONS_INTRO = """\
+## 7. Operations
+
+`Command.params` and `Reply.result` of every operation. Names and defaults are Rory's; parameters
+also accept the original header spelling (`Plaintext-Matrix-Id` for `plaintext_matrix_id`) and
+reject unknown fields. Derived storage keys follow `schemas/keys.py` (Rory's concatenations,
+e.g. `<P>udm`, `encrypted<P>`; with `namespace` the job's state keys become `<namespace>_<key>`).
+Status values: COMPLETED = 0, START = 1, WORK_IN_PROGRESS = 2.
+"""
+
+
+def _operations() -> list[str]:
+    from schemas.operations import PARAMS, RESULTS
+
+    out = [_OPERATIONS_INTRO]
+    for op, params in PARAMS.items():
+        doc = (params.__doc__ or "").strip()
+        out += [f"### `{op.value}`", ""]
+        if doc and params.__doc__ != params.__mro__[1].__doc__:
+            out += [doc, ""]
+        out += [f"Parameters (`{params.__name__}`):", "", _model_table(params), ""]
+        for result in RESULTS[op]:
+            out += [f"Result (`{result.__name__}`):", "", _model_table(result), ""]
+    return out
+
+
 def generate() -> str:
     """The whole of docs/protocol.md."""
     out: list[str] = [
@@ -296,6 +324,7 @@ def generate() -> str:
             continue
         schema = json.dumps(model.model_json_schema(), indent=2, sort_keys=True)
         out += [f"<details><summary>{title}</summary>", "", "```json", schema, "```", "", "</details>", ""]
+    out += _operations()
     return "\n".join(out).rstrip() + "\n"
 
 
