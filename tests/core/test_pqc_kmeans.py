@@ -1,4 +1,4 @@
-"""PQC k-means (labels-only protocol): equals plaintext Euclidean k-means on iris and wine."""
+"""PQC k-means (labels-only protocol): equals plaintext Euclidean k-means on iris, wine, breast cancer."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tenseal as ts
 from sklearn.cluster import KMeans as SkKMeans
-from sklearn.datasets import load_iris, load_wine
+from sklearn.datasets import load_breast_cancer, load_iris, load_wine
 from sklearn.metrics import adjusted_rand_score
 
 from core import pqc_dataowner as do
@@ -21,7 +21,7 @@ def owner() -> ts.Context:
     return ckks.create_context("default-128")
 
 
-@pytest.mark.parametrize(("loader", "k"), [(load_iris, 3), (load_wine, 3)])
+@pytest.mark.parametrize(("loader", "k"), [(load_iris, 3), (load_wine, 3), (load_breast_cancer, 2)])
 def test_equals_plaintext_kmeans(owner: ts.Context, loader, k: int) -> None:
     X = loader().data
     res = do.run_pqc_kmeans(X, k, ctx=owner)
