@@ -243,16 +243,20 @@ async def _run(args: argparse.Namespace) -> int:
     store = open_store(settings)
     progress = ProgressDisplay()
     node = None if args.pool else args.node
-    client = DataOwnerClient(
-        settings.nats_urls,
-        store,
-        owner,
-        prefix=settings.rory_subject_prefix,
-        node=node,
-        namespace=args.namespace,
-        timeout=args.timeout,
-        progress=progress,
-    )
+
+    def client_for(nats: Any, target: str | None) -> DataOwnerClient:
+        return DataOwnerClient(
+            nats,
+            store,
+            owner,
+            prefix=settings.rory_subject_prefix,
+            node=target,
+            namespace=args.namespace,
+            timeout=args.timeout,
+            progress=progress,
+        )
+
+    client = client_for(settings.nats_urls, node)
     try:
         await client.connect()
         reports = []
@@ -279,40 +283,15 @@ async def _run(args: argparse.Namespace) -> int:
             y_train, y_test = train.y, test.y
             if args.algorithm in ("lr", "pplr"):
                 y_train, y_test = (train.y == 0).astype(np.int64), (test.y == 0).astype(np.int64)
-            if args.algorithm == "knn":
-                reports.append(await client.knn(train.x, train.y, test.x))
-            elif args.algorithm == "sknn":
-                reports.append(await client.sknn(train.x, train.y, test.x))
-            elif args.algorithm == "pqc_sknn":
-                reports.append(await client.pqc_sknn(train.x, train.y, test.x))
-            elif args.algorithm == "lr":
-                trained = await client.lr_train(
-                    train.x, y_train, epochs=args.epochs or 10, learning_rate=args.learning_rate
-                )
-                reports += [trained, await client.lr_predict(test.x, train_id=trained.extra["train_id"])]
+            if args.algorithm in ("knn", "sknn", "pqc_sknn"):
+                reports.append(await getattr(client, args.algorithm)(train.x, train.y, test.x))
             else:
-                ml = DataOwnerClient(
-                    client._nc,
-                    store,
-                    owner,
-                    prefix=settings.rory_subject_prefix,
-                    node=args.ml_node or node,
-                    namespace=args.namespace,
-                    timeout=args.timeout,
-                    progress=progress,
+                # PPLR goes to the node whose KEYS_PATH holds the ml profile, over the same connection
+                runner = client_for(client._nc, args.ml_node or node) if args.algorithm == "pplr" else client
+                epochs = args.epochs or (10 if args.algorithm == "lr" else 2)
+                reports += await demo.train_and_predict(
+                    runner, args.algorithm, train.x, y_train, test.x, epochs, learning_rate=args.learning_rate
                 )
-                trained = await ml.pplr_train(
-                    train.x, y_train, epochs=args.epochs or 2, learning_rate=args.learning_rate
-                )
-                reports += [
-                    trained,
-                    await ml.pplr_predict(
-                        test.x,
-                        train_id=trained.extra["train_id"],
-                        weights=trained.extra["weights"],
-                        bias=trained.extra["bias"],
-                    ),
-                ]
             output = reports[-1].predictions
             truth = ("accuracy", accuracy(y_test, output))
         progress.close()

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,6 +132,34 @@ def _grid(items: Sequence[Any], cols: int) -> list[list[Any]]:
     return [list(items[i : i + cols]) for i in range(0, len(items), cols)]
 
 
+def _columns(ctx: Any, x: np.ndarray) -> tuple[list[bytes], list[int]]:
+    """Column-packed ciphertexts flattened row-major, with the ``[blocks, a]`` shape storage records."""
+    blocks = ckks.encrypt_columns(ctx, x)
+    return [v.serialize() for block in blocks for v in block], [len(blocks), x.shape[1]]
+
+
+def _clustering_input(data: np.ndarray, k: int, max_iterations: int | None = None) -> np.ndarray:
+    """Reject bad input before anything is encrypted or uploaded: the worker would only fail later."""
+    x = np.asarray(data, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"data must be n x a, got shape {x.shape}")
+    if max_iterations is not None and max_iterations < 1:
+        raise ValueError("max_iterations must be >= 1")
+    if not 1 <= k <= x.shape[0]:
+        raise ValueError(f"k must be in [1, n={x.shape[0]}], got {k}")
+    return x
+
+
+def _lr_keys(train_id: str) -> tuple[str, str, str, str]:
+    """Where LR training leaves X, y and the model: prediction reads the same names."""
+    return f"{train_id}x", f"{train_id}y", f"{train_id}weights", f"{train_id}bias"
+
+
+def _pplr_model_keys(train_id: str) -> tuple[str, str]:
+    """Where PPLR's encrypted weights and bias live: training and prediction must agree."""
+    return f"{train_id}encryptedweights", f"{train_id}encryptedbias"
+
+
 class _Job:
     """Bookkeeping of one running job: timing, progress events, reply accounting."""
 
@@ -150,7 +178,6 @@ class _Job:
         self.report = JobReport(op=op, job_id=self.job_id, dataset_id=dataset_id, n=n)
         self.max_iterations = max_iterations
         self.progress = progress if progress is not None else client.progress
-        self._round_started = 0.0
         self._round: dict[str, float] = {}
 
     def emit(self, phase: str, iteration: int = 0, shift: float | None = None, message: str = "") -> None:
@@ -173,8 +200,13 @@ class _Job:
         self.report.prepare_seconds = time.perf_counter() - self.started
         self.emit("prepared")
 
-    def round_start(self) -> None:
-        self._round_started = time.perf_counter()
+    @contextlib.contextmanager
+    def round(self) -> Iterator[None]:
+        """One protocol round as the owner sees it, so ``rounds`` can split owner, bus and worker time.
+
+        A failing round records nothing: the exception ends the job and its report.
+        """
+        started = time.perf_counter()
         self._round = {
             "commands": 0,
             "request": 0.0,
@@ -183,15 +215,15 @@ class _Job:
             "storage": 0.0,
             "queued": 0.0,
         }
-
-    def round_end(self) -> None:
-        elapsed = time.perf_counter() - self._round_started
+        yield
+        elapsed = time.perf_counter() - started
         self.report.per_round_seconds.append(elapsed)
         self.report.rounds.append({"seconds": elapsed, **self._round})
 
-    async def call(self, op: str, params: dict[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
+    async def call(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Send one command of this job's operation and account for the worker's timings."""
         sent = time.perf_counter()
-        reply = await self.client.request(op, params, job_id=self.job_id, timeout=timeout)
+        reply = await self.client.request(self.report.op, params, job_id=self.job_id)
         timings = reply.timings
         self.report.commands += 1
         self.report.worker_seconds += timings.total
@@ -212,6 +244,20 @@ class _Job:
         self.report.total_seconds = time.perf_counter() - self.started
         self.emit(phase, self.report.iterations, self.report.shifts[-1] if self.report.shifts else None)
         return self.report
+
+
+@dataclass(frozen=True)
+class _SecureKMeans:
+    """What sets the four secure k-means protocols apart; they share the rounds.
+
+    ``profile``: the records are CKKS rows under this profile (else Liu ciphertexts). ``sensitivity``:
+    the UDM and every shift travel FDH-OPE-encrypted (double blind; else the worker sees them).
+    """
+
+    op: Op
+    compact_udm: bool = True
+    profile: str | None = None
+    sensitivity: float | None = None
 
 
 class DataOwnerClient:
@@ -355,6 +401,12 @@ class DataOwnerClient:
         arr = np.ascontiguousarray(array)
         await self.store.put_ndarray(key, arr, num_chunks=self._chunks(arr.shape[0]))
 
+    async def _put_ciphertexts(self, key: str, blobs: list[bytes], shape: list[int]) -> None:
+        await self.store.put_bytes_list(key, blobs, num_chunks=self._chunks(len(blobs)), shape=shape)
+
+    async def _get_vectors(self, key: str, profile: str) -> list[Any]:
+        return ckks.deserialize(self.keys.ckks(profile), await self.store.get_bytes_list(key))
+
     async def _labels(self, result: dict[str, Any]) -> np.ndarray:
         """The label vector of a result, downloading it when the worker stored it instead."""
         if result.get("label_vector") is not None:
@@ -398,13 +450,11 @@ class DataOwnerClient:
         if upload:
             await self.store.put_blob(ds, x)
         job.prepared()
-        job.round_start()
-        result = await job.call(
-            Op.KMEANS.value,
-            {"plaintext_matrix_id": ds, "k": k, "max_iterations": max_iterations, "tolerance": tolerance},
-        )
-        job.report.labels = await self._labels(result)
-        job.round_end()
+        with job.round():
+            result = await job.call(
+                {"plaintext_matrix_id": ds, "k": k, "max_iterations": max_iterations, "tolerance": tolerance}
+            )
+            job.report.labels = await self._labels(result)
         job.report.iterations = int(result.get("iterations", 1))
         return job.finish()
 
@@ -422,10 +472,9 @@ class DataOwnerClient:
         job = _Job(self, Op.NNC.value, ds, x.shape[0], 1, progress)
         await self.put_matrix(keys.distance_matrix(ds), distance_matrix(x))
         job.prepared()
-        job.round_start()
-        result = await job.call(Op.NNC.value, {"plaintext_matrix_id": ds, "threshold": threshold_value})
-        job.report.labels = await self._labels(result)
-        job.round_end()
+        with job.round():
+            result = await job.call({"plaintext_matrix_id": ds, "threshold": threshold_value})
+            job.report.labels = await self._labels(result)
         job.report.extra["threshold"] = result.get("threshold")
         return job.finish()
 
@@ -448,13 +497,11 @@ class DataOwnerClient:
         theta = threshold(dm, threshold_value)
         await self.put_matrix(keys.encrypted_distance_matrix(ds), fdhope.encrypt(fkey, dm))
         job.prepared()
-        job.round_start()
-        result = await job.call(
-            Op.DBSNNC.value,
-            {"plaintext_matrix_id": ds, "encrypted_threshold": fdhope.encrypt_threshold(fkey, theta)},
-        )
-        job.report.labels = await self._labels(result)
-        job.round_end()
+        with job.round():
+            result = await job.call(
+                {"plaintext_matrix_id": ds, "encrypted_threshold": fdhope.encrypt_threshold(fkey, theta)}
+            )
+            job.report.labels = await self._labels(result)
         job.report.extra["threshold"] = theta
         return job.finish()
 
@@ -490,11 +537,7 @@ class DataOwnerClient:
             await self.upload_ckks_rows(target, x, profile)
         elif scheme == "ckks-columns":
             target = keys.encrypted(ds)
-            blocks = ckks.encrypt_columns(self.keys.ckks(profile), x)
-            blobs = [v.serialize() for block in blocks for v in block]
-            await self.store.put_bytes_list(
-                target, blobs, num_chunks=self._chunks(len(blobs)), shape=[len(blocks), x.shape[1]]
-            )
+            await self._put_ciphertexts(target, *_columns(self.keys.ckks(profile), x))
         else:
             raise ValueError(f"unknown scheme {scheme!r}; use plain, liu, ckks-rows or ckks-columns")
         if labels is not None:
@@ -504,13 +547,20 @@ class DataOwnerClient:
             await self.store.put_ndarray(keys.labels(ds), lab, num_chunks=1)
         return target
 
-    # ------------------------------------------------------------------ secure k-means (Liu)
     async def upload_liu(self, dataset_id: str, data: np.ndarray) -> tuple[int, ...]:
         """Liu-encrypt ``data`` (n x a) and store it as ``encrypted<dataset_id>`` (n x a x m)."""
         enc = liu.encrypt(self.keys.liu, np.asarray(data, dtype=np.float64))
         await self.put_matrix(keys.encrypted(dataset_id), enc)
         return enc.shape
 
+    async def upload_ckks_rows(self, key: str, data: np.ndarray, profile: str = "default-128") -> int:
+        """CKKS-encrypt each row (one ciphertext per record) and store the list under ``key``."""
+        x = np.asarray(data, dtype=np.float64)
+        blobs = ckks.serialize(ckks.encrypt_rows(self.keys.ckks(profile), x))
+        await self._put_ciphertexts(key, blobs, list(x.shape))
+        return len(blobs)
+
+    # ------------------------------------------------------------------ secure k-means
     async def skmeans(
         self,
         data: np.ndarray,
@@ -530,19 +580,9 @@ class DataOwnerClient:
         ``upload=False`` reuses ``encrypted<dataset_id>`` already in storage (the UDM is always
         rebuilt: step 2 overwrites it). The worker learns the UDM, every shift and the labels.
         """
+        scheme = _SecureKMeans(Op.SKMEANS, compact_udm)
         return await self._secure_kmeans(
-            Op.SKMEANS,
-            data,
-            k,
-            dataset_id,
-            max_iterations,
-            tolerance,
-            compact_udm,
-            upload,
-            self._ns(namespace),
-            progress,
-            scheme="liu",
-            double_blind=False,
+            scheme, data, k, dataset_id, max_iterations, tolerance, upload, namespace, progress
         )
 
     async def dbskmeans(
@@ -560,20 +600,9 @@ class DataOwnerClient:
         progress: ProgressCallback | None = None,
     ) -> JobReport:
         """Double-blind SKMeans: the UDM and every shift travel FDH-OPE-encrypted."""
+        scheme = _SecureKMeans(Op.DBSKMEANS, compact_udm, sensitivity=sensitivity)
         return await self._secure_kmeans(
-            Op.DBSKMEANS,
-            data,
-            k,
-            dataset_id,
-            max_iterations,
-            tolerance,
-            compact_udm,
-            upload,
-            self._ns(namespace),
-            progress,
-            scheme="liu",
-            double_blind=True,
-            sensitivity=sensitivity,
+            scheme, data, k, dataset_id, max_iterations, tolerance, upload, namespace, progress
         )
 
     async def pqc_skmeans(
@@ -594,20 +623,9 @@ class DataOwnerClient:
         ``tolerance`` must sit above the CKKS noise floor (~1e-6 at scale 2^40). The worker's
         ``KEYS_PATH`` must hold the public material of ``profile`` (:meth:`OwnerKeys.export_public`).
         """
+        scheme = _SecureKMeans(Op.PQC_SKMEANS, profile=profile)
         return await self._secure_kmeans(
-            Op.PQC_SKMEANS,
-            data,
-            k,
-            dataset_id,
-            max_iterations,
-            tolerance,
-            True,
-            upload,
-            self._ns(namespace),
-            progress,
-            scheme="ckks",
-            double_blind=False,
-            profile=profile,
+            scheme, data, k, dataset_id, max_iterations, tolerance, upload, namespace, progress
         )
 
     async def pqc_dbskmeans(
@@ -625,127 +643,65 @@ class DataOwnerClient:
         progress: ProgressCallback | None = None,
     ) -> JobReport:
         """DBSKMeans over CKKS rows: FDH-OPE UDM, FDH-OPE re-encrypted shift every round."""
+        scheme = _SecureKMeans(Op.PQC_DBSKMEANS, profile=profile, sensitivity=sensitivity)
         return await self._secure_kmeans(
-            Op.PQC_DBSKMEANS,
-            data,
-            k,
-            dataset_id,
-            max_iterations,
-            tolerance,
-            True,
-            upload,
-            self._ns(namespace),
-            progress,
-            scheme="ckks",
-            double_blind=True,
-            sensitivity=sensitivity,
-            profile=profile,
+            scheme, data, k, dataset_id, max_iterations, tolerance, upload, namespace, progress
         )
-
-    async def upload_ckks_rows(self, key: str, data: np.ndarray, profile: str = "default-128") -> int:
-        """CKKS-encrypt each row (one ciphertext per record) and store the list under ``key``."""
-        x = np.asarray(data, dtype=np.float64)
-        blobs = ckks.serialize(ckks.encrypt_rows(self.keys.ckks(profile), x))
-        await self.store.put_bytes_list(key, blobs, num_chunks=self._chunks(len(blobs)), shape=list(x.shape))
-        return len(blobs)
-
-    async def _get_vectors(self, key: str, profile: str) -> list[Any]:
-        return ckks.deserialize(self.keys.ckks(profile), await self.store.get_bytes_list(key))
 
     async def _secure_kmeans(
         self,
-        op: Op,
+        scheme: _SecureKMeans,
         data: np.ndarray,
         k: int,
         dataset_id: str | None,
         max_iterations: int,
         tolerance: float,
-        compact_udm: bool,
         upload: bool,
         namespace: str | None,
         progress: ProgressCallback | None,
-        *,
-        scheme: str,
-        double_blind: bool,
-        sensitivity: float = fdhope.DEFAULT_SENSITIVITY,
-        profile: str = "default-128",
     ) -> JobReport:
-        x = np.asarray(data, dtype=np.float64)
-        if x.ndim != 2:
-            raise ValueError(f"data must be n x a, got shape {x.shape}")
-        if max_iterations < 1:
-            raise ValueError("max_iterations must be >= 1")
+        """The rounds the four secure k-means protocols share.
+
+        Only the owner can read the shift step 1 produces, so it decides convergence (and skips the
+        converged round's step 2) and hands the shift back, FDH-OPE-sealed when double blind, for step 2.
+        """
+        x = _clustering_input(data, k, max_iterations)
         n, a = x.shape
-        if not 1 <= k <= n:
-            raise ValueError(f"k must be in [1, n={n}], got {k}")
+        ns = self._ns(namespace)
         ds = self._dataset_id(dataset_id)
-        job = _Job(self, op.value, ds, n, max_iterations, progress)
-        udm = build_udm(x, k if compact_udm else None)
-        fkey: fdhope.FdhopeKey | None = None
-        uploads: list[Awaitable[Any]] = []
-        if scheme == "liu":
-            if upload:
-                uploads.append(self.upload_liu(ds, x))
-        else:
-            ctx = self.keys.ckks(profile)
-            if upload:
-                uploads.append(self.upload_ckks_rows(keys.encrypted(ds), x, profile))
-            zeros = ckks.serialize([ckks.encrypted_zero(ctx, a) for _ in range(k)])
-            uploads.append(
-                self.store.put_bytes_list(
-                    keys.init_shift_matrix(ds, namespace), zeros, num_chunks=1, shape=[k]
-                )
-            )
-        if double_blind:
-            fkey = fdhope.generate_key(udm, sensitivity)
-            self.keys.save_fdhope(f"{ds}-udm", fkey)
-            uploads.append(
-                self.put_matrix(keys.encrypted_udm(ds, namespace), core_dbskmeans.encrypt_udm(fkey, udm))
-            )
-        else:
-            uploads.append(self.put_matrix(keys.udm(ds, namespace), udm))
-        del udm
-        await asyncio.gather(*uploads)
+        job = _Job(self, scheme.op.value, ds, n, max_iterations, progress)
+        fkey = await self._secure_kmeans_uploads(scheme, ds, ns, x, k, upload)
         job.emit("upload", message=f"{n}x{a} encrypted, UDM uploaded")
         job.prepared()
 
-        base: dict[str, Any] = {"plaintext_matrix_id": ds, "k": k, "namespace": namespace}
-        if scheme == "liu":
+        base: dict[str, Any] = {"plaintext_matrix_id": ds, "k": k, "namespace": ns}
+        if scheme.profile is None:
             base["m"] = self.keys.liu.m
-        shift_key = keys.shift_matrix(ds, namespace)
+        shift_key = keys.shift_matrix(ds, ns)
         status = ClusteringStatus.START
         labels: np.ndarray | None = None
         converged = False
         it = 0
         for it in range(1, max_iterations + 1):
-            job.round_start()
-            job.emit("step1", it)
-            r1 = await job.call(
-                op.value, {**base, "step_index": 1, "clustering_status": int(status), "iterations": it - 1}
-            )
-            labels_task = asyncio.ensure_future(self._labels(r1))
-            if scheme == "liu":
-                enc_shift = await self.store.get_ndarray(r1["encrypted_shift_matrix_id"])
-                shift = core_skmeans.decrypt_shift(self.keys.liu, enc_shift)
-            else:
-                vectors = await self._get_vectors(r1["encrypted_shift_matrix_id"], profile)
-                shift = ckks.decrypt_vectors(self.keys.ckks(profile), vectors, width=a)
-            size = max_abs_shift(shift)
-            job.report.shifts.append(size)
-            converged = size <= tolerance
-            labels = await labels_task
-            if converged or it == max_iterations:
-                job.round_end()
-                job.emit("converged" if converged else "max-iterations", it, size)
-                break
-            sent = shift if fkey is None else core_dbskmeans.encrypt_shift(fkey, shift)
-            await self.store.put_ndarray(shift_key, sent, num_chunks=1)
-            job.emit("step2", it, size)
-            r2 = await job.call(
-                op.value,
-                {**base, "step_index": 2, "is_zero": False, "iterations": it, "shift_matrix_id": shift_key},
-            )
-            job.round_end()
+            with job.round():
+                job.emit("step1", it)
+                r1 = await job.call(
+                    {**base, "step_index": 1, "clustering_status": int(status), "iterations": it - 1}
+                )
+                labels_task = asyncio.ensure_future(self._labels(r1))
+                shift = await self._decrypt_shift(scheme, r1["encrypted_shift_matrix_id"], a)
+                size = max_abs_shift(shift)
+                job.report.shifts.append(size)
+                converged = size <= tolerance
+                labels = await labels_task
+                if converged or it == max_iterations:
+                    job.emit("converged" if converged else "max-iterations", it, size)
+                    break
+                sealed = shift if fkey is None else core_dbskmeans.encrypt_shift(fkey, shift)
+                await self.store.put_ndarray(shift_key, sealed, num_chunks=1)
+                job.emit("step2", it, size)
+                step2 = {"step_index": 2, "is_zero": False, "iterations": it, "shift_matrix_id": shift_key}
+                r2 = await job.call({**base, **step2})
             if int(r2.get("clustering_status", 2)) == ClusteringStatus.COMPLETED:
                 break
             status = ClusteringStatus.WORK_IN_PROGRESS
@@ -753,6 +709,45 @@ class DataOwnerClient:
         job.report.iterations = it
         job.report.converged = converged
         return job.finish()
+
+    async def _secure_kmeans_uploads(
+        self, scheme: _SecureKMeans, ds: str, ns: str | None, x: np.ndarray, k: int, upload: bool
+    ) -> fdhope.FdhopeKey | None:
+        """Store what the first round reads; return the FDH-OPE key of a double-blind job.
+
+        The UDM is always rebuilt (step 2 overwrites it). The CKKS variants also need the protocol's
+        ``initsm`` (k encrypted zero rows, where round 1's centroids start). A double-blind key is
+        fitted to this UDM's range, so it is made per job and kept with the owner's keys.
+        """
+        udm = build_udm(x, k if scheme.compact_udm else None)
+        uploads: list[Awaitable[Any]] = []
+        if scheme.profile is None:
+            if upload:
+                uploads.append(self.upload_liu(ds, x))
+        else:
+            ctx = self.keys.ckks(scheme.profile)
+            if upload:
+                uploads.append(self.upload_ckks_rows(keys.encrypted(ds), x, scheme.profile))
+            zeros = ckks.serialize(pqc_dataowner.init_shift_matrix(ctx, k, x.shape[1]))
+            uploads.append(
+                self.store.put_bytes_list(keys.init_shift_matrix(ds, ns), zeros, num_chunks=1, shape=[k])
+            )
+        fkey = None
+        if scheme.sensitivity is None:
+            uploads.append(self.put_matrix(keys.udm(ds, ns), udm))
+        else:
+            fkey = fdhope.generate_key(udm, scheme.sensitivity)
+            self.keys.save_fdhope(f"{ds}-udm", fkey)
+            uploads.append(self.put_matrix(keys.encrypted_udm(ds, ns), core_dbskmeans.encrypt_udm(fkey, udm)))
+        del udm
+        await asyncio.gather(*uploads)
+        return fkey
+
+    async def _decrypt_shift(self, scheme: _SecureKMeans, key: str, width: int) -> np.ndarray:
+        if scheme.profile is None:
+            return core_skmeans.decrypt_shift(self.keys.liu, await self.store.get_ndarray(key))
+        vectors = await self._get_vectors(key, scheme.profile)
+        return ckks.decrypt_vectors(self.keys.ckks(scheme.profile), vectors, width=width)
 
     # ------------------------------------------------------------------ PQC k-means (labels only)
     async def pqc_kmeans(
@@ -774,23 +769,14 @@ class DataOwnerClient:
         :func:`core.pqc_dataowner.run_pqc_kmeans`. Each round is two commands; the owner decrypts
         the distances (argmin -> labels) and the masked sums (-> centroids).
         """
-        x = np.asarray(data, dtype=np.float64)
-        if x.ndim != 2:
-            raise ValueError(f"data must be n x a, got shape {x.shape}")
+        x = _clustering_input(data, k)
         n, a = x.shape
-        if not 1 <= k <= n:
-            raise ValueError(f"k must be in [1, n={n}], got {k}")
         ns = self._ns(namespace)
         ds = self._dataset_id(dataset_id)
         job = _Job(self, Op.PQC_KMEANS.value, ds, n, max_iterations, progress)
         ctx = self.keys.ckks(profile)
-        blocks = ckks.encrypt_columns(ctx, x)
+        await self._put_ciphertexts(keys.encrypted(ds), *_columns(ctx, x))
         size = ckks.column_block_size(n, ckks.slot_count(ctx))
-        flat = [v.serialize() for block in blocks for v in block]
-        await self.store.put_bytes_list(
-            keys.encrypted(ds), flat, num_chunks=self._chunks(len(flat)), shape=[len(blocks), a]
-        )
-        del blocks, flat
         job.prepared()
 
         tol_abs = float(np.mean(np.var(x, axis=0)) * tolerance)
@@ -802,36 +788,36 @@ class DataOwnerClient:
         cent_key, labels_key = keys.pqc_kmeans_centroids(ds, ns), keys.pqc_kmeans_labels(ds, ns)
         it = 0
         for it in range(1, max_iterations + 2):
-            job.round_start()
-            cent = [v.serialize() for row in pqc_kmeans.encrypt_centroids(ctx, centroids, size) for v in row]
-            await self.store.put_bytes_list(cent_key, cent, num_chunks=1, shape=[k, a])
-            job.emit("step1", it)
-            r1 = await job.call(Op.PQC_KMEANS.value, {**base, "step_index": 1, "iterations": it - 1})
-            rows = _grid(await self._get_vectors(r1["encrypted_distances_id"], profile), k)
-            labels = pqc_kmeans.labels_from_distances(ctx, rows, n)
-            if previous is not None and np.array_equal(labels, previous):
-                converged = True
-            if converged or final_pass or it == max_iterations + 1:
-                converged = converged or final_pass
-                job.round_end()
-                break
-            await self.store.put_ndarray(labels_key, labels, num_chunks=1)
-            job.emit("step2", it)
-            r2 = await job.call(Op.PQC_KMEANS.value, {**base, "step_index": 2, "iterations": it - 1})
-            sums = _grid(await self._get_vectors(r2["encrypted_sums_id"], profile), a)
-            new, _ = pqc_kmeans.centroids_from_sums(ctx, sums, labels, centroids)
-            moved = float(((new - centroids) ** 2).sum())
-            job.report.shifts.append(moved)
-            final_pass = moved <= tol_abs
-            centroids, previous = new, labels
-            job.round_end()
+            with job.round():
+                cent = [
+                    v.serialize() for row in pqc_kmeans.encrypt_centroids(ctx, centroids, size) for v in row
+                ]
+                await self.store.put_bytes_list(cent_key, cent, num_chunks=1, shape=[k, a])
+                job.emit("step1", it)
+                r1 = await job.call({**base, "step_index": 1, "iterations": it - 1})
+                rows = _grid(await self._get_vectors(r1["encrypted_distances_id"], profile), k)
+                labels = pqc_kmeans.labels_from_distances(ctx, rows, n)
+                if previous is not None and np.array_equal(labels, previous):
+                    converged = True
+                if converged or final_pass or it == max_iterations + 1:
+                    converged = converged or final_pass
+                    break
+                await self.store.put_ndarray(labels_key, labels, num_chunks=1)
+                job.emit("step2", it)
+                r2 = await job.call({**base, "step_index": 2, "iterations": it - 1})
+                sums = _grid(await self._get_vectors(r2["encrypted_sums_id"], profile), a)
+                new, _ = pqc_kmeans.centroids_from_sums(ctx, sums, labels, centroids)
+                moved = float(((new - centroids) ** 2).sum())
+                job.report.shifts.append(moved)
+                final_pass = moved <= tol_abs
+                centroids, previous = new, labels
         job.report.labels = labels
         job.report.iterations = it
         job.report.converged = converged
         job.report.extra["centroids"] = centroids
         return job.finish()
 
-    # ------------------------------------------------------------------ classification (Liu)
+    # ------------------------------------------------------------------ classification
     async def knn(
         self,
         model: np.ndarray,
@@ -855,18 +841,16 @@ class DataOwnerClient:
             self.put_matrix(rid, rec),
         )
         job.prepared()
-        job.round_start()
-        result = await job.call(
-            Op.KNN_PREDICT.value,
-            {
-                "model_id": mid,
-                "records_test_id": rid,
-                "model_labels_shape": list(lab.shape),
-                "distance": distance,
-            },
-        )
-        job.report.predictions = await self._labels(result)
-        job.round_end()
+        with job.round():
+            result = await job.call(
+                {
+                    "model_id": mid,
+                    "records_test_id": rid,
+                    "model_labels_shape": list(lab.shape),
+                    "distance": distance,
+                }
+            )
+            job.report.predictions = await self._labels(result)
         return job.finish()
 
     async def upload_sknn_model(
@@ -913,7 +897,11 @@ class DataOwnerClient:
                 raise ValueError("upload_model=False needs the model_id of an uploaded model")
             mid = model_id
             await self.upload_liu(rid, rec)
-        job.prepared()
+
+        async def nearest(r1: dict[str, Any]) -> np.ndarray:
+            dist = await self.store.get_ndarray(r1["distances_id"])
+            return core_sknn.nearest_from_distances(self.keys.liu, dist).reshape(-1, 1)
+
         base = {
             "model_id": mid,
             "records_test_id": rid,
@@ -922,17 +910,7 @@ class DataOwnerClient:
             "model_labels_shape": lab_shape,
             "distance": distance,
         }
-        job.round_start()
-        job.emit("step1", 1)
-        r1 = await job.call(Op.SKNN_PREDICT.value, {**base, "step_index": 1})
-        dist = await self.store.get_ndarray(r1["distances_id"])
-        index = core_sknn.nearest_from_distances(self.keys.liu, dist)
-        await self.store.put_ndarray(keys.distances_index(rid, ns), index.reshape(-1, 1), num_chunks=1)
-        job.emit("step2", 2)
-        r2 = await job.call(Op.SKNN_PREDICT.value, {**base, "step_index": 2})
-        job.report.predictions = await self._labels(r2)
-        job.round_end()
-        job.report.iterations = 1
+        r1 = await self._secure_1nn(job, base, keys.distances_index(rid, ns), nearest)
         job.report.extra["exact"] = bool(r1.get("exact", True))
         return job.finish()
 
@@ -968,30 +946,25 @@ class DataOwnerClient:
         job = _Job(self, Op.PQC_SKNN_PREDICT.value, rid, rec.shape[0], 2, progress)
         ctx = self.keys.ckks(profile)
         if layout == "packed":
-            blocks = ckks.encrypt_columns(ctx, mdl)
+            model_blobs, model_shape = _columns(ctx, mdl)
             size = ckks.column_block_size(n_model, ckks.slot_count(ctx))
-            model_blobs = [v.serialize() for block in blocks for v in block]
-            model_shape = [len(blocks), a]
             record_blobs = [v.serialize() for row in rec for v in ckks.encrypt_replicated(ctx, row, size)]
-            record_shape = [rec.shape[0], a]
         else:
-            model_blobs = ckks.serialize(ckks.encrypt_rows(ctx, mdl))
+            model_blobs, model_shape = ckks.serialize(ckks.encrypt_rows(ctx, mdl)), [n_model, a]
             record_blobs = ckks.serialize(ckks.encrypt_rows(ctx, rec))
-            model_shape, record_shape = [n_model, a], [rec.shape[0], a]
         await asyncio.gather(
-            self.store.put_bytes_list(
-                keys.encrypted(mid), model_blobs, num_chunks=self._chunks(len(model_blobs)), shape=model_shape
-            ),
-            self.store.put_bytes_list(
-                keys.encrypted(rid),
-                record_blobs,
-                num_chunks=self._chunks(len(record_blobs)),
-                shape=record_shape,
-            ),
+            self._put_ciphertexts(keys.encrypted(mid), model_blobs, model_shape),
+            self._put_ciphertexts(keys.encrypted(rid), record_blobs, [rec.shape[0], a]),
             self.store.put_ndarray(keys.labels(mid), lab, num_chunks=1),
         )
         del model_blobs, record_blobs
-        job.prepared()
+
+        async def nearest(r1: dict[str, Any]) -> np.ndarray:
+            grid = _grid(await self._get_vectors(r1["distances_id"], profile), int(r1["distances_shape"][1]))
+            if layout == "packed":
+                return pqc_sknn.nearest_from_packed(ctx, grid, n_model).reshape(1, -1)
+            return pqc_sknn.nearest_from_pairs(ctx, grid, a).reshape(1, -1)
+
         base = {
             "model_id": mid,
             "records_test_id": rid,
@@ -1000,22 +973,31 @@ class DataOwnerClient:
             "model_labels_shape": list(lab.shape),
             "distance": "EUCLIDEAN",
         }
-        job.round_start()
-        job.emit("step1", 1)
-        r1 = await job.call(Op.PQC_SKNN_PREDICT.value, {**base, "step_index": 1})
-        cols = int(r1["distances_shape"][1])
-        grid = _grid(await self._get_vectors(r1["distances_id"], profile), cols)
-        if layout == "packed":
-            index = pqc_sknn.nearest_from_packed(ctx, grid, n_model)
-        else:
-            index = pqc_sknn.nearest_from_pairs(ctx, grid, a)
-        await self.store.put_ndarray(keys.distances_index(rid, ns), index.reshape(1, -1), num_chunks=1)
-        job.emit("step2", 2)
-        r2 = await job.call(Op.PQC_SKNN_PREDICT.value, {**base, "step_index": 2})
-        job.report.predictions = await self._labels(r2)
-        job.round_end()
+        await self._secure_1nn(job, base, keys.distances_index(rid, ns), nearest)
         job.report.extra["layout"] = layout
         return job.finish()
+
+    async def _secure_1nn(
+        self,
+        job: _Job,
+        base: dict[str, Any],
+        index_key: str,
+        nearest: Callable[[dict[str, Any]], Awaitable[np.ndarray]],
+    ) -> dict[str, Any]:
+        """The one round both secure 1-NN protocols share; returns step 1's result.
+
+        Only the owner can decrypt step 1's distances, so ``nearest`` turns them into the nearest
+        model rows, which step 2 maps to labels; the worker never sees a distance in the clear.
+        """
+        job.prepared()
+        with job.round():
+            job.emit("step1", 1)
+            r1 = await job.call({**base, "step_index": 1})
+            await self.store.put_ndarray(index_key, await nearest(r1), num_chunks=1)
+            job.emit("step2", 2)
+            r2 = await job.call({**base, "step_index": 2})
+            job.report.predictions = await self._labels(r2)
+        return r1
 
     # ------------------------------------------------------------------ PPLR (CKKS)
     async def pplr_train(
@@ -1048,36 +1030,35 @@ class DataOwnerClient:
         job = _Job(self, Op.PPLR_TRAIN.value, tid, n, epochs, progress)
         ctx = self.keys.ckks(profile)
         x_key, y_key = keys.encrypted(tid), keys.encrypted(f"{tid}y")
-        w_key, b_key = f"{tid}encryptedweights", f"{tid}encryptedbias"
-        y_blobs = ckks.serialize(pqc_dataowner.encrypt_labels(ctx, target))
+        w_key, b_key = _pplr_model_keys(tid)
         await asyncio.gather(
             self.upload_ckks_rows(x_key, features, profile),
-            self.store.put_bytes_list(y_key, y_blobs, num_chunks=self._chunks(n), shape=[n]),
+            self._put_ciphertexts(y_key, ckks.serialize(pqc_dataowner.encrypt_labels(ctx, target)), [n]),
         )
         job.prepared()
         weights, bias = np.zeros(d), 0.0
         for epoch in range(1, epochs + 1):
-            job.round_start()
-            await self._put_model(ctx, w_key, b_key, weights, bias)
-            job.emit("train", epoch)
-            await job.call(
-                Op.PPLR_TRAIN.value,
-                {
-                    "encrypted_matrix_train_id": x_key,
-                    "encrypted_label_vector_train_id": y_key,
-                    "encrypted_weights_id": w_key,
-                    "encrypted_bias_id": b_key,
-                    "learning_rate": learning_rate,
-                    "n_features": d,
-                    "n_samples": n,
-                    "epochs": 1,
-                },
-            )
-            w_vec, b_vec = await asyncio.gather(
-                self._get_vectors(w_key, profile), self._get_vectors(b_key, profile)
-            )
-            weights, bias = pqc_dataowner.decrypt_model(ctx, w_vec[0], b_vec[0], threshold=refresh_threshold)
-            job.round_end()
+            with job.round():
+                await self._put_model(ctx, w_key, b_key, weights, bias)
+                job.emit("train", epoch)
+                await job.call(
+                    {
+                        "encrypted_matrix_train_id": x_key,
+                        "encrypted_label_vector_train_id": y_key,
+                        "encrypted_weights_id": w_key,
+                        "encrypted_bias_id": b_key,
+                        "learning_rate": learning_rate,
+                        "n_features": d,
+                        "n_samples": n,
+                        "epochs": 1,
+                    }
+                )
+                w_vec, b_vec = await asyncio.gather(
+                    self._get_vectors(w_key, profile), self._get_vectors(b_key, profile)
+                )
+                weights, bias = pqc_dataowner.decrypt_model(
+                    ctx, w_vec[0], b_vec[0], threshold=refresh_threshold
+                )
         job.report.iterations = epochs
         job.report.extra.update(train_id=tid, weights=weights, bias=bias, profile=profile)
         return job.finish()
@@ -1111,27 +1092,25 @@ class DataOwnerClient:
         xid = self._dataset_id(test_id)
         job = _Job(self, Op.PPLR_PREDICT.value, xid, features.shape[0], 1, progress)
         ctx = self.keys.ckks(profile)
-        w_key, b_key = f"{train_id}encryptedweights", f"{train_id}encryptedbias"
+        w_key, b_key = _pplr_model_keys(train_id)
         x_key = keys.encrypted(xid)
         await asyncio.gather(
             self.upload_ckks_rows(x_key, features, profile),
             self._put_model(ctx, w_key, b_key, np.asarray(weights, dtype=np.float64), float(bias)),
         )
         job.prepared()
-        job.round_start()
-        result = await job.call(
-            Op.PPLR_PREDICT.value,
-            {
-                "encrypted_matrix_test_id": x_key,
-                "encrypted_weights_id": w_key,
-                "encrypted_bias_id": b_key,
-                "n_features": features.shape[1],
-                "namespace": ns,
-            },
-        )
-        vectors = await self._get_vectors(result["encrypted_predictions_id"], profile)
-        probabilities = pqc_dataowner.decrypt_predictions(ctx, vectors, features.shape[0])
-        job.round_end()
+        with job.round():
+            result = await job.call(
+                {
+                    "encrypted_matrix_test_id": x_key,
+                    "encrypted_weights_id": w_key,
+                    "encrypted_bias_id": b_key,
+                    "n_features": features.shape[1],
+                    "namespace": ns,
+                }
+            )
+            vectors = await self._get_vectors(result["encrypted_predictions_id"], profile)
+            probabilities = pqc_dataowner.decrypt_predictions(ctx, vectors, features.shape[0])
         job.report.predictions = (probabilities >= 0.5).astype(np.int64)
         job.report.extra["probabilities"] = probabilities
         return job.finish()
@@ -1156,26 +1135,23 @@ class DataOwnerClient:
         target = np.asarray(y, dtype=np.float64).reshape(-1)
         tid = self._dataset_id(train_id)
         job = _Job(self, Op.LR_TRAIN.value, tid, features.shape[0], 1, progress)
-        x_key, y_key = f"{tid}x", f"{tid}y"
-        weights_id, bias_id = f"{tid}weights", f"{tid}bias"
+        x_key, y_key, weights_id, bias_id = _lr_keys(tid)
         await asyncio.gather(self.put_matrix(x_key, features), self.put_matrix(y_key, target))
         job.prepared()
-        job.round_start()
-        await job.call(
-            Op.LR_TRAIN.value,
-            {
-                "plaintext_matrix_train_id": x_key,
-                "plaintext_label_vector_train_id": y_key,
-                "weights_id": weights_id,
-                "bias_id": bias_id,
-                "epochs": epochs,
-                "learning_rate": learning_rate,
-            },
-        )
-        weights, bias = await asyncio.gather(
-            self.store.get_ndarray(weights_id), self.store.get_ndarray(bias_id)
-        )
-        job.round_end()
+        with job.round():
+            await job.call(
+                {
+                    "plaintext_matrix_train_id": x_key,
+                    "plaintext_label_vector_train_id": y_key,
+                    "weights_id": weights_id,
+                    "bias_id": bias_id,
+                    "epochs": epochs,
+                    "learning_rate": learning_rate,
+                }
+            )
+            weights, bias = await asyncio.gather(
+                self.store.get_ndarray(weights_id), self.store.get_ndarray(bias_id)
+            )
         job.report.iterations = epochs
         job.report.extra.update(
             train_id=tid,
@@ -1199,19 +1175,18 @@ class DataOwnerClient:
         xid = self._dataset_id(test_id)
         job = _Job(self, Op.LR_PREDICT.value, xid, features.shape[0], 1, progress)
         await self.put_matrix(xid, features)
+        train_x, _, weights_id, bias_id = _lr_keys(train_id)
         job.prepared()
-        job.round_start()
-        result = await job.call(
-            Op.LR_PREDICT.value,
-            {
-                "plaintext_matrix_test_id": xid,
-                "plaintext_matrix_train_id": f"{train_id}x",
-                "weights_id": f"{train_id}weights",
-                "bias_id": f"{train_id}bias",
-            },
-        )
-        predictions = await self.store.get_ndarray(result["predictions_id"])
-        job.round_end()
+        with job.round():
+            result = await job.call(
+                {
+                    "plaintext_matrix_test_id": xid,
+                    "plaintext_matrix_train_id": train_x,
+                    "weights_id": weights_id,
+                    "bias_id": bias_id,
+                }
+            )
+            predictions = await self.store.get_ndarray(result["predictions_id"])
         job.report.predictions = np.asarray(predictions).reshape(-1).astype(np.int64)
         return job.finish()
 

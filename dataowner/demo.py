@@ -44,9 +44,19 @@ from dataowner.client import DataOwnerClient, JobReport
 from dataowner.datasets import Dataset, load_bundled, scale, subset, train_test_split
 from dataowner.keys import OwnerKeys
 from dataowner.metrics import accuracy, adjusted_rand_index
-from dataowner.progress import ProgressDisplay
+from dataowner.progress import ProgressCallback, ProgressDisplay
+from worker.embedded import EmbeddedNats, terminate
 
-__all__ = ["ALGORITHMS", "DATASETS", "DemoRow", "Spec", "WorkerProcess", "main", "run_demo"]
+__all__ = [
+    "ALGORITHMS",
+    "DATASETS",
+    "DemoRow",
+    "Spec",
+    "WorkerProcess",
+    "main",
+    "run_demo",
+    "train_and_predict",
+]
 
 DATASETS = ("iris", "wine", "breast_cancer")
 PREFIX = "rory"
@@ -220,16 +230,8 @@ class WorkerProcess:
 
     async def stop(self, timeout: float = 20.0) -> None:
         process, self.process = self.process, None
-        if process is None or process.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), timeout)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
+        if process is not None and process.returncode is None:
+            await terminate(process, timeout)
 
 
 def worker_env(
@@ -342,6 +344,37 @@ async def _cluster(ctx: Context, spec: Spec, ds: Dataset, row: DemoRow) -> None:
         row.subset += f" {int(np.unique(report.labels).size)} clusters"
 
 
+async def train_and_predict(
+    client: DataOwnerClient,
+    name: str,
+    train_x: np.ndarray,
+    y_train: np.ndarray,
+    test_x: np.ndarray,
+    epochs: int,
+    *,
+    learning_rate: float = 0.1,
+    progress: ProgressCallback | None = None,
+) -> list[JobReport]:
+    """LR or PPLR (``name`` "lr" or "pplr") end to end: training, then prediction with its model.
+
+    Shared by the demo and ``rory-client run`` so both hand the trained model over the same way.
+    """
+    fit = client.lr_train if name == "lr" else client.pplr_train
+    trained = await fit(train_x, y_train, epochs=epochs, learning_rate=learning_rate, progress=progress)
+    model = trained.extra
+    if name == "lr":
+        predicted = await client.lr_predict(test_x, train_id=model["train_id"], progress=progress)
+    else:
+        predicted = await client.pplr_predict(
+            test_x,
+            train_id=model["train_id"],
+            weights=model["weights"],
+            bias=model["bias"],
+            progress=progress,
+        )
+    return [trained, predicted]
+
+
 async def _classify(ctx: Context, spec: Spec, ds: Dataset, row: DemoRow) -> None:
     from core.algorithms.knn import knn_predict
     from core.algorithms.lr import LogisticRegression
@@ -380,23 +413,9 @@ async def _classify(ctx: Context, spec: Spec, ds: Dataset, row: DemoRow) -> None
         else:
             reference = model.predict(test.x)  # PPLR: the owner only sees sigma~(z) and thresholds it
         truth = y_test
-        if spec.name == "lr":
-            trained = await c.lr_train(train.x, y_train, epochs=epochs, learning_rate=0.1, progress=p)
-            reports += [trained, await c.lr_predict(test.x, train_id=trained.extra["train_id"], progress=p)]
-        else:
-            mc = ctx.ml_client
-            assert mc is not None
-            trained = await mc.pplr_train(train.x, y_train, epochs=epochs, learning_rate=0.1, progress=p)
-            reports += [
-                trained,
-                await mc.pplr_predict(
-                    test.x,
-                    train_id=trained.extra["train_id"],
-                    weights=trained.extra["weights"],
-                    bias=trained.extra["bias"],
-                    progress=p,
-                ),
-            ]
+        client = c if spec.name == "lr" else ctx.ml_client
+        assert client is not None
+        reports += await train_and_predict(client, spec.name, train.x, y_train, test.x, epochs, progress=p)
         predicted = reports[-1].predictions
         row.subset += f", {epochs} epoch{'s' if epochs > 1 else ''}, class 0 vs rest"
     assert predicted is not None
@@ -538,7 +557,6 @@ async def run_demo(options: DemoOptions) -> list[DemoRow]:
     """Run the demo and return its rows (raises only for setup failures)."""
     import nats
 
-    from worker.embedded import EmbeddedNats
     from worker.storage import LocalStore
 
     prepared = {name: prepare(name) for name in options.datasets}  # fails fast without scikit-learn

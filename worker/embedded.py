@@ -39,6 +39,18 @@ def find_nats_server() -> str:
     )
 
 
+async def terminate(process: asyncio.subprocess.Process, timeout: float) -> None:
+    """SIGTERM our child so it can shut down cleanly; SIGKILL it if it has not exited within ``timeout``."""
+    with contextlib.suppress(ProcessLookupError):
+        process.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(process.wait(), timeout)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+
+
 class EmbeddedNats:
     """A child ``nats-server`` process on 127.0.0.1.
 
@@ -133,14 +145,7 @@ class EmbeddedNats:
         """SIGTERM our child and wait; SIGKILL it if it does not exit in time."""
         process, self.process = self.process, None
         if process is not None and process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), timeout)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-                await process.wait()
+            await terminate(process, timeout)
         if process is not None:
             with contextlib.suppress(OSError):
                 (self.ports_dir / f"{BINARY}_{process.pid}.ports").unlink()
@@ -166,4 +171,4 @@ class EmbeddedNats:
         await self.stop()
 
 
-__all__ = ["EmbeddedNats", "EmbeddedServerError", "find_nats_server"]
+__all__ = ["EmbeddedNats", "EmbeddedServerError", "find_nats_server", "terminate"]

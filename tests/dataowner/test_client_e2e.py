@@ -128,6 +128,49 @@ async def test_pqc_kmeans_and_pqc_sknn(setup):
     np.testing.assert_array_equal(sknn.predictions, expected)
 
 
+async def test_pqc_dbskmeans_and_the_rows_layout(setup):
+    """The double-blind CKKS variant and the per-pair SKNN layout go through the shared drivers too."""
+    client, _, keys = setup
+    x, y = _blobs(7, 6)
+    report = await client.pqc_dbskmeans(x, 3, max_iterations=4, namespace="dbj")
+    assert report.labels is not None and report.labels.shape == (x.shape[0],)
+    assert 1 <= report.iterations <= 4 and len(report.shifts) == report.iterations
+    assert client.keys.has_fdhope(f"{report.dataset_id}-udm")
+    assert await client.store.exists(names.encrypted_udm(report.dataset_id, "dbj"))
+    assert await client.store.exists(names.init_shift_matrix(report.dataset_id, "dbj"))
+    assert not await client.store.exists(names.udm(report.dataset_id, "dbj"))
+    rows = await client.pqc_sknn(x[:12], y[:12], x[12:], layout="rows")
+    expected, _ = pqc_dataowner.run_pqc_sknn(x[:12], y[:12], x[12:], layout="rows", ctx=keys.ckks())
+    np.testing.assert_array_equal(rows.predictions, expected)
+    assert rows.extra["layout"] == "rows" and rows.commands == 2 and len(rows.rounds) == 1
+
+
+async def test_sknn_reuses_an_uploaded_model(setup):
+    client, _, keys = setup
+    x, y = _blobs(8, 10)
+    model_id = await client.upload_sknn_model(x[:24], y[:24], "model8")
+    report = await client.sknn(x[:24], y[:24], x[24:], model_id=model_id, upload_model=False)
+    reference = core_owner.run_sknn(x[:24], y[:24], x[24:], keys.liu, metric="euclidean")
+    np.testing.assert_array_equal(report.predictions, reference)
+    with pytest.raises(ValueError, match="needs the model_id"):
+        await client.sknn(x[:24], y[:24], x[24:], upload_model=False)
+
+
+async def test_lr_train_then_predict_hands_the_model_over(setup):
+    from core.algorithms.lr import LogisticRegression
+    from dataowner.demo import train_and_predict
+
+    client, _, _ = setup
+    x, y = _blobs(9, 10)
+    target = (y == 0).astype(np.int64)
+    trained, predicted = await train_and_predict(client, "lr", x[:20], target[:20], x[20:], 5)
+    model = LogisticRegression(epochs=5, learning_rate=0.1).fit(x[:20], target[:20])
+    np.testing.assert_allclose(trained.extra["weights"], model.weights_, atol=1e-9)
+    assert trained.extra["bias"] == pytest.approx(model.bias_, abs=1e-9)
+    np.testing.assert_array_equal(predicted.predictions, model.predict(x[20:]))
+    assert trained.iterations == 5 and predicted.op == "ml.lr.predict"
+
+
 async def test_errors_are_typed(setup):
     client, _, keys = setup
     x, _ = _blobs(6, 2)

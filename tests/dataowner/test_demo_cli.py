@@ -130,39 +130,57 @@ async def test_cli_run_against_a_worker(start_worker, nats_url, tmp_path):
     worker = await start_worker(
         registry=default_registry(), store=LocalStore(data / "storage"), keys_path=str(data / "keys")
     )
-    argv = [
-        "run",
-        "skmeans",
-        "iris",
-        "--data-dir",
-        str(data),
-        "--nats",
-        nats_url,
-        "--node",
-        worker.settings.node_id,
-        "--prefix",
-        worker.settings.rory_subject_prefix,
-        "--json",
-        "--labels-out",
-        str(tmp_path / "labels.npy"),
-    ]
+
+    def run_argv(algorithm: str, node: str, *extra: str) -> list[str]:
+        return [
+            "run",
+            algorithm,
+            "iris",
+            "--data-dir",
+            str(data),
+            "--nats",
+            nats_url,
+            "--node",
+            node,
+            "--prefix",
+            worker.settings.rory_subject_prefix,
+            *extra,
+        ]
+
+    argv = run_argv(
+        "skmeans", worker.settings.node_id, "--json", "--labels-out", str(tmp_path / "labels.npy")
+    )
     code = await asyncio.to_thread(cli.main, argv)
     assert code == 0
     labels = np.load(tmp_path / "labels.npy")
     assert labels.shape == (150,) and set(np.unique(labels)) <= {0, 1, 2}
     code = await asyncio.to_thread(cli.main, [*argv[:1], "kmeans", *argv[2:], "--k", "2"])
     assert code == 0 and set(np.unique(np.load(tmp_path / "labels.npy"))) == {0, 1}
-    nobody = [
-        "run",
-        "kmeans",
-        "iris",
-        "--data-dir",
-        str(data),
-        "--nats",
-        nats_url,
-        "--node",
-        "ghost",
-        "--prefix",
-        worker.settings.rory_subject_prefix,
-    ]
+    nobody = run_argv("kmeans", "ghost")
     assert await asyncio.to_thread(cli.main, nobody) == cli.EXIT_FAILED
+
+
+async def test_cli_run_classification(start_worker, nats_url, tmp_path, capsys):
+    """`rory-client run sknn|lr iris`: the two-step and the train-then-predict paths of the CLI."""
+    import asyncio
+    import json
+
+    from worker.runtime.registry import default_registry
+    from worker.storage import LocalStore
+
+    data = tmp_path / "d"
+    assert cli.main(["keygen", "--data-dir", str(data)]) == 0
+    worker = await start_worker(
+        registry=default_registry(), store=LocalStore(data / "storage"), keys_path=str(data / "keys")
+    )
+    capsys.readouterr()
+    common = ["iris", "--data-dir", str(data), "--nats", nats_url, "--node", worker.settings.node_id]
+    common += ["--prefix", worker.settings.rory_subject_prefix, "--json"]
+    for algorithm, ops in (
+        ("sknn", ["classification.sknn.predict"]),
+        ("lr", ["ml.lr.train", "ml.lr.predict"]),
+    ):
+        assert await asyncio.to_thread(cli.main, ["run", algorithm, *common, "--epochs", "3"]) == 0
+        body = json.loads(capsys.readouterr().out)
+        assert [r["op"] for r in body["reports"]] == ops
+        assert len(body["output"]) == 45 and body["accuracy"] > 0.8
