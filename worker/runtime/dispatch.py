@@ -1,11 +1,13 @@
 """From raw message to Reply: decode, validate, admit, run the handler, time it, count it.
 
-Split in two so both intakes (core request-reply now, JetStream later) share it:
+Split in two so both intakes (core request-reply and the JetStream pull intake) share it:
 
 * :meth:`Dispatcher.prepare` runs inside the subscription callback and is cheap and synchronous:
   bounded decode, envelope fast path, op checks, params validation, capacity check. Bad input and
   "busy" are answered from here without ever taking a slot; at capacity the answer is 503 BUSY at
-  once (nothing queues behind a full worker).
+  once (nothing queues behind a full worker). The JetStream intake reserves slots before it pulls
+  (``reserved``, see ``worker/runtime/jetstream.py``) and a message it pulled is admitted on its
+  reservation; a core command may take back a reservation that is still waiting (``reclaim``).
 * :meth:`Dispatcher.run` runs the admitted job in its own task, under the command's deadline, and
   always returns a Reply map: handlers cannot crash the worker.
 
@@ -19,7 +21,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,6 +111,9 @@ class Dispatcher:
         self.capacity = settings.worker_capacity
         self.max_bytes = settings.max_message_bytes
         self.inflight = 0
+        self.reserved = 0  # slots promised to outstanding JetStream pull requests
+        self.on_release: Callable[[], None] | None = None  # called whenever a slot becomes free
+        self.reclaim: Callable[[], bool] | None = None  # take back one unused reservation, if any
         self.accepting = True
         self._ids = itertools.count(1)
         self._id_prefix = f"{instance_id}-"
@@ -173,14 +178,35 @@ class Dispatcher:
         return reply
 
     # ------------------------------------------------------------------ admission
+    @property
+    def free_slots(self) -> int:
+        """Slots neither running a job nor reserved for a pull request."""
+        return self.capacity - self.inflight - self.reserved
+
+    def _released(self) -> None:
+        if self.on_release is not None:
+            self.on_release()
+
+    def release(self, job: Job) -> None:
+        """Give back the slot of an admitted job that will not be run (e.g. answered from a record)."""
+        self.inflight -= 1
+        job.endpoint.inflight -= 1
+        self._released()
+
     def prepare(
         self,
         data: bytes,
         headers: Mapping[str, str] | None,
         subject_op: str,
         received: float,
+        *,
+        reserved: bool = False,
     ) -> Job:
-        """Validate and admit a command, or raise :class:`Rejected` carrying its error Reply."""
+        """Validate and admit a command, or raise :class:`Rejected` carrying its error Reply.
+
+        ``reserved``: the caller already holds a slot for this message (a JetStream reservation it
+        has just given back), so the capacity check is skipped.
+        """
         json_mode = codec.is_json(headers)
         endpoint = self.discovery.endpoint(subject_op)
         decoded: Any = None
@@ -196,7 +222,11 @@ class Dispatcher:
             params = operation.parse_params(command.params)
             if not self.accepting:
                 raise Busy("the worker is stopping; send the command again (another worker may take it)")
-            if self.inflight >= self.capacity:
+            if (
+                not reserved
+                and self.inflight + self.reserved >= self.capacity
+                and (self.inflight >= self.capacity or self.reclaim is None or not self.reclaim())
+            ):
                 raise Busy(f"all {self.capacity} slots are busy; retry later")
         except RoryError as error:
             reply = self.reject(error, op=subject_op, received=received, data=decoded, endpoint=endpoint)
@@ -259,6 +289,7 @@ class Dispatcher:
         finally:
             self.inflight -= 1
             job.endpoint.inflight -= 1
+            self._released()
         storage_get, compute, storage_put = ctx.stage_timings()
         total = time.perf_counter() - job.received
         reply = self._reply(

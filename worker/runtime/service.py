@@ -6,6 +6,11 @@ start heartbeats. Stop (graceful, SIGTERM/SIGINT): drain the command subscriptio
 arrives; what already arrived is handled), let in-flight commands finish within
 SHUTDOWN_GRACE_PERIOD and answer them (the rest are cancelled and answered 503), announce
 ``stopped``, drain the connection, stop the pool.
+
+With ``RORY_JOBS_MODE=jetstream`` the durable intake (``worker/runtime/jetstream.py``) also pulls
+commands from the RORY_JOBS work queue; core request-reply, health, heartbeats and ``$SRV`` stay on,
+sharing the same slots. On stop it pulls nothing more, gives its jobs the same grace period (the rest
+are nak'd for another worker) and unsubscribes its pull inboxes before the connection drains.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from worker.runtime.discovery import Discovery
 from worker.runtime.dispatch import Dispatcher, Job, Rejected
 from worker.runtime.health import StorageProbe, nats_status
 from worker.runtime.heartbeat import Heartbeater, LoadSampler
+from worker.runtime.jetstream import JetStreamIntake
 from worker.runtime.pool import ComputePool
 from worker.runtime.registry import Registry, default_registry
 from worker.settings import JobsMode, Settings
@@ -124,6 +130,7 @@ class WorkerService:
         self._heartbeat: Heartbeater | None = None
         self._load = LoadSampler()
         self._cmd_subs: list[Subscription] = []
+        self._intake: JetStreamIntake | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._ops = subjects.OpExtractor(self.prefix, self.node_id)
         self._results_prefix = subjects.results(self.prefix, "x")[:-1]  # job ids are validated on intake
@@ -146,7 +153,8 @@ class WorkerService:
             self._store = await open_default_store(settings)
         self.pool.start()  # processes warm up while we connect; `started` does not wait for them
         try:
-            self.nc = await connection.connect(settings, **self._connect_options)
+            options = {"on_reconnected": self._on_reconnected, **self._connect_options}
+            self.nc = await connection.connect(settings, **options)
         except BaseException:
             await self.pool.shutdown()
             await self._close_store()
@@ -200,6 +208,9 @@ class WorkerService:
         for verb, handler in srv_handlers.items():
             for extra in ((), (subjects.SERVICE_NAME,), (subjects.SERVICE_NAME, self.instance_id)):
                 await nc.subscribe(subjects.srv(verb, *extra), cb=handler)
+        if settings.rory_jobs_mode is JobsMode.JETSTREAM:
+            self._intake = JetStreamIntake(nc=nc, settings=settings, dispatcher=self.dispatcher)
+            await self._intake.start()
         await nc.flush()
         await self._announce("started")
         self._heartbeat = Heartbeater(
@@ -210,10 +221,6 @@ class WorkerService:
         )
         self._heartbeat.start()
         self._started = True
-        if settings.rory_jobs_mode is JobsMode.JETSTREAM:
-            log.warning(
-                "RORY_JOBS_MODE=jetstream: durable intake is not implemented yet; serving core subjects"
-            )
         log.info(
             "worker started",
             extra={
@@ -222,6 +229,7 @@ class WorkerService:
                 "capacity": settings.worker_capacity,
                 "operations": self.registry.names(),
                 "subjects": [sub.subject for sub in self._cmd_subs],
+                "jobs": self._intake.subjects if self._intake is not None else [],
             },
         )
 
@@ -241,20 +249,22 @@ class WorkerService:
             for sub in self._cmd_subs:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(sub.drain(), timeout=5)
+            intake = self._intake
+            if intake is not None:
+                intake.stop_pulling()
             self.dispatcher.accepting = False
-            # 2. let in-flight commands finish, cancel (and answer) the rest
-            if self._tasks:
-                _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
-                for task in pending:
-                    task.cancel()
-                if pending:
-                    log.warning("grace period over; cancelling commands", extra={"cancelled": len(pending)})
-                    await asyncio.wait(pending, timeout=5)
+            # 2. let in-flight commands finish, cancel (and answer) the rest; durable jobs that
+            # cannot finish are handed back to the stream (nak) for another worker
+            await asyncio.gather(
+                self._finish_core(grace), intake.finish(grace) if intake is not None else asyncio.sleep(0)
+            )
             # 3. leave
             if self._heartbeat is not None:
                 await self._heartbeat.stop()
             with contextlib.suppress(Exception):
                 await self._announce("stopped")
+            if intake is not None:
+                await intake.close()  # pull inboxes go before the drain (nats.md 1.5: drain hang)
             await self._close_connection(nc)
             await self.pool.shutdown()
             if self._probe is not None:
@@ -262,6 +272,19 @@ class WorkerService:
             await self._close_store()
             self._stopped.set()
             log.info("worker stopped", extra={"node_id": self.node_id, "instance_id": self.instance_id})
+
+    async def _finish_core(self, grace: float) -> None:
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning("grace period over; cancelling commands", extra={"cancelled": len(pending)})
+                await asyncio.wait(pending, timeout=5)
+
+    async def _on_reconnected(self) -> None:
+        if self._intake is not None:
+            await self._intake.on_reconnected()
 
     async def _close_store(self) -> None:
         if not self._owns_store:
@@ -274,8 +297,8 @@ class WorkerService:
                     await result
 
     async def _close_connection(self, nc: Client) -> None:
-        # Only plain subscriptions remain (no JetStream pull subs), so drain cannot hit the
-        # pull-subscription hang; it is still bounded, and close() is the fallback.
+        # Only plain subscriptions remain (the intake unsubscribed its pull inboxes), so drain cannot
+        # hit the pull-subscription hang; it is still bounded, and close() is the fallback.
         try:
             if nc.is_connected:
                 await asyncio.wait_for(nc.drain(), connection.DRAIN_TIMEOUT + 1)
@@ -306,6 +329,8 @@ class WorkerService:
                 force.set()
                 for task in list(self._tasks):
                     task.cancel()
+                if self._intake is not None:
+                    self._intake.cancel_jobs()
             else:
                 log.info("signal received; stopping gracefully", extra={"signal": signum})
                 self.request_stop()
@@ -361,6 +386,8 @@ class WorkerService:
             "pool_busy": self.pool.busy,
             "pool_restarts": self.pool.restarts,
             "pool_kills": self.pool.kills,
+            "jobs_mode": str(self.settings.rory_jobs_mode),
+            **({"jetstream": self._intake.stats()} if self._intake is not None else {}),
         }
 
     def _common(self) -> dict[str, Any]:

@@ -1,0 +1,643 @@
+"""The durable intake (RORY_JOBS_MODE=jetstream) against the session's real nats-server.
+
+Each test has its own streams, bucket and subject prefix. Executions and results are counted from
+storage (``tests/faults/ops.py`` marks every run and every stored result), deliveries from the
+server's consumer state, answers from ``<p>.results.*``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.js.api import AckPolicy, RetentionPolicy
+
+from schemas import codec, subjects
+from schemas.envelopes import Reply
+from tests.faults import ops as fault_ops
+from tests.faults.support import (
+    Workers,
+    balls,
+    command,
+    dead_letters,
+    peer,
+    publish,
+    results,
+    stream_messages,
+    wait_for,
+)
+from tests.ops import command as op_command
+from worker.embedded import EmbeddedNats
+from worker.runtime import jetstream
+from worker.runtime.jetstream import JetStreamUnavailable, nak_delay, record_key, subject_covers
+
+
+@pytest.fixture
+async def workers(nats_url: str, tmp_path: Path) -> AsyncIterator[Workers]:
+    group = Workers(nats_url, tmp_path)
+    yield group
+    await group.close()
+
+
+async def _consumer(nc: Client, settings, name: str):
+    return await nc.jetstream().consumer_info(settings.jetstream_stream, name)
+
+
+# ----------------------------------------------------------------------------- pure helpers
+def test_subject_covers() -> None:
+    assert subject_covers("p.jobs.>", "p.jobs.n1.>")
+    assert subject_covers("p.jobs.>", "p.jobs.pool.op.x")
+    assert subject_covers("p.*.x", "p.a.x")
+    assert not subject_covers("p.jobs.n1.>", "p.jobs.>")
+    assert not subject_covers("p.jobs.*", "p.jobs.a.b")
+    assert not subject_covers("q.jobs.>", "p.jobs.>")
+
+
+def test_nak_delay_grows_and_is_bounded() -> None:
+    delays = [nak_delay(n, 60.0) for n in range(1, 8)]
+    assert delays[:4] == [6.0, 12.0, 24.0, 48.0]
+    assert max(delays) <= jetstream.NAK_MAX_DELAY
+    assert nak_delay(1, 1.5) == 1.0 and nak_delay(2, 1.5) == 2.0
+
+
+def test_results_bucket_name() -> None:
+    assert jetstream.results_bucket("RORY_JOBS") == "RORY_RESULTS"
+    assert jetstream.results_bucket("OTHER") == "OTHER_RESULTS"
+
+
+# ----------------------------------------------------------------------------- topology
+async def test_topology_is_created_and_core_paths_keep_working(workers: Workers, nc: Client) -> None:
+    settings = workers.settings()
+    worker = await workers.start(settings)
+    js = nc.jetstream()
+    prefix = settings.rory_subject_prefix
+    info = await js.stream_info(settings.jetstream_stream)
+    assert info.config.retention == RetentionPolicy.WORK_QUEUE
+    assert info.config.subjects == [f"{prefix}.jobs.>"]
+    assert info.config.duplicate_window == jetstream.DUPLICATE_WINDOW
+    node = await _consumer(nc, settings, f"worker-{settings.node_id}")
+    pool = await _consumer(nc, settings, "pool")
+    assert node.config.filter_subject == f"{prefix}.jobs.{settings.node_id}.>"
+    assert pool.config.filter_subject == f"{prefix}.jobs.pool.>"
+    for consumer in (node, pool):
+        assert consumer.config.ack_policy == AckPolicy.EXPLICIT
+        assert consumer.config.ack_wait == settings.jetstream_ack_wait
+        assert consumer.config.max_deliver == settings.jetstream_max_deliver + 1  # +1: the reaper delivery
+    dlq = await js.stream_info(settings.jetstream_dlq_stream)
+    assert dlq.config.subjects == [f"{prefix}.dlq.>"]
+    await js.key_value(jetstream.results_bucket(settings.jetstream_stream))
+
+    # health, $SRV and core request-reply stay on in JetStream mode
+    msg = await nc.request(subjects.health(prefix, settings.node_id), b"", timeout=2)
+    assert codec.decode(msg.data, json_mode=True)["status"] == "ready"
+    stats = await nc.request(subjects.srv("STATS", subjects.SERVICE_NAME, worker.instance_id), b"", timeout=2)
+    health_stats = next(
+        e for e in codec.decode(stats.data, json_mode=True)["endpoints"] if e["name"] == "health"
+    )
+    assert health_stats["data"]["jobs_mode"] == "jetstream"
+    assert health_stats["data"]["jetstream"]["stream"] == settings.jetstream_stream
+    reply = await nc.request(
+        subjects.pool_cmd(prefix, "test.echo"),
+        codec.encode(op_command("test.echo", {"message": "hi"})),
+        timeout=5,
+    )
+    assert codec.decode(reply.data, json_mode=False)["result"]["message"] == "hi"
+
+
+async def test_verify_only_mode(workers: Workers) -> None:
+    settings = workers.settings(jetstream_ensure=False)
+    with pytest.raises(JetStreamUnavailable, match="does not exist"):
+        await workers.start(settings)
+    await workers.start(peer(settings, jetstream_ensure=True))  # an admin-capable worker creates them
+    with pytest.raises(JetStreamUnavailable, match="consumer worker-"):
+        await workers.start(settings)  # this node's own consumer is still missing: nobody made it
+    other = peer(settings, node_id=workers.started[0].node_id, jetstream_ensure=False)
+    worker = await workers.start(other)  # a second instance of a provisioned node only verifies
+    assert worker.status() == "ready"
+
+
+async def test_a_server_without_jetstream_fails_the_start_clearly(tmp_path: Path) -> None:
+    async with EmbeddedNats(tmp_path / "plain", jetstream=False) as server:
+        group = Workers(server.url, tmp_path)
+        try:
+            with pytest.raises(JetStreamUnavailable, match="JetStream is not available"):
+                await group.start(group.settings())
+        finally:
+            await group.close()
+
+
+async def test_a_stream_of_another_prefix_is_refused(workers: Workers) -> None:
+    first = workers.settings()
+    await workers.start(first)
+    second = workers.settings(jetstream_stream=first.jetstream_stream)
+    with pytest.raises(JetStreamUnavailable, match="another subject prefix"):
+        await workers.start(second)
+
+
+async def test_a_deleted_consumer_is_recreated(workers: Workers, nc: Client) -> None:
+    settings = workers.settings()
+    await workers.start(settings)
+    js = nc.jetstream()
+    await js.delete_consumer(settings.jetstream_stream, "pool")
+    collector = await results(nc, settings)
+    await wait_for(lambda: _exists(js, settings.jetstream_stream, "pool"), 8)
+    await publish(nc, settings, command("recreated"))
+    (reply,) = await collector.wait(1, timeout=8)
+    assert reply["ok"]
+
+
+async def _exists(js, stream: str, consumer: str) -> bool:
+    try:
+        await js.consumer_info(stream, consumer)
+    except Exception:
+        return False
+    return True
+
+
+def _restricted_config(settings, password: str) -> str:
+    """An accounts config: ``admin`` may do anything, ``worker`` only what docs/reliability.md lists."""
+    p, node = settings.rory_subject_prefix, settings.node_id
+    stream, dlq = settings.jetstream_stream, settings.jetstream_dlq_stream
+    bucket = jetstream.results_bucket(stream)
+    consumers = [f"worker-{node}", "pool"]
+    publish = [
+        f"{p}.worker.{node}.heartbeat",
+        f"{p}.worker.{node}.started",
+        f"{p}.worker.{node}.stopped",
+        f"{p}.results.*",
+        f"$JS.API.STREAM.INFO.{stream}",
+        f"$JS.API.STREAM.INFO.{dlq}",
+        f"$JS.API.STREAM.INFO.KV_{bucket}",
+        *[f"$JS.API.CONSUMER.INFO.{stream}.{c}" for c in consumers],
+        *[f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{c}" for c in consumers],
+        *[f"$JS.ACK.{stream}.{c}.>" for c in consumers],
+        f"{p}.dlq.{node}.>",
+        f"{p}.dlq.pool.>",
+        f"$KV.{bucket}.{p}.>",
+        f"$JS.API.DIRECT.GET.KV_{bucket}.>",
+        f"$JS.API.STREAM.MSG.GET.{stream}",
+        f"$JS.API.STREAM.MSG.DELETE.{stream}",
+    ]
+    subscribe = [
+        f"{p}.worker.{node}.cmd.>",
+        f"{p}.worker.{node}.health",
+        f"{p}.pool.cmd.>",
+        "$SRV.>",
+        f"_INBOX_{node}.>",
+        *[f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{c}" for c in consumers],
+    ]
+
+    def allow(items: list[str]) -> str:
+        return ", ".join(f'"{item}"' for item in items)
+
+    return f"""
+accounts {{
+  RORY {{
+    jetstream: enabled
+    users: [
+      {{ user: admin, password: "{password}" }}
+      {{ user: worker, password: "{password}", permissions: {{
+          publish: {{ allow: [{allow(publish)}] }}
+          subscribe: {{ allow: [{allow(subscribe)}] }}
+          allow_responses: true
+      }} }}
+    ]
+  }}
+}}
+"""
+
+
+async def test_a_restricted_worker_serves_with_the_documented_permissions(tmp_path: Path) -> None:
+    password = "pw-" + uuid.uuid4().hex[:8]
+    group = Workers("nats://127.0.0.1:1", tmp_path)  # URL replaced below
+    settings = group.settings(jetstream_ack_wait=1.5, jetstream_max_deliver=2)
+    config = tmp_path / "auth.conf"
+    config.write_text(_restricted_config(settings, password))
+    async with EmbeddedNats(tmp_path / "auth-nats", extra_args=["-c", str(config)]) as server:
+        admin = {"nats_urls": [server.url], "nats_user": "admin", "nats_password": password}
+        restricted = settings.model_copy(
+            update={
+                "nats_urls": [server.url],
+                "nats_user": "worker",
+                "nats_password": password,
+                "nats_inbox_prefix": f"_INBOX_{settings.node_id}",
+                "jetstream_ensure": False,
+            }
+        )
+        client = await nats.connect(server.url, user="admin", password=password)
+        try:
+            provisioner = await group.start(settings.model_copy(update=admin))  # creates everything
+            await provisioner.stop(grace=0)
+            worker = await group.start(restricted)
+            collector = await results(client, settings)
+            good, again = command("perm"), None
+            await publish(client, settings, good, node=settings.node_id)
+            await collector.wait(1)
+            again = dict(good)  # answered from the record (direct get) under the restricted user
+            await client.jetstream().publish(
+                subjects.jobs_pool(settings.rory_subject_prefix, "fault.work"),
+                codec.encode(again),
+                headers={"Nats-Msg-Id": good["id"] + "-2"},
+            )
+            poison = op_command("test.fail", {"kind": "runtime"})
+            await client.jetstream().publish(
+                subjects.jobs_pool(settings.rory_subject_prefix, "test.fail"), codec.encode(poison)
+            )
+            replies = await collector.wait(3, timeout=10)
+            assert [r["ok"] for r in replies] == [True, True, False]
+            assert replies[0] == replies[1]
+            assert worker._intake is not None and worker._intake.counters["dead_lettered"] == 1
+            # the advisory mover, under the same restrictions
+            await worker.stop(grace=0)
+            await publish(client, settings, command("permghost"))
+            thief = await client.jetstream().pull_subscribe_bind("pool", settings.jetstream_stream)
+            for _ in range(3):  # every delivery the server will make (2 runs + 1), never acked
+                await thief.fetch(1, timeout=3)
+            await thief.unsubscribe()
+            await group.start(restricted)
+            replies = await collector.wait(4, timeout=10)
+            assert replies[3]["error"]["type"] == "MAX_DELIVERIES"
+            assert len(await dead_letters(client.jetstream(), settings)) == 2
+        finally:
+            await group.close()
+            await client.close()
+
+
+# ----------------------------------------------------------------------------- happy path
+async def test_job_runs_once_is_recorded_and_acked(workers: Workers, nc: Client) -> None:
+    settings = workers.settings()
+    worker = await workers.start(settings)
+    collector = await results(nc, settings)
+    body = command("happy", values=[1.5, 2.5])
+    ack = await publish(nc, settings, body, node=settings.node_id)
+    assert ack.stream == settings.jetstream_stream
+    (reply,) = await collector.wait(1)
+    Reply.model_validate(reply)
+    assert reply["ok"] and reply["in_reply_to"] == body["id"] and reply["result"]["sum"] == 4.0
+    assert collector.messages[0].subject == subjects.results(settings.rory_subject_prefix, body["id"])
+    store = workers.store(settings)
+    assert len(await balls(store, "happy", "run")) == 1
+    assert len(await balls(store, "happy", "result")) == 1
+    js = nc.jetstream()
+    await wait_for(_empty(js, settings.jetstream_stream), 3)
+    kv = await js.key_value(jetstream.results_bucket(settings.jetstream_stream))
+    entry = await kv.get(record_key(settings.rory_subject_prefix, body["id"]))
+    assert codec.decode(entry.value, json_mode=False)["id"] == reply["id"]
+    assert worker._intake is not None and worker._intake.counters["acked"] == 1
+
+
+def _empty(js, stream: str):
+    async def check() -> bool:
+        return await stream_messages(js, stream) == 0
+
+    return check
+
+
+# ----------------------------------------------------------------------------- dedupe
+async def test_same_msg_id_runs_once_and_redelivery_is_answered_from_the_record(
+    workers: Workers, nc: Client
+) -> None:
+    settings = workers.settings()
+    worker = await workers.start(settings)
+    collector = await results(nc, settings)
+    body = command("dedupe")
+    first = await publish(nc, settings, body)
+    second = await publish(nc, settings, body)
+    assert not first.duplicate and second.duplicate and first.seq == second.seq
+    (reply,) = await collector.wait(1)
+    # the same command again under another Nats-Msg-Id: as a redelivery after the window looks
+    js = nc.jetstream()
+    subject = subjects.jobs_pool(settings.rory_subject_prefix, "fault.work")
+    await js.publish(subject, codec.encode(body), headers={"Nats-Msg-Id": body["id"] + "-again"})
+    replies = await collector.wait(2)
+    assert replies[1] == reply  # the stored Reply, byte for byte the same answer
+    store = workers.store(settings)
+    assert len(await balls(store, "dedupe", "run")) == 1
+    assert worker._intake is not None and worker._intake.counters["answered_from_record"] == 1
+    await wait_for(_empty(js, settings.jetstream_stream), 3)
+
+
+async def _publish_copy(nc: Client, settings, body: dict, node: str | None, copy: str) -> None:
+    """The same command as a separate stream message (as after the duplicate window)."""
+    prefix, op = settings.rory_subject_prefix, body["op"]
+    subject = subjects.jobs_pool(prefix, op) if node is None else subjects.jobs_node(prefix, node, op)
+    await nc.jetstream().publish(subject, codec.encode(body), headers={"Nats-Msg-Id": f"{body['id']}-{copy}"})
+
+
+async def test_a_second_delivery_joins_the_running_command(workers: Workers, nc: Client) -> None:
+    settings = workers.settings(worker_capacity=4)
+    worker = await workers.start(settings)
+    await wait_for(lambda: worker.dispatcher.reserved == 2, 3)  # idle: one long poll per lane
+    collector = await results(nc, settings)
+    body = command("joined", seconds=0.8)
+    await _publish_copy(nc, settings, body, None, "a")
+    await _publish_copy(nc, settings, body, None, "b")
+    (reply,) = await collector.wait(1, timeout=5)
+    assert reply["ok"]
+    await wait_for(_empty(nc.jetstream(), settings.jetstream_stream), 3)  # both messages acked
+    assert worker._intake is not None and worker._intake.counters["joined_running"] == 1
+    assert len(await balls(workers.store(settings), "joined", "run")) == 1
+    await asyncio.sleep(0.3)
+    assert len(collector.bodies) == 1
+
+
+async def test_concurrent_duplicates_on_two_workers_record_one_result(workers: Workers, nc: Client) -> None:
+    settings = workers.settings(worker_capacity=1)
+    a = await workers.start(settings)
+    b = await workers.start(peer(settings))
+    collector = await results(nc, settings)
+    body = command("race", seconds=0.5)
+    await _publish_copy(nc, settings, body, a.node_id, "a")
+    await _publish_copy(nc, settings, body, b.node_id, "b")
+    first, second = await collector.wait(2, timeout=5)
+    assert first == second  # the later run answers with the recorded result
+    assert len(await balls(workers.store(settings), "race", "run")) == 2
+    lost = sum(w._intake.counters["lost_record_race"] for w in (a, b))
+    assert lost == 1
+    kv = await nc.jetstream().key_value(jetstream.results_bucket(settings.jetstream_stream))
+    assert len(await kv.history(record_key(settings.rory_subject_prefix, body["id"]))) == 1
+
+
+async def test_a_reused_command_id_for_another_op_is_a_conflict(workers: Workers, nc: Client) -> None:
+    settings = workers.settings()
+    await workers.start(settings)
+    collector = await results(nc, settings)
+    body = command("conflict")
+    await publish(nc, settings, body)
+    await collector.wait(1)
+    other = op_command("test.noop", id=body["id"])
+    await nc.jetstream().publish(
+        subjects.jobs_pool(settings.rory_subject_prefix, "test.noop"),
+        codec.encode(other),
+        headers={"Nats-Msg-Id": "x" + body["id"]},
+    )
+    replies = await collector.wait(2)
+    assert replies[1]["error"]["code"] == 409
+
+
+# ----------------------------------------------------------------------------- invalid and poison
+async def test_invalid_commands_get_an_error_reply_and_are_termed(workers: Workers, nc: Client) -> None:
+    settings = workers.settings()
+    worker = await workers.start(settings)
+    collector = await results(nc, settings)
+    js = nc.jetstream()
+    prefix = settings.rory_subject_prefix
+    bad_params = command("bad", seconds=-1)
+    await publish(nc, settings, bad_params)
+    unknown = op_command("no.such-op")
+    await js.publish(subjects.jobs_pool(prefix, "no.such-op"), codec.encode(unknown))
+    replies = await collector.wait(2)
+    by_id = {r["in_reply_to"]: r for r in replies}
+    assert by_id[bad_params["id"]]["error"]["code"] == 400
+    assert by_id[unknown["id"]]["error"]["type"] == "UNKNOWN_OPERATION"
+    # unreadable: nobody to answer, so it is kept in the DLQ with the reason
+    await js.publish(subjects.jobs_pool(prefix, "test.noop"), b"\xc1 not msgpack")
+    await wait_for(lambda: _dlq_count(js, settings, 1), 5)
+    (dead,) = await dead_letters(js, settings)
+    assert dead.headers[jetstream.DLQ_CODE] == "400"
+    assert dead.subject == f"{prefix}.dlq.pool.test.noop"
+    await wait_for(_empty(js, settings.jetstream_stream), 3)
+    await asyncio.sleep(settings.jetstream_ack_wait + 0.3)  # no redelivery after the ack wait
+    pool = await _consumer(nc, settings, "pool")
+    assert pool.num_redelivered == 0 and pool.num_ack_pending == 0
+    assert len(collector.bodies) == 2
+    assert worker._intake is not None and worker._intake.counters["termed"] == 3
+
+
+async def _dlq_count(js, settings, n: int) -> bool:
+    return await stream_messages(js, settings.jetstream_dlq_stream) >= n
+
+
+async def test_poison_command_lands_in_the_dlq_after_max_deliver(workers: Workers, nc: Client) -> None:
+    settings = workers.settings(jetstream_ack_wait=1.0, jetstream_max_deliver=3)
+    await workers.start(settings)
+    collector = await results(nc, settings)
+    js = nc.jetstream()
+    body = op_command("test.fail", {"kind": "runtime", "message": "always broken"})
+    subject = subjects.jobs_node(settings.rory_subject_prefix, settings.node_id, "test.fail")
+    started = time.monotonic()
+    await js.publish(subject, codec.encode(body), headers={"Nats-Msg-Id": body["id"]})
+    (reply,) = await collector.wait(1, timeout=10)
+    assert reply["error"]["code"] == 500 and reply["error"]["type"] == "INTERNAL"
+    assert time.monotonic() - started >= nak_delay(1, 1.0) + nak_delay(2, 1.0) - 0.2  # backed off
+    (dead,) = await dead_letters(js, settings)
+    headers = dead.headers
+    assert "always broken" in headers[jetstream.DLQ_REASON]
+    assert headers[jetstream.DLQ_REASON].startswith("500 INTERNAL")
+    assert headers[jetstream.DLQ_DELIVERIES] == "3"
+    assert headers[jetstream.DLQ_SUBJECT] == subject
+    assert headers[jetstream.DLQ_MSG_ID] == body["id"]
+    assert dead.subject == f"{settings.rory_subject_prefix}.dlq.{settings.node_id}.test.fail"
+    assert codec.decode(dead.data, json_mode=False) == body
+    await wait_for(_empty(js, settings.jetstream_stream), 3)
+    await asyncio.sleep(0.5)
+    assert len(collector.bodies) == 1  # one final answer, not one per delivery
+
+
+async def test_transient_failures_are_retried_until_they_pass(workers: Workers, nc: Client) -> None:
+    settings = workers.settings(jetstream_ack_wait=1.0, jetstream_max_deliver=5)
+    worker = await workers.start(settings)
+    collector = await results(nc, settings)
+    key = f"flaky{time.monotonic_ns()}"
+    await publish(nc, settings, command(key, fail_first=2))
+    (reply,) = await collector.wait(1, timeout=10)
+    assert reply["ok"]
+    assert fault_ops.FAILURES[key] == 2
+    assert worker._intake is not None and worker._intake.counters["naked"] == 2
+    assert len(await balls(workers.store(settings), key, "result")) == 1
+
+
+async def _steal(nc: Client, settings, deliveries: int) -> None:
+    """Take ``deliveries`` deliveries of the pool's next command and never answer: "the worker died"."""
+    thief = await nc.jetstream().pull_subscribe_bind("pool", settings.jetstream_stream)
+    try:
+        for _ in range(deliveries):
+            (msg,) = await thief.fetch(1, timeout=settings.jetstream_ack_wait + 2)
+    finally:
+        await thief.unsubscribe()
+    assert msg.metadata.num_delivered == deliveries
+
+
+async def test_a_command_whose_every_run_died_is_dead_lettered_by_the_next_worker(
+    workers: Workers, nc: Client
+) -> None:
+    """Both runs (max_deliver 2) died with their worker: the extra delivery dead-letters it unrun."""
+    settings = workers.settings(jetstream_ack_wait=1.0, jetstream_max_deliver=2)
+    first = await workers.start(settings)
+    await first.stop(grace=0)  # topology exists, nobody pulls now
+    body = command("reaped")
+    await publish(nc, settings, body)
+    await _steal(nc, settings, 2)
+    collector = await results(nc, settings)
+    await workers.start(peer(settings))  # comes up later, gets delivery 3
+    (reply,) = await collector.wait(1, timeout=8)
+    assert reply["error"]["type"] == "MAX_DELIVERIES" and reply["in_reply_to"] == body["id"]
+    (dead,) = await dead_letters(nc.jetstream(), settings)
+    assert dead.headers[jetstream.DLQ_TYPE] == "MAX_DELIVERIES"
+    assert dead.headers[jetstream.DLQ_DELIVERIES] == "3"
+    assert not await balls(workers.store(settings), "reaped", "run")  # never run by the reaper
+    await wait_for(_empty(nc.jetstream(), settings.jetstream_stream), 3)
+
+
+async def test_an_abandoned_command_is_moved_by_the_max_deliveries_advisory(
+    workers: Workers, nc: Client
+) -> None:
+    """Even the extra delivery went unanswered: the server gives up, and a running worker moves it."""
+    settings = workers.settings(jetstream_ack_wait=2.0, jetstream_max_deliver=1)  # consumer: 2 deliveries
+    first = await workers.start(settings)
+    await first.stop(grace=0)
+    body = command("ghost")
+    await publish(nc, settings, body)
+    await _steal(nc, settings, 2)  # both deliveries; the server gives up when the second's ack wait ends
+    collector = await results(nc, settings)
+    await workers.start(peer(settings))  # subscribed to the advisories well before that
+    (reply,) = await collector.wait(1, timeout=8)
+    assert reply["error"]["type"] == "MAX_DELIVERIES" and reply["in_reply_to"] == body["id"]
+    (dead,) = await dead_letters(nc.jetstream(), settings)
+    assert dead.headers[jetstream.DLQ_TYPE] == "MAX_DELIVERIES"
+    assert "delivered 2 times" in dead.headers[jetstream.DLQ_REASON]  # the mover's wording
+    await wait_for(_empty(nc.jetstream(), settings.jetstream_stream), 3)
+
+
+# ----------------------------------------------------------------------------- capacity and flow
+async def test_flood_beyond_capacity_is_neither_lost_nor_run_twice(workers: Workers, nc: Client) -> None:
+    settings = workers.settings(worker_capacity=2)
+    a = await workers.start(settings)
+    b = await workers.start(peer(settings))
+    collector = await results(nc, settings)
+    key = f"flood{time.monotonic_ns() % 10**9}"
+    bodies = [command(key, seconds=0.02) for _ in range(50)]
+    js = nc.jetstream()
+    await asyncio.gather(*(publish(nc, settings, body) for body in bodies))
+    peak_pending = 0
+
+    async def sample() -> None:
+        nonlocal peak_pending
+        while True:
+            info = await _consumer(nc, settings, "pool")
+            peak_pending = max(peak_pending, info.num_ack_pending)
+            await asyncio.sleep(0.01)
+
+    sampler = asyncio.get_running_loop().create_task(sample())
+    try:
+        replies = await collector.wait(50, timeout=30)
+    finally:
+        sampler.cancel()
+    assert sorted(r["in_reply_to"] for r in replies) == sorted(b["id"] for b in bodies)
+    assert all(r["ok"] for r in replies)
+    store = workers.store(settings)
+    assert len(await balls(store, key, "run")) == 50
+    assert len(await balls(store, key, "result")) == 50
+    assert fault_ops.PEAK[a.node_id] <= 2 and fault_ops.PEAK[b.node_id] <= 2
+    assert peak_pending <= 4  # never more messages out than the two workers' slots
+    assert {r["node_id"] for r in replies} == {a.node_id, b.node_id}
+    await wait_for(_empty(js, settings.jetstream_stream), 3)
+    await asyncio.sleep(0.3)
+    assert len(collector.bodies) == 50
+
+
+async def test_long_job_is_kept_alive_with_in_progress(workers: Workers, nc: Client) -> None:
+    settings = workers.settings(jetstream_ack_wait=1.0)
+    worker = await workers.start(settings)
+    collector = await results(nc, settings)
+    await publish(nc, settings, command("long", seconds=2.5))
+    (reply,) = await collector.wait(1, timeout=8)
+    assert reply["ok"]
+    pool = await _consumer(nc, settings, "pool")
+    assert pool.num_redelivered == 0
+    assert len(await balls(workers.store(settings), "long", "run")) == 1
+    assert worker._intake is not None and worker._intake.counters["in_progress"] >= 5
+
+
+async def test_core_commands_reclaim_idle_reservations_and_capacity_holds(
+    workers: Workers, nc: Client
+) -> None:
+    """Idle pulls hold every free slot; a core command takes one back, and a durable job that
+    arrives meanwhile waits (is handed back) instead of running beyond capacity."""
+    settings = workers.settings(worker_capacity=1)
+    worker = await workers.start(settings)
+    dispatcher = worker.dispatcher
+    await wait_for(lambda: dispatcher.reserved == 1, 3)  # the idle puller holds the only slot
+    peak = 0
+    overbooked = 0
+
+    async def sample() -> None:
+        nonlocal peak, overbooked
+        while True:
+            peak = max(peak, dispatcher.inflight)
+            overbooked += dispatcher.inflight + dispatcher.reserved > 1
+            await asyncio.sleep(0.005)
+
+    sampler = asyncio.get_running_loop().create_task(sample())
+    collector = await results(nc, settings)
+    prefix = settings.rory_subject_prefix
+    core = asyncio.ensure_future(
+        nc.request(
+            subjects.pool_cmd(prefix, "test.sleep"),
+            codec.encode(op_command("test.sleep", {"seconds": 0.6})),
+            timeout=5,
+        )
+    )
+    await wait_for(lambda: dispatcher.inflight == 1, 2)
+    await publish(nc, settings, command("reclaim"))
+    msg = await core
+    assert codec.decode(msg.data, json_mode=False)["ok"]
+    bodies = await collector.wait(2, timeout=8)  # core Replies go to results too
+    sampler.cancel()
+    (reply,) = [body for body in bodies if body["op"] == "fault.work"]
+    assert reply["ok"]
+    assert peak == 1 and not overbooked
+    assert len(await balls(workers.store(settings), "reclaim", "run")) == 1
+
+
+# ----------------------------------------------------------------------------- stop
+async def test_graceful_stop_hands_unfinished_jobs_to_another_worker(workers: Workers, nc: Client) -> None:
+    # max_deliver 2: a hand-back that bounced into the stopping worker's own open pull would burn
+    # the second delivery, and the second worker would never see the job
+    settings = workers.settings(worker_capacity=2, jetstream_ack_wait=5.0, jetstream_max_deliver=2)
+    first = await workers.start(settings)
+    collector = await results(nc, settings)
+    store = workers.store(settings)
+    await publish(nc, settings, command("handover", seconds=20))
+    await wait_for(lambda: _has(store, "handover", "run", 1), 5)
+    started = time.monotonic()
+    await first.stop(grace=0.3)
+    stop_took = time.monotonic() - started
+    assert stop_took < 4, stop_took  # no drain hang, no waiting for the 20 s job
+    second = await workers.start(peer(settings))
+    await wait_for(lambda: _has(store, "handover", "run", 2), 3)  # nak'd at once: no ack-wait delay
+    assert second._intake is not None
+    # the second worker now runs it; stop it too and check nothing was answered as done
+    await second.stop(grace=0.1)
+    assert not [r for r in collector.bodies if r.get("ok")]
+    info = await nc.jetstream().stream_info(settings.jetstream_stream)
+    assert info.state.messages == 1  # still there for the next worker
+
+
+async def _has(store, key: str, kind: str, n: int) -> bool:
+    return len(await balls(store, key, kind)) >= n
+
+
+async def test_stop_does_not_hang_on_idle_pulls(workers: Workers) -> None:
+    settings = workers.settings()
+    worker = await workers.start(settings)
+    await asyncio.sleep(jetstream.PULL_EXPIRES * 1.5)  # at least one pull has expired
+    started = time.monotonic()
+    await worker.stop(grace=1.0)
+    assert time.monotonic() - started < jetstream.PULL_EXPIRES + jetstream.PULL_MARGIN + 1.5
+
+
+async def test_json_commands_are_answered_in_msgpack_on_results(workers: Workers, nc: Client) -> None:
+    settings = workers.settings()
+    await workers.start(settings)
+    collector = await results(nc, settings)
+    body = command("jsonish")
+    await jetstream.publish_job(nc.jetstream(), settings.rory_subject_prefix, None, body, json_mode=True)
+    (reply,) = await collector.wait(1)
+    assert reply["ok"] and collector.messages[0].headers[codec.CONTENT_TYPE] == codec.MSGPACK
