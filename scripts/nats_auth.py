@@ -31,6 +31,11 @@ if __package__ in (None, ""):  # run as `python scripts/nats_auth.py`: make the 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from schemas import subjects
+from worker.runtime.jetstream import results_bucket
+from worker.settings import Settings
+
+DLQ_STREAM = Settings.model_fields["jetstream_dlq_stream"].default
+RESULTS_BUCKET = results_bucket(subjects.JOBS_STREAM)
 
 ACCOUNT = "RORY"
 MANAGER = "manager"
@@ -89,6 +94,15 @@ def worker_permissions(node_id: str, prefix: str = "rory") -> dict[str, list[str
         *[f"$JS.API.CONSUMER.INFO.{stream}.{name}" for name in consumers],
         *[f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}" for name in consumers],
         *[f"$JS.ACK.{stream}.{name}.>" for name in consumers],
+        # dead letters, result records (KV) and the dead-letter mover (docs/reliability.md)
+        f"$JS.API.STREAM.INFO.{DLQ_STREAM}",
+        f"$JS.API.STREAM.INFO.KV_{RESULTS_BUCKET}",
+        f"{prefix}.dlq.{node_id}.>",
+        f"{prefix}.dlq.pool.>",
+        f"$KV.{RESULTS_BUCKET}.{prefix}.>",
+        f"$JS.API.DIRECT.GET.KV_{RESULTS_BUCKET}.>",
+        f"$JS.API.STREAM.MSG.GET.{stream}",
+        f"$JS.API.STREAM.MSG.DELETE.{stream}",
     ]
     subscribe = [
         subjects.node_cmd_all(prefix, node_id),
@@ -98,6 +112,7 @@ def worker_permissions(node_id: str, prefix: str = "rory") -> dict[str, list[str
         f"$SRV.*.{subjects.SERVICE_NAME}",
         f"$SRV.*.{subjects.SERVICE_NAME}.*",
         f"{inbox_prefix(node_id)}.>",
+        *[f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{name}" for name in consumers],
     ]
     return {"publish": publish, "subscribe": subscribe}
 
