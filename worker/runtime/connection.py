@@ -5,6 +5,11 @@ nats-py 2.16 facts this relies on (read in ``nats/aio/client.py``, verified in n
 we pass ``-1`` (the documented spelling). With it, the *first* connect also retries forever, so it
 is bounded from outside with ``asyncio.wait_for`` (NATS_CONNECT_TIMEOUT) and fails with a message
 naming the servers and the last error.
+
+nats-py only starts TLS when the server's INFO says ``tls_required``, even for a ``tls://`` URL and a
+configured SSL context: a plaintext server (or anyone in the path who rewrites INFO) gets a plaintext
+connection. When TLS is expected (a ``tls://`` URL or NATS_TLS_CA/NATS_TLS_CERT set) we therefore check
+the live transport after the first connect and after every reconnect and refuse a plaintext one.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import nats
 from nats.aio.client import Client
@@ -96,7 +102,8 @@ def _callbacks(
     last_error: list[BaseException], on_reconnected: Callable[[], Awaitable[None]] | None
 ) -> dict[str, Any]:
     async def error_cb(error: Exception) -> None:
-        last_error[:] = [error]
+        last_error.append(error)  # a few recent ones: a refused login is often followed by a reset
+        del last_error[:-8]
         log.warning("nats error", extra={"error": repr(error)})
 
     async def disconnected_cb() -> None:
@@ -118,6 +125,105 @@ def _callbacks(
     }
 
 
+def _recording(
+    last_error: list[BaseException], inner: Callable[[Exception], Awaitable[None]]
+) -> Callable[[Exception], Awaitable[None]]:
+    """Wrap a caller's error_cb so a failed first connect can still say why."""
+
+    async def error_cb(error: Exception) -> None:
+        last_error.append(error)
+        del last_error[:-8]
+        await inner(error)
+
+    return error_cb
+
+
+def _redacted_urls(settings: Settings) -> str:
+    """The server list for messages, without any ``user:password@`` part of a URL."""
+    return ", ".join(safe_url(urlparse(url)) or url for url in settings.nats_urls)
+
+
+_AUTH_MARKERS = ("authorization violation", "authentication", "user authentication expired")
+_CLIENT_CERT_MARKERS = ("certificate required", "bad certificate", "unknown ca", "certificate unknown")
+
+
+def _is_credentials_error(error: BaseException) -> bool:
+    return any(marker in str(error).lower() for marker in _AUTH_MARKERS)
+
+
+def _most_telling(errors: list[BaseException]) -> BaseException | None:
+    """The newest refused-login or TLS error if any (they explain the failure), else the newest."""
+    for error in reversed(errors):
+        if _is_credentials_error(error) or isinstance(error, ssl.SSLError):
+            return error
+    return errors[-1] if errors else None
+
+
+def failure_message(settings: Settings, cause: BaseException, limit: float) -> str:
+    """Why the first connect failed, naming the variables to check.
+
+    A refused login or a failed TLS handshake is not "no server answered": the server did answer, and
+    the operator has to fix credentials or certificates, not the network, so the message says which.
+    """
+    reason = f"{type(cause).__name__}: {cause}".rstrip(": ") if str(cause) else type(cause).__name__
+    lowered = str(cause).lower()
+    urls = _redacted_urls(settings)
+    if _is_credentials_error(cause):
+        return (
+            f"the NATS server at {urls} refused this worker's credentials ({reason}); check "
+            "NATS_USER/NATS_PASSWORD, NATS_TOKEN, NATS_NKEY_SEED or NATS_CREDS"
+        )
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return (
+            f"the TLS certificate of the NATS server at {urls} could not be verified ({reason}); "
+            "set NATS_TLS_CA to the CA bundle that signed it"
+        )
+    if isinstance(cause, ssl.SSLError):
+        hint = (
+            "the server wants a client certificate it trusts: set NATS_TLS_CERT and NATS_TLS_KEY"
+            if any(marker in lowered for marker in _CLIENT_CERT_MARKERS)
+            else "check NATS_TLS_CA, NATS_TLS_CERT and NATS_TLS_KEY"
+        )
+        return f"TLS handshake with the NATS server at {urls} failed ({reason}); {hint}"
+    return (
+        f"no NATS server answered at {urls} within {limit:g}s "
+        f"(NATS_URLS, NATS_CONNECT_TIMEOUT; last error: {reason})"
+    )
+
+
+def tls_expected(settings: Settings) -> bool:
+    """True when the operator asked for TLS: a ``tls://`` URL, or a CA / client certificate to use."""
+    schemes = {urlparse(url).scheme for url in settings.nats_urls}
+    return "tls" in schemes or bool(settings.nats_tls_ca or settings.nats_tls_cert)
+
+
+def transport_is_tls(client: Client) -> bool | None:
+    """Whether the live connection is TLS; None when the transport cannot tell (websockets)."""
+    transport = getattr(client, "_transport", None)
+    writer = getattr(transport, "_io_writer", None)
+    if writer is None or not hasattr(writer, "get_extra_info"):
+        return None
+    return writer.get_extra_info("ssl_object") is not None
+
+
+def _tls_guard(client: Client, inner: Callable[[], Awaitable[None]] | None) -> Callable[[], Awaitable[None]]:
+    """A reconnected_cb that drops a reconnection which came up without TLS, then calls ``inner``."""
+
+    async def reconnected_cb() -> None:
+        if transport_is_tls(client) is False:
+            log.error(
+                "nats reconnected without TLS although TLS is configured; dropping that connection",
+                extra={"server": safe_url(client.connected_url)},
+            )
+            # Not from inside this callback: it runs in the reconnect task that force_reconnect cancels.
+            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(client.force_reconnect()))
+            return
+        if inner is not None:
+            await inner()
+
+    return reconnected_cb
+
+
 async def connect(
     settings: Settings,
     *,
@@ -128,23 +234,42 @@ async def connect(
     """Connect to NATS_URLS; raise :class:`NatsUnavailable` if no server answers within the timeout."""
     options = connect_options(settings, **overrides)
     last_error: list[BaseException] = []
-    for key, value in _callbacks(last_error, on_reconnected).items():
+    callbacks = _callbacks(last_error, on_reconnected)
+    for key, value in callbacks.items():
         options.setdefault(key, value)
+    if options["error_cb"] is not callbacks["error_cb"]:  # the caller's own: still note the errors
+        options["error_cb"] = _recording(last_error, options["error_cb"])
     limit = settings.nats_connect_timeout if timeout is None else timeout
     client = Client()
+    require_tls = tls_expected(settings)
+    if require_tls:
+        options["reconnected_cb"] = _tls_guard(client, options.get("reconnected_cb"))
     try:
         await asyncio.wait_for(client.connect(**options), limit)
     except (TimeoutError, nats.errors.NoServersError, OSError) as error:
         with contextlib.suppress(Exception):
             await client.close()
-        cause = last_error[0] if last_error else error
-        reason = f"{type(cause).__name__}: {cause}".rstrip(": ") if str(cause) else type(cause).__name__
+        cause = _most_telling(last_error) or error
+        raise NatsUnavailable(failure_message(settings, cause, limit)) from None
+    if require_tls and transport_is_tls(client) is False:
+        server = safe_url(client.connected_url)
+        with contextlib.suppress(Exception):
+            await client.close()
         raise NatsUnavailable(
-            f"no NATS server answered at {', '.join(settings.nats_urls)} within {limit:g}s "
-            f"(NATS_URLS, NATS_CONNECT_TIMEOUT; last error: {reason})"
-        ) from None
+            f"the NATS server at {server} did not start TLS although TLS is configured (tls:// URL or "
+            "NATS_TLS_CA/NATS_TLS_CERT); refusing a plaintext connection. Enable tls {} on the server, "
+            "or remove the TLS settings if plaintext is intended"
+        )
     log.info("nats connected", extra={"server": safe_url(client.connected_url)})
     return client
 
 
-__all__ = ["NatsUnavailable", "connect", "connect_options", "tls_context"]
+__all__ = [
+    "NatsUnavailable",
+    "connect",
+    "connect_options",
+    "failure_message",
+    "tls_context",
+    "tls_expected",
+    "transport_is_tls",
+]

@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 import msgpack
 import numpy as np
 
-from worker.errors import BadRequest, CorruptObject
+from worker.errors import BadRequest, CorruptObject, PayloadTooLarge
 from worker.storage.base import BallInfo, Kind
 from worker.storage.names import check_ball_id, chunk_key
 
@@ -79,6 +79,12 @@ ALLOWED_DTYPES: frozenset[str] = frozenset(
 )
 MAX_NDIM = 32
 MAX_CHUNKS = 1_000_000
+#: Default MAX_OBJECT_BYTES: the most bytes one read may allocate (declared shape x itemsize).
+DEFAULT_MAX_OBJECT_BYTES = 4 * 1024**3
+#: No writer splits a ball into more chunks than this unless each chunk holds at least
+#: MIN_PIECE_BYTES (MictlanX blob pieces are >= 4 KiB); finer splits are refused before fetching.
+MAX_SMALL_CHUNKS = 4096
+MIN_PIECE_BYTES = 4096
 _SHAPE_RE = re.compile(r"\s*([(\[])\s*((?:\d{1,19}\s*,\s*)*\d{1,19}\s*,?)?\s*([)\]])\s*")
 _INT_RE = re.compile(r"\d{1,19}")
 _SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
@@ -564,6 +570,71 @@ def _blob_layout(ball_id: str, metas: Sequence[ChunkMeta]) -> tuple[tuple[int, .
     if total != expected:
         raise CorruptObject(f"{ball_id}: {total} bytes but shape {shape} × {dtype.itemsize} = {expected}")
     return shape, dtype
+
+
+# ----------------------------------------------------------------------------- budgets
+def _too_large(ball_id: str, what: str, size: int, max_bytes: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"{ball_id}: {what} declares {size} bytes, over the worker's MAX_OBJECT_BYTES={max_bytes}; "
+        "refused before reading"
+    )
+
+
+def _declared_bytes(shape_tag: object, dtype_tag: object) -> int | None:
+    """shape x itemsize of a pair of tags, or None when either is absent or unparseable (the full
+    validation in :func:`read_layout` reports those); never evaluates, never allocates."""
+    if shape_tag is None or dtype_tag is None:
+        return None
+    try:
+        return _expected_bytes(parse_shape(shape_tag), parse_dtype(dtype_tag))
+    except CorruptObject:
+        return None
+
+
+def check_first_chunk(ball_id: str, first: ChunkMeta, count: int, max_bytes: int) -> None:
+    """Refuse, from chunk 0's metadata alone, a ball that cannot fit in ``max_bytes``.
+
+    Runs before the metadata of chunks 1..n-1 is fetched, so a lying ``num_chunks`` or shape tag costs
+    one request, not a million. Lower bounds on the ball's size that every writer satisfies: chunk 0
+    itself; for arrays, ``(num_chunks - 1) x`` chunk 0's size (rows are split evenly with the remainder
+    last, blob pieces are equal but the last) and chunk 0's ``shape`` x ``dtype`` (the chunk's, or the
+    whole array's for a blob). Raises PayloadTooLarge (400), or CorruptObject (422) for a chunk count
+    no writer produces.
+    """
+    if first.size > max_bytes:
+        raise _too_large(ball_id, "chunk 0", first.size, max_bytes)
+    if count > MAX_SMALL_CHUNKS and first.size < MIN_PIECE_BYTES:
+        raise CorruptObject(
+            f"{ball_id}: num_chunks={count} with a {first.size}-byte chunk 0; no writer splits that finely"
+        )
+    kind = first.tags.get(KIND_TAG)
+    if kind not in ("ndarray", "blob") and not (kind is None and "dtype" in first.tags):
+        return  # a byte list: chunk sizes vary with the items
+    if (count - 1) * first.size > max_bytes:
+        raise _too_large(
+            ball_id, f"num_chunks={count} x chunk 0's {first.size} bytes", (count - 1) * first.size, max_bytes
+        )
+    for shape_tag, dtype_tag in (("shape", "dtype"), ("full_shape", "full_dtype")):
+        if shape_tag == "full_shape" and kind is None:
+            continue  # the original client's full_* tags are not reliable (mictlanx.md 2.1)
+        declared = _declared_bytes(first.tags.get(shape_tag), first.tags.get(dtype_tag))
+        if declared is not None and declared > max_bytes:
+            raise _too_large(ball_id, f"tag {shape_tag}={first.tags[shape_tag]}", declared, max_bytes)
+
+
+def check_budget(layout: Layout, max_bytes: int) -> None:
+    """Refuse a validated layout whose bytes (and, for arrays, shape x itemsize) exceed ``max_bytes``.
+
+    Call it after :func:`read_layout` and before anything is allocated for the read.
+    """
+    if layout.size > max_bytes:
+        raise _too_large(layout.ball_id, f"{len(layout.chunks)} chunks", layout.size, max_bytes)
+    if layout.kind != "bytes_list" and layout.full_shape is not None and layout.dtype is not None:
+        declared = _expected_bytes(layout.full_shape, layout.dtype)
+        if declared > max_bytes:
+            raise _too_large(
+                layout.ball_id, f"shape {layout.full_shape} x {layout.dtype.name}", declared, max_bytes
+            )
 
 
 def unpack_bytes_list(
