@@ -58,6 +58,7 @@ SECTIONS: dict[str, list[str]] = {
     "Storage (CSS)": [
         "storage_backend",
         "storage_path",
+        "storage_cache_bytes",
         "mictlanx_uri",
         "mictlanx_routers",
         "mictlanx_protocol",

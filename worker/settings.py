@@ -134,6 +134,11 @@ class Settings(BaseSettings):
         description="auto, local or mictlanx; auto = mictlanx only if MICTLANX_URI/ROUTERS is set.",
     )
     storage_path: str = Field("", description="Directory of the local backend; empty means <SINK_PATH>/css.")
+    storage_cache_bytes: int = Field(
+        512 * 1024**2,
+        ge=0,
+        description="Read cache for storage objects, validated by version on every read (0 disables).",
+    )
     mictlanx_uri: str = Field(
         "",
         description="mictlanx://<router-id>@<host>:<port>?api_version=4&protocol=http",

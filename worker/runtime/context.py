@@ -25,7 +25,16 @@ T = TypeVar("T")
 
 # Store methods by the stage they are timed into; anything else passes through untimed.
 GET_METHODS = frozenset(
-    {"get_ndarray", "get_bytes_list", "get_blob", "get_bytes", "info", "exists", "list_balls"}
+    {
+        "get_ndarray",
+        "fetch_ndarray",
+        "get_bytes_list",
+        "get_blob",
+        "get_bytes",
+        "info",
+        "exists",
+        "list_balls",
+    }
 )
 PUT_METHODS = frozenset({"put_ndarray", "put_blob", "put_bytes_list", "put_bytes", "delete"})
 

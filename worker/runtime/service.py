@@ -80,17 +80,22 @@ class UnavailableStore:
 
 
 async def open_default_store(settings: Settings) -> Any:
-    """``worker.storage.open_store(settings)`` (sync or async); an UnavailableStore if it fails."""
-    try:
-        from worker.storage import open_store  # type: ignore[attr-defined]
-    except ImportError as error:
-        log.warning("no storage backend available", extra={"error": repr(error)})
-        return UnavailableStore(f"worker.storage cannot be imported ({error})")
+    """The configured store behind the read cache; an UnavailableStore if it cannot be opened.
+
+    A local store first sweeps what crashed writers left behind (unreferenced versions older
+    than an hour), so a worker that died mid-write does not leak disk space.
+    """
+    from worker.storage import open_store
+    from worker.storage.cache import with_cache
+
     try:
         store = open_store(settings)
-        if inspect.isawaitable(store):
-            store = await store
-        return store
+        sweep = getattr(store, "sweep", None)
+        if sweep is not None:
+            removed = await sweep()
+            if removed:
+                log.info("storage swept", extra={"removed": removed})
+        return with_cache(store, settings.storage_cache_bytes)
     except Exception as error:
         log.error("storage could not be opened", extra={"error": repr(error)})
         return UnavailableStore(f"{type(error).__name__}: {error}")
@@ -419,13 +424,15 @@ class WorkerService:
         assert nc is not None and self.dispatcher is not None
         max_payload = nc.max_payload or self.settings.max_message_bytes
         try:
-            data, headers = self.dispatcher.encode(reply, json_mode, max_payload)
-            job_id = reply.get("job_id")
+            # ``final`` is what the requester gets (a 500 if its encoding could not hold the result):
+            # the results copy must say the same, even though msgpack could have held the original.
+            final, data, headers = self.dispatcher.finalize(reply, json_mode, max_payload)
+            job_id = final.get("job_id")
             if reply_to:
                 await nc.publish(reply_to, data, headers=headers)
             if job_id:  # same flush as the reply: one write, one syscall
                 if json_mode:
-                    data, headers = self.dispatcher.encode(reply, False, max_payload)
+                    data, headers = self.dispatcher.encode(final, False, max_payload)
                 await nc.publish(self._results_prefix + job_id, data, headers=headers)
         except Exception as error:  # a publish failure must never kill the subscription
             log.error("reply not sent", extra={"error": repr(error), "job_id": reply.get("job_id")})

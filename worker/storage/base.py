@@ -7,14 +7,19 @@ they make a multi-chunk write look atomic; the shapes, dtypes and errors they re
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
 Kind = Literal["ndarray", "blob", "bytes_list"]
+#: Makes the output array of a read: ``allocate(shape, dtype)`` -> an uninitialised C-order ndarray.
+Allocator = Callable[[tuple[int, ...], np.dtype], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -25,6 +30,11 @@ class BallInfo:
     byte list written with a logical shape keeps it in ``full_shape``). ``checksum`` is the SHA-256
     hex of the payload bytes in chunk order when the writer recorded one (MictlanX always does; the
     local backend only when built with ``sha256=True``). ``tags`` holds the caller's own tags only.
+
+    ``etag`` names the stored version: it changes whenever the ball is rewritten with other content,
+    so (``ball_id``, ``etag``) may key a read cache. The local backend uses its version directory
+    name (unique per write); MictlanX uses a content hash (the ``full_checksum`` tag, else a hash of
+    the per-chunk checksums). ``None`` when the backend cannot name the version (never cached).
     """
 
     ball_id: str
@@ -35,6 +45,35 @@ class BallInfo:
     size: int
     checksum: str | None
     tags: dict[str, str] = field(default_factory=dict)
+    etag: str | None = None
+
+
+#: Outputs at least this large are allocated by a custom allocator in a thread (it may touch pages).
+_ALLOCATE_OFF_LOOP_BYTES = 1 << 20
+
+
+async def allocate_output(layout: Any, allocate: Allocator | None) -> tuple[np.ndarray, np.ndarray]:
+    """The output array of a read and a flat uint8 view of it, made by ``allocate`` when given.
+
+    ``layout`` is a :class:`worker.storage.codec.Layout`. Without ``allocate`` (or for byte lists)
+    this is ``layout.allocate()``. A custom allocator that fails (e.g. no room in /dev/shm) falls back
+    to ordinary memory, so an allocation hint never turns into a failed read.
+    """
+    shape, dtype = layout.full_shape, layout.dtype
+    if allocate is None or shape is None or dtype is None or layout.kind == "bytes_list":
+        return layout.allocate()  # type: ignore[no-any-return]
+    shape, dtype = tuple(int(d) for d in shape), np.dtype(dtype)
+    out: np.ndarray | None = None
+    with contextlib.suppress(MemoryError, OSError, ValueError):
+        if math.prod(shape) * dtype.itemsize >= _ALLOCATE_OFF_LOOP_BYTES:
+            # (boxed: the executor's future would otherwise keep the buffer referenced for a while)
+            out = (await asyncio.to_thread(lambda: [allocate(shape, dtype)])).pop()
+        else:
+            out = allocate(shape, dtype)
+    usable = out is not None and out.shape == shape and out.dtype == dtype
+    if not usable or not (out.flags.c_contiguous and out.flags.writeable):  # type: ignore[union-attr]
+        return layout.allocate()  # type: ignore[no-any-return]
+    return out, out.reshape(-1).view(np.uint8)
 
 
 class ObjectStore(ABC):
@@ -61,6 +100,17 @@ class ObjectStore(ABC):
     @abstractmethod
     async def get_ndarray(self, ball_id: str) -> np.ndarray:
         """Read a chunked ndarray or a single-blob ndarray, whichever the ball is."""
+
+    async def fetch_ndarray(
+        self, ball_id: str, *, allocate: Allocator | None = None
+    ) -> tuple[np.ndarray, BallInfo | None]:
+        """Read an ndarray and describe exactly the version that was read (its ``etag``).
+
+        ``allocate`` makes the output array (e.g. in a shared-memory transfer file), so the bytes land
+        where the compute pool can map them. The info is ``None`` when the backend cannot name the
+        version it read; this default (for backends without a version) always says so.
+        """
+        return await self.get_ndarray(ball_id), None
 
     @abstractmethod
     async def put_blob(

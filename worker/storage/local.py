@@ -44,7 +44,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -52,12 +52,14 @@ import numpy as np
 
 from worker.errors import CorruptObject, NotFound, StorageUnavailable
 from worker.settings import Settings
-from worker.storage.base import BallInfo, ObjectStore
+from worker.storage.base import Allocator, BallInfo, ObjectStore, allocate_output
 from worker.storage.codec import (
+    DEFAULT_MAX_OBJECT_BYTES,
     MAX_CHUNKS,
     BallPlan,
     ChunkMeta,
     Layout,
+    check_budget,
     normalise_checksum,
     off_loop,
     plan_blob,
@@ -76,6 +78,7 @@ FORMAT = "rory-css-local"
 FORMAT_VERSION = 1
 BLOCK_SIZE = 8 * 1024 * 1024  # unit of one CRC32 and of one unit of parallel work
 PIECE_SIZE = 512 * 1024  # copy + checksum granularity (stays in the CPU cache)
+SMALL_PUT_BYTES = 1024 * 1024  # balls up to this size are prepared and written in one thread hop
 MANIFEST = "manifest.json"
 MAX_RESTARTS = 8  # re-resolutions of the pointer while writers keep replacing the ball
 _VERSION_RE = re.compile(r"v[0-9a-f]{8,48}")
@@ -256,6 +259,7 @@ class LocalStore(ObjectStore):
         verify: bool = True,
         max_workers: int = 4,
         producer_id: str = "rory-worker",
+        max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES,
     ) -> None:
         self.bucket = check_bucket_id(bucket)
         self.root = Path(root)
@@ -264,6 +268,8 @@ class LocalStore(ObjectStore):
         self.sha256 = sha256
         self.verify = verify
         self.producer_id = producer_id
+        # Reads refuse (PayloadTooLarge) a ball whose manifest declares more bytes than this.
+        self.max_object_bytes = int(max_object_bytes)
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max(1, max_workers), thread_name_prefix="css-local"
         )
@@ -273,6 +279,7 @@ class LocalStore(ObjectStore):
     def from_settings(cls, settings: Settings, **options: Any) -> LocalStore:
         options.setdefault("max_workers", settings.mictlanx_max_workers)
         options.setdefault("producer_id", settings.mictlanx_client_id)
+        options.setdefault("max_object_bytes", settings.max_object_bytes)
         return cls(settings.storage_path, settings.mictlanx_bucket_id, **options)
 
     # ------------------------------------------------------------------ paths
@@ -319,13 +326,19 @@ class LocalStore(ObjectStore):
         return await self._put(plan)
 
     async def get_ndarray(self, ball_id: str) -> np.ndarray:
+        return (await self.fetch_ndarray(ball_id))[0]
+
+    async def fetch_ndarray(
+        self, ball_id: str, *, allocate: Allocator | None = None
+    ) -> tuple[np.ndarray, BallInfo]:
+        """Read an ndarray; the info (``etag`` = version directory) names exactly the version read."""
         check_ball_id(ball_id)
         for _ in range(MAX_RESTARTS):
             stored = await self._run(self._load, ball_id)
             stored.layout.require_array()
-            out, flat = stored.layout.allocate()
+            out, flat = await allocate_output(stored.layout, allocate)
             if await self._read_into(stored, memoryview(flat)):
-                return out
+                return out, replace(stored.layout.info(), etag=stored.version)
         raise StorageUnavailable(f"{ball_id} kept changing while it was being read")
 
     async def get_bytes_list(self, ball_id: str) -> list[bytes]:
@@ -341,7 +354,7 @@ class LocalStore(ObjectStore):
     async def info(self, ball_id: str) -> BallInfo:
         check_ball_id(ball_id)
         stored = await self._run(self._load, ball_id)
-        return stored.layout.info()
+        return replace(stored.layout.info(), etag=stored.version)
 
     async def exists(self, ball_id: str) -> bool:
         check_ball_id(ball_id)
@@ -373,8 +386,52 @@ class LocalStore(ObjectStore):
             await asyncio.to_thread(self._pool.shutdown, True)
 
     # ------------------------------------------------------------------ writing
+    def _manifest(
+        self,
+        plan: BallPlan,
+        version: str,
+        crc_lists: Sequence[Sequence[int]],
+        chunk_sums: Sequence[str | None],
+    ) -> bytes:
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "bucket_id": self.bucket,
+            "ball_id": plan.ball_id,
+            "version": version,
+            "created_at_ms": time.time_ns() // 1_000_000,
+            "block_size": BLOCK_SIZE,
+            "chunks": [
+                {
+                    "key": chunk.key,
+                    "size": chunk.size,
+                    "checksum": chunk_sums[i],
+                    "crc32": list(crc_lists[i]),
+                    "tags": chunk.tags,
+                    "content_type": "application/octet-stream",
+                    "producer_id": self.producer_id,
+                }
+                for i, chunk in enumerate(plan.chunks)
+            ],
+        }
+        return json.dumps(manifest, separators=(",", ":")).encode()
+
+    def _write_small(self, plan: BallPlan, version: str, directory: Path) -> bytes:
+        """Prepare the version directory, write a small ball's chunks and return its manifest, in one
+        go (one thread hop instead of two; the commit stays a separate hop, so a cancelled write
+        never commits)."""
+        self._prepare(directory)
+        crc_lists = [
+            _write_pieces([_Piece(directory / chunk.key, chunk.data, 0, chunk.size, None)])
+            for chunk in plan.chunks
+        ]
+        return self._manifest(plan, version, crc_lists, [None] * len(plan.chunks))
+
     async def _put(self, plan: BallPlan) -> BallInfo:
         self._check_open()
+        small = plan.size <= SMALL_PUT_BYTES and all(c.size <= BLOCK_SIZE for c in plan.chunks)
+        if small and not self.sha256 and not self.fsync:
+            return await self._put_small(plan)
         version = _new_version()
         directory = self._version_dir(plan.ball_id, version)
         job = _Job(self._pool)
@@ -399,28 +456,8 @@ class LocalStore(ObjectStore):
                 full = sums[-1]
                 chunk_sums = [full] if len(plan.chunks) == 1 else list(sums[:-1])
             plan.set_full_checksum(full)
-            manifest = {
-                "format": FORMAT,
-                "format_version": FORMAT_VERSION,
-                "bucket_id": self.bucket,
-                "ball_id": plan.ball_id,
-                "version": version,
-                "created_at_ms": time.time_ns() // 1_000_000,
-                "block_size": BLOCK_SIZE,
-                "chunks": [
-                    {
-                        "key": chunk.key,
-                        "size": chunk.size,
-                        "checksum": chunk_sums[i],
-                        "crc32": [next(crcs) for _ in blocks],
-                        "tags": chunk.tags,
-                        "content_type": "application/octet-stream",
-                        "producer_id": self.producer_id,
-                    }
-                    for i, (chunk, blocks) in enumerate(layout)
-                ],
-            }
-            body = json.dumps(manifest, separators=(",", ":")).encode()
+            crc_lists = [[next(crcs) for _ in blocks] for _, blocks in layout]
+            body = self._manifest(plan, version, crc_lists, chunk_sums)
             if self.fsync:
                 await asyncio.gather(*(job.submit(_fsync_path, directory / c.key) for c in plan.chunks))
             await job.submit(self._commit, plan.ball_id, version, directory, body, committed)
@@ -431,7 +468,27 @@ class LocalStore(ObjectStore):
             if isinstance(error, OSError):
                 raise _unavailable(error) from error
             raise
-        return plan.info(full)
+        return replace(plan.info(full), etag=version)
+
+    async def _put_small(self, plan: BallPlan) -> BallInfo:
+        """The same on-disk result as the general path for a ball of at most SMALL_PUT_BYTES (one
+        CRC block per chunk) in two thread hops instead of three: a k-means step writes tiny balls."""
+        version = _new_version()
+        directory = self._version_dir(plan.ball_id, version)
+        plan.set_full_checksum(None)
+        job = _Job(self._pool)
+        committed = threading.Event()
+        try:
+            body = await job.submit(self._write_small, plan, version, directory)
+            await job.submit(self._commit, plan.ball_id, version, directory, body, committed)
+        except BaseException as error:
+            await job.abort(
+                lambda: None if committed.is_set() else shutil.rmtree(directory, ignore_errors=True)
+            )
+            if isinstance(error, OSError):
+                raise _unavailable(error) from error
+            raise
+        return replace(plan.info(None), etag=version)
 
     def _hash_jobs(self, job: _Job, plan: BallPlan) -> list[asyncio.Future[str]]:
         if not self.sha256:
@@ -512,13 +569,22 @@ class LocalStore(ObjectStore):
                 raise NotFound(f"no object {ball_id!r} in bucket {self.bucket!r}")
             directory = self._version_dir(ball_id, version)
             try:
-                raw = (directory / MANIFEST).read_bytes()
+                raw = self._read_manifest(ball_id, directory / MANIFEST)
             except FileNotFoundError:
                 if self._read_ref(ball_id) == version:
                     raise CorruptObject(f"{ball_id}: manifest of version {version} is missing") from None
                 continue  # replaced between the two reads
             return self._parse_manifest(ball_id, version, directory, raw)
         raise StorageUnavailable(f"{ball_id} kept changing while it was being read")
+
+    def _read_manifest(self, ball_id: str, path: Path) -> bytes:
+        """The manifest's bytes; an absurdly large one (over the object budget, and over 16 MiB,
+        which is ~40k chunk records) is refused without reading it."""
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size > max(self.max_object_bytes, 16 * 1024 * 1024):
+                raise CorruptObject(f"{ball_id}: a {size}-byte manifest is larger than MAX_OBJECT_BYTES")
+            return handle.read()
 
     def _parse_manifest(self, ball_id: str, version: str, directory: Path, raw: bytes) -> _Stored:
         try:
@@ -544,7 +610,9 @@ class LocalStore(ObjectStore):
             meta, crc = self._parse_chunk(ball_id, record, block_size)
             metas.append(meta)
             crcs.append(crc)
-        return _Stored(version, directory, read_layout(ball_id, metas), tuple(crcs), block_size)
+        layout = read_layout(ball_id, metas)
+        check_budget(layout, self.max_object_bytes)  # before any read allocates its output
+        return _Stored(version, directory, layout, tuple(crcs), block_size)
 
     @staticmethod
     def _parse_chunk(ball_id: str, record: Any, block_size: int) -> tuple[ChunkMeta, tuple[int, ...]]:

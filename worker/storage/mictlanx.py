@@ -41,7 +41,7 @@ import itertools
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
@@ -50,12 +50,15 @@ import numpy as np
 
 from worker.errors import BadRequest, Conflict, CorruptObject, NotFound, StorageUnavailable
 from worker.settings import Settings
-from worker.storage.base import BallInfo, ObjectStore
+from worker.storage.base import Allocator, BallInfo, ObjectStore, allocate_output
 from worker.storage.codec import (
+    DEFAULT_MAX_OBJECT_BYTES,
     BallPlan,
     ChunkMeta,
     ChunkPayload,
     Layout,
+    check_budget,
+    check_first_chunk,
     normalise_checksum,
     num_chunks_of,
     off_loop,
@@ -261,6 +264,23 @@ def _sha256_hex(views: Sequence[memoryview]) -> str:
     return digest.hexdigest()
 
 
+def _content_etag(chunks: Sequence[tuple[int, str | None]]) -> str | None:
+    """A version token from the chunks' (size, SHA-256): the content itself names the version."""
+    if not chunks or not all(checksum for _, checksum in chunks):
+        return None
+    text = "\n".join(f"{size}:{checksum}" for size, checksum in chunks)
+    return "chunks-sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def _info(layout: Layout) -> BallInfo:
+    """BallInfo with an ``etag`` that reads verify: every chunk's checksum (checked as each chunk
+    arrives), else the ``full_checksum`` (then checked over the whole payload), else none."""
+    etag = _content_etag([(meta.size, meta.checksum) for meta in layout.chunks])
+    if etag is None and layout.full_checksum:
+        etag = f"full-sha256:{layout.full_checksum}"
+    return replace(layout.info(), etag=etag)
+
+
 # ----------------------------------------------------------------------------- the store
 class MictlanXStore(ObjectStore):
     """One bucket on one or more MictlanX v4 routers."""
@@ -280,6 +300,7 @@ class MictlanXStore(ObjectStore):
         replication_factor: int = 1,
         force_get: bool = True,
         not_found_retries: int = 2,
+        max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES,
     ) -> None:
         if not routers:
             raise ValueError("at least one MictlanX router is required")
@@ -293,6 +314,8 @@ class MictlanXStore(ObjectStore):
         self.replication_factor = max(1, int(replication_factor))
         self.force_get = force_get
         self.not_found_retries = max(0, int(not_found_retries))
+        # Reads refuse (PayloadTooLarge) a ball whose metadata declares more bytes than this.
+        self.max_object_bytes = int(max_object_bytes)
         self._rr = itertools.count()
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
@@ -304,6 +327,7 @@ class MictlanXStore(ObjectStore):
         options.setdefault("timeout", settings.mictlanx_timeout)
         options.setdefault("max_workers", settings.mictlanx_max_workers)
         options.setdefault("chunk_size", settings.mictlanx_chunk_size)
+        options.setdefault("max_object_bytes", settings.max_object_bytes)
         options.setdefault(
             "retry",
             RetryPolicy(
@@ -521,6 +545,7 @@ class MictlanXStore(ObjectStore):
         check_ball_id(ball_id)
         first = await self._get_meta(chunk_key(ball_id, 0))
         count = num_chunks_of(first.tags, ball_id)
+        check_first_chunk(ball_id, first, count, self.max_object_bytes)  # before fetching n-1 records
 
         async def fetch(index: int) -> ChunkMeta:
             try:
@@ -531,7 +556,9 @@ class MictlanXStore(ObjectStore):
                 ) from None
 
         rest = await self._bounded([lambda i=i: fetch(i) for i in range(1, count)])  # type: ignore[misc]
-        return read_layout(ball_id, [first, *rest])
+        layout = read_layout(ball_id, [first, *rest])
+        check_budget(layout, self.max_object_bytes)  # before any read allocates its output
+        return layout
 
     async def _fill(self, layout: Layout, flat: memoryview) -> None:
         await self._bounded(
@@ -547,11 +574,17 @@ class MictlanXStore(ObjectStore):
                 raise CorruptObject(f"{layout.ball_id}: SHA-256 does not match full_checksum")
 
     async def get_ndarray(self, ball_id: str) -> np.ndarray:
+        return (await self.fetch_ndarray(ball_id))[0]
+
+    async def fetch_ndarray(
+        self, ball_id: str, *, allocate: Allocator | None = None
+    ) -> tuple[np.ndarray, BallInfo]:
+        """Read an ndarray; the info's ``etag`` is the content hash the read bytes were checked against."""
         layout = await self._load(ball_id)
         layout.require_array()
-        out, flat = layout.allocate()
+        out, flat = await allocate_output(layout, allocate)
         await self._fill(layout, memoryview(flat))
-        return out
+        return out, _info(layout)
 
     async def get_bytes_list(self, ball_id: str) -> list[bytes]:
         layout = await self._load(ball_id)
@@ -562,7 +595,7 @@ class MictlanXStore(ObjectStore):
         return await off_loop(layout.size, _unpack_all, layout, view)
 
     async def info(self, ball_id: str) -> BallInfo:
-        return (await self._load(ball_id)).info()
+        return _info(await self._load(ball_id))
 
     async def exists(self, ball_id: str) -> bool:
         check_ball_id(ball_id)
@@ -684,7 +717,7 @@ class MictlanXStore(ObjectStore):
             with contextlib.suppress(BaseException):
                 await asyncio.shield(cleanup)
             raise
-        return plan.info(full)
+        return replace(plan.info(full), etag=_content_etag([(c.size, sums[c.index]) for c in plan.chunks]))
 
     async def _discard(self, ball_id: str) -> None:
         """One best-effort pass (no retries) removing a failed put's chunks."""

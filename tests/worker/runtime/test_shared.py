@@ -1,0 +1,213 @@
+"""The transfer path into the compute pool: pooled shared-memory files, zero-copy arguments, mapped
+results, lending files for results, cleanup after failures, and one BLAS thread per slot."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import glob
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from worker.runtime import shared
+from worker.runtime.pool import ComputePool
+
+BIG = (1 << 20) // 8 + 1000  # float64 elements: just over the transfer threshold
+
+
+# ----------------------------------------------------------------------------- compute functions
+def total(array: np.ndarray) -> float:
+    return float(np.asarray(array).sum())
+
+
+def scale(array: np.ndarray, factor: float) -> np.ndarray:
+    return np.asarray(array) * factor
+
+
+def scribble(array: np.ndarray) -> float:
+    """Writes into its argument (a private copy-on-write mapping in the child)."""
+    array[:] = -1.0
+    return float(array[0])
+
+
+def fail_after_result(array: np.ndarray) -> np.ndarray:
+    raise ValueError("boom")
+
+
+def blas_threads() -> int:
+    from threadpoolctl import threadpool_info  # installed with scikit-learn (test dependency)
+
+    counts = [info["num_threads"] for info in threadpool_info() if info.get("user_api") == "blas"]
+    return max(counts) if counts else -1
+
+
+# ----------------------------------------------------------------------------- fixtures
+@pytest.fixture
+async def pool():
+    pool = ComputePool(2, preload=["tests.worker.runtime.test_shared"])
+    pool.start()
+    await pool.wait_ready(timeout=60)
+    yield pool
+    await pool.shutdown()
+
+
+def _our_files() -> set[str]:
+    pattern = f"rory-{os.getpid()}-*.bin"
+    return set(glob.glob(f"/dev/shm/{pattern}")) | set(glob.glob(f"/tmp/{pattern}"))
+
+
+# ----------------------------------------------------------------------------- the file pool
+def test_empty_puts_large_arrays_in_a_pooled_file_and_small_ones_in_memory() -> None:
+    large = shared.empty((BIG,), np.float64)
+    small = shared.empty((10,), np.float64)
+    assert shared.is_shared(large) and not shared.is_shared(small)
+    described = shared.describe(large)
+    assert described is not None and described.offset == 0 and Path(described.path).exists()
+    # a contiguous view inside the file is described with its offset, a strided one is not
+    view = large[100:]
+    assert shared.describe(view).offset == 800  # type: ignore[union-attr]
+    assert shared.describe(large[::2]) is None
+
+
+def test_freed_files_are_reused_and_idle_files_are_bounded(tmp_path: Path) -> None:
+    pool = shared.FilePool(max_idle_bytes=8 << 20)
+    try:
+        path, capacity = pool.acquire(1 << 20)
+        array = pool.map(path, capacity, ((1 << 20) // 8,), np.dtype(np.float64))
+        array[:] = 1.0
+        del array
+        gc.collect()
+        assert pool.idle_bytes == 1 << 20
+        again, _ = pool.acquire(1 << 20)
+        assert again == path and pool.reused == 1 and pool.created == 1
+        # a much smaller request does not take a big idle file (it would pin its memory)
+        pool.release(again)
+        big, _ = pool.acquire(3 << 20)
+        pool.release(big)
+        other, _ = pool.acquire(1 << 20)
+        assert other == path  # the best fit, not the 3 MB file
+        smaller, _ = pool.acquire(1 << 19)
+        assert smaller not in (path, big)
+        pool.release(other)
+        pool.release(smaller)
+        # the idle bound: releasing more than 8 MB of files deletes the least recently used
+        paths = [pool.acquire(3 << 20)[0] for _ in range(4)]
+        for p in paths:
+            pool.release(p)
+        assert pool.idle_bytes <= 8 << 20
+        assert not Path(paths[0]).exists() and Path(paths[-1]).exists()
+        everything = [*paths, path, big, smaller]
+        pool.drain()
+        assert pool.idle_bytes == 0 and not any(Path(p).exists() for p in everything)
+    finally:
+        pool.close()
+        pool.unlink_in_use()
+
+
+def test_pack_describes_shared_arrays_in_place_and_copies_the_others() -> None:
+    plain = np.arange(BIG, dtype=np.float64)
+    pooled = shared.empty((BIG,), np.float64)
+    pooled[:] = plain
+    keep: list[Any] = []
+    packed = shared.pack((plain, {"x": pooled}, [1, "two"]), keep)
+    assert isinstance(packed[0], shared.SharedArray) and isinstance(packed[1]["x"], shared.SharedArray)
+    assert len(keep) == 1  # only the plain array was copied
+    assert packed[1]["x"].path == shared.describe(pooled).path  # type: ignore[union-attr]
+    assert packed[2] == [1, "two"]
+    restored = shared.unpack(packed, shared._map)
+    np.testing.assert_array_equal(restored[0], plain)
+    np.testing.assert_array_equal(restored[1]["x"], plain)
+
+
+# ----------------------------------------------------------------------------- through the pool
+async def test_arguments_and_results_cross_correctly(pool: ComputePool) -> None:
+    plain = np.random.default_rng(0).random(BIG)
+    pooled = shared.empty(plain.shape, plain.dtype)
+    pooled[:] = plain
+    read_only = pooled.view()
+    read_only.flags.writeable = False
+    for argument in (plain, pooled, read_only, pooled[1000:]):
+        assert await pool.run(total, argument) == pytest.approx(float(np.asarray(argument).sum()))
+    result = await pool.run(scale, pooled, 2.0)
+    np.testing.assert_array_equal(result, plain * 2.0)
+    assert shared.is_shared(result) and result.flags.writeable  # mapped on its file, not copied
+    result[:5] = 0.0  # the caller owns it
+
+
+async def test_results_reuse_files_lent_by_the_parent(pool: ComputePool) -> None:
+    data = np.ones(BIG)
+    first = await pool.run(scale, data, 3.0)
+    path = shared.describe(first).path  # type: ignore[union-attr]
+    del first
+    gc.collect()  # the file goes back to the idle pool
+    created = shared.POOL.created
+    second = await pool.run(scale, data, 4.0)
+    np.testing.assert_array_equal(second, data * 4.0)
+    assert shared.describe(second).path == path  # type: ignore[union-attr]
+    assert shared.POOL.created == created  # no new tmpfs file for the result
+
+
+async def test_the_child_cannot_change_the_callers_array(pool: ComputePool) -> None:
+    pooled = shared.empty((BIG,), np.float64)
+    pooled[:] = 7.0
+    assert await pool.run(scribble, pooled) == -1.0
+    assert float(pooled.min()) == 7.0  # copy-on-write in the child
+
+
+async def test_failures_leave_no_files_behind(pool: ComputePool) -> None:
+    before = _our_files()
+    with pytest.raises(ValueError, match="boom"):
+        await pool.run(fail_after_result, np.ones(BIG))
+    gc.collect()
+    leaked = {p for p in _our_files() - before if p not in shared.POOL.tracked()}
+    assert not leaked
+
+
+async def test_discard_call_removes_uncollected_result_files(tmp_path: Path) -> None:
+    tag = shared.new_tag()
+    orphan = Path("/dev/shm") / f"rory-{tag}-deadbeef.bin"
+    orphan.write_bytes(b"x" * 10)
+    shared.discard_call(tag)
+    assert not orphan.exists()
+
+
+async def test_transfer_files_are_released_when_arrays_die(pool: ComputePool) -> None:
+    data = np.ones(BIG)
+    results = await asyncio.gather(*(pool.run(scale, data, float(i)) for i in range(4)))
+    paths = {shared.describe(r).path for r in results}  # type: ignore[union-attr]
+    in_use = shared.POOL.in_use_bytes
+    del results
+    await asyncio.sleep(0)  # the loop's current handle still references gather's future
+    gc.collect()
+    assert shared.POOL.in_use_bytes <= in_use - len(paths) * data.nbytes
+    await pool.shutdown()  # drains idle files
+    assert not any(Path(p).exists() for p in paths)
+
+
+async def test_each_slot_uses_one_blas_thread_per_share_of_the_cores(pool: ComputePool) -> None:
+    pytest.importorskip("threadpoolctl")
+    expected = max(1, len(os.sched_getaffinity(0)) // pool.size)
+    assert pool.blas_threads == expected
+    assert await pool.run(blas_threads) in (expected, -1)  # -1: numpy without a BLAS pool
+
+
+def test_blas_threads_can_be_capped_without_threadpoolctl(monkeypatch: pytest.MonkeyPatch) -> None:
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from worker.runtime.pool import limit_blas_threads
+
+    before = threadpoolctl.threadpool_info()
+    if not any(info.get("internal_api") == "openblas" for info in before):
+        pytest.skip("numpy is not linked with OpenBLAS here")
+    original = max(info["num_threads"] for info in before if info.get("user_api") == "blas")
+    monkeypatch.setitem(__import__("sys").modules, "threadpoolctl", None)  # the fallback path
+    try:
+        assert limit_blas_threads(1) is True
+        monkeypatch.undo()
+        counts = [i["num_threads"] for i in threadpoolctl.threadpool_info() if i.get("user_api") == "blas"]
+        assert max(counts) == 1
+    finally:
+        threadpoolctl.threadpool_limits(limits=original, user_api="blas")
