@@ -43,7 +43,7 @@ import shutil
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -52,7 +52,7 @@ import numpy as np
 
 from worker.errors import CorruptObject, NotFound, StorageUnavailable
 from worker.settings import Settings
-from worker.storage.base import Allocator, BallInfo, ObjectStore, allocate_output
+from worker.storage.base import Allocator, BallInfo, allocate_output
 from worker.storage.codec import (
     DEFAULT_MAX_OBJECT_BYTES,
     MAX_CHUNKS,
@@ -61,15 +61,11 @@ from worker.storage.codec import (
     Layout,
     check_budget,
     normalise_checksum,
-    off_loop,
-    plan_blob,
-    plan_bytes_list,
-    plan_ndarray,
     read_layout,
     unpack_bytes_list,
-    weight_of,
 )
 from worker.storage.names import check_ball_id, check_bucket_id
+from worker.storage.planned import PlannedStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -244,7 +240,7 @@ class _Job:
             await asyncio.shield(asyncio.wrap_future(done))
 
 
-class LocalStore(ObjectStore):
+class LocalStore(PlannedStore):
     """A bucket in a local directory (see the module docstring for layout and guarantees)."""
 
     backend = "local"
@@ -301,30 +297,6 @@ class LocalStore(ObjectStore):
             raise _unavailable(error) from error
 
     # ------------------------------------------------------------------ public API
-    async def put_ndarray(
-        self, ball_id: str, array: np.ndarray, *, num_chunks: int = 1, tags: Mapping[str, str] | None = None
-    ) -> BallInfo:
-        return await self._put(
-            await off_loop(weight_of(array), plan_ndarray, ball_id, array, num_chunks, tags)
-        )
-
-    async def put_blob(
-        self, ball_id: str, array: np.ndarray, *, tags: Mapping[str, str] | None = None
-    ) -> BallInfo:
-        return await self._put(await off_loop(weight_of(array), plan_blob, ball_id, array, tags))
-
-    async def put_bytes_list(
-        self,
-        ball_id: str,
-        items: Sequence[bytes],
-        *,
-        num_chunks: int = 1,
-        shape: Sequence[int] | None = None,
-        tags: Mapping[str, str] | None = None,
-    ) -> BallInfo:
-        plan = await off_loop(weight_of(items), plan_bytes_list, ball_id, items, num_chunks, shape, tags)
-        return await self._put(plan)
-
     async def get_ndarray(self, ball_id: str) -> np.ndarray:
         return (await self.fetch_ndarray(ball_id))[0]
 

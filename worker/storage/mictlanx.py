@@ -35,12 +35,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hashlib
 import itertools
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 from urllib.parse import parse_qs
@@ -50,7 +49,7 @@ import numpy as np
 
 from worker.errors import BadRequest, Conflict, CorruptObject, NotFound, StorageUnavailable
 from worker.settings import Settings
-from worker.storage.base import Allocator, BallInfo, ObjectStore, allocate_output
+from worker.storage.base import Allocator, BallInfo, allocate_output
 from worker.storage.codec import (
     DEFAULT_MAX_OBJECT_BYTES,
     BallPlan,
@@ -62,14 +61,11 @@ from worker.storage.codec import (
     normalise_checksum,
     num_chunks_of,
     off_loop,
-    plan_blob,
-    plan_bytes_list,
-    plan_ndarray,
     read_layout,
     unpack_bytes_list,
-    weight_of,
 )
 from worker.storage.names import check_ball_id, check_bucket_id, chunk_key
+from worker.storage.planned import PlannedStore
 from worker.storage.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -282,7 +278,7 @@ def _info(layout: Layout) -> BallInfo:
 
 
 # ----------------------------------------------------------------------------- the store
-class MictlanXStore(ObjectStore):
+class MictlanXStore(PlannedStore):
     """One bucket on one or more MictlanX v4 routers."""
 
     backend = "mictlanx"
@@ -311,6 +307,7 @@ class MictlanXStore(ObjectStore):
         self.max_workers = max(1, int(max_workers))
         self.retry = retry or RetryPolicy()
         self.chunk_size = max(4096, int(chunk_size))
+        self.blob_piece_size = self.chunk_size
         self.replication_factor = max(1, int(replication_factor))
         self.force_get = force_get
         self.not_found_retries = max(0, int(not_found_retries))
@@ -661,33 +658,6 @@ class MictlanXStore(ObjectStore):
             self._session = None
 
     # ------------------------------------------------------------------ writes
-    async def put_ndarray(
-        self, ball_id: str, array: np.ndarray, *, num_chunks: int = 1, tags: Mapping[str, str] | None = None
-    ) -> BallInfo:
-        return await self._put(
-            await off_loop(weight_of(array), plan_ndarray, ball_id, array, num_chunks, tags)
-        )
-
-    async def put_blob(
-        self, ball_id: str, array: np.ndarray, *, tags: Mapping[str, str] | None = None
-    ) -> BallInfo:
-        plan = await off_loop(
-            weight_of(array), functools.partial(plan_blob, piece_size=self.chunk_size), ball_id, array, tags
-        )
-        return await self._put(plan)
-
-    async def put_bytes_list(
-        self,
-        ball_id: str,
-        items: Sequence[bytes],
-        *,
-        num_chunks: int = 1,
-        shape: Sequence[int] | None = None,
-        tags: Mapping[str, str] | None = None,
-    ) -> BallInfo:
-        plan = await off_loop(weight_of(items), plan_bytes_list, ball_id, items, num_chunks, shape, tags)
-        return await self._put(plan)
-
     async def _checksums(self, plan: BallPlan) -> tuple[list[str], str]:
         views = [chunk.data for chunk in plan.chunks]
         if plan.size <= _HASH_INLINE_LIMIT:
