@@ -9,6 +9,7 @@ None: nothing is unpickled or evaluated. Every failure is a :class:`BadRequest` 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -75,6 +76,15 @@ def _reject_constant(name: str) -> Any:
     raise BadRequest(f"JSON constant {name} is not accepted")
 
 
+def _finite_float(text: str) -> float:
+    # json.loads turns an out-of-range literal such as 1e999 into inf: the same non-finite value
+    # _reject_constant refuses by name, and one a JSON reply could not carry back.
+    value = float(text)
+    if not math.isfinite(value):
+        raise BadRequest(f"JSON number {text[:32]} is out of range (not a finite float)")
+    return value
+
+
 def decode(
     data: bytes,
     *,
@@ -90,7 +100,7 @@ def decode(
         raise BadRequest("empty payload: expected a msgpack map (or JSON object with Content-Type JSON)")
     if json_mode:
         try:
-            value = json.loads(data, parse_constant=_reject_constant)
+            value = json.loads(data, parse_constant=_reject_constant, parse_float=_finite_float)
         except BadRequest:
             raise
         except RecursionError:
@@ -121,7 +131,7 @@ def decode(
         except (ValueError, TypeError, UnicodeDecodeError, msgpack.UnpackException) as error:
             if "max_ext_len" in str(error):
                 raise BadRequest("payload is not valid msgpack: extension types are not accepted") from None
-            raise BadRequest(f"payload is not valid msgpack: {error or type(error).__name__}") from None
+            raise BadRequest(f"payload is not valid msgpack: {str(error) or type(error).__name__}") from None
         kind = "a msgpack map"
     if type(value) is not dict:
         raise BadRequest(f"payload must be {kind}, got {type(value).__name__}")

@@ -103,3 +103,20 @@ def test_random_bytes_never_escape(payload: bytes) -> None:
         except BadRequest:
             continue
         assert isinstance(value, dict)
+
+
+@pytest.mark.parametrize("literal", [b"1e999", b"-1e400", b"123456789e400"])
+def test_json_number_overflowing_to_infinity_is_rejected(literal: bytes) -> None:
+    # json.loads maps an out-of-range literal to inf, bypassing the Infinity/NaN constant check: a
+    # handler then ran with it and the JSON reply could not encode its result (500 after the work).
+    with pytest.raises(BadRequest, match="out of range"):
+        codec.decode(b'{"params": {"threshold": ' + literal + b"}}", json_mode=True)
+    assert codec.decode(b'{"a": 1e-400, "b": 1.5e3}', json_mode=True) == {"a": 0.0, "b": 1500.0}
+
+
+def test_msgpack_error_message_is_never_empty() -> None:
+    # b"\xc1" (the reserved byte) raises an exception whose str() is empty.
+    with pytest.raises(BadRequest) as caught:
+        codec.decode(b"\xc1")
+    assert not caught.value.message.endswith(": ")
+    assert caught.value.message.startswith("payload is not valid msgpack: ")

@@ -67,6 +67,7 @@ __all__ = [
     "dbsnnc",
     "kmeans",
     "nnc",
+    "previous_centroids_info",
     "skmeans",
 ]
 
@@ -129,13 +130,14 @@ def _check_dbs_udm(info: Any, p: SecureKMeansParams) -> None:
         check_dtype(info, p.encrypted_udm_dtype)
 
 
-async def _previous_centroids_info(ctx: Any, root: str, ns: str | None) -> Any:
+async def previous_centroids_info(ctx: Any, root: str, ns: str | None) -> Any:
     """Where this round's starting centroids are: ``<P>centj``, or ``<P>centi`` after a failed step 1.
 
     Step 1 writes ``centi`` (= the centroids it started from) before ``centj``. On a backend whose
     overwrite is delete-then-put (MictlanX), a step that failed on that last write leaves ``centj``
     deleted and ``centi`` holding exactly the centroids the step started from, so the retry reads
-    them there and recomputes the same round. Nothing else deletes ``centj``.
+    them there and recomputes the same round. Nothing else deletes ``centj``. Shared with the CKKS
+    variants (``worker.handlers.pqc``), which write the same keys in the same order.
     """
     current = keys.centroids_current(root, ns)
     try:
@@ -164,7 +166,7 @@ async def _secure_step1(ctx: Any, p: SecureKMeansParams, double_blind: bool) -> 
         ctx.store.info(udm_key),
     ]
     if not start:
-        lookups.append(_previous_centroids_info(ctx, root, ns))
+        lookups.append(previous_centroids_info(ctx, root, ns))
     infos = await asyncio.gather(*lookups)
     n, a, m = _check_encrypted(infos[0], p)
     check_k(p.k, n)

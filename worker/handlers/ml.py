@@ -18,7 +18,7 @@ import numpy as np
 
 from schemas import keys
 from schemas.operations import LrPredictParams, LrPredictResult, LrTrainParams, Op, TrainResult
-from worker.errors import ValidationFailed
+from worker.errors import BadRequest, ValidationFailed
 from worker.handlers import jobs
 from worker.handlers.common import Write, check_numeric, fetch_arrays, put_all, result_chunks
 from worker.runtime.registry import Operation
@@ -34,6 +34,12 @@ async def lr_train(ctx: Any, p: LrTrainParams) -> TrainResult:
     """Train on X (n x a) and y (n labels in {0, 1}); store weights and bias."""
     started = time.perf_counter()
     x_key, y_key = p.plaintext_matrix_train_id, p.plaintext_label_vector_train_id
+    if len({x_key, y_key, p.weights_id, p.bias_id}) != 4:
+        # The model is written over weights_id and bias_id: naming an input there destroys it.
+        raise BadRequest(
+            "weights_id, bias_id, plaintext_matrix_train_id and plaintext_label_vector_train_id "
+            "must name four different objects"
+        )
     x_info, y_info = await asyncio.gather(ctx.store.info(x_key), ctx.store.info(y_key))
     check_numeric(x_info, x_key, ndim=2)
     check_numeric(y_info, y_key, ndim=(1, 2))

@@ -50,6 +50,7 @@ from schemas.operations import (
 )
 from worker.errors import BadRequest, CorruptObject, UnsupportedOperation, ValidationFailed
 from worker.handlers import pqc_jobs
+from worker.handlers.clustering import previous_centroids_info
 from worker.handlers.common import (
     Write,
     check_dtype,
@@ -223,8 +224,12 @@ async def _pqc_step1(ctx: JobContext, p: SecureKMeansParams, double_blind: bool)
     previous_key = keys.centroids_current(root, ns)
     start = p.clustering_status == ClusteringStatus.START
 
-    names = [enc_key, udm_key, zeros_key, *([] if start else [previous_key])]
-    infos = await _infos(ctx, *names)
+    lookups = [ctx.store.info(enc_key), ctx.store.info(udm_key), ctx.store.info(zeros_key)]
+    if not start:  # <P>centj, or <P>centi when a failed step 1 lost centj (see previous_centroids_info)
+        lookups.append(previous_centroids_info(ctx, root, ns))
+    infos = list(await asyncio.gather(*lookups))
+    source_key = previous_key if start else infos[3].ball_id
+    names = [enc_key, udm_key, zeros_key, *([] if start else [source_key])]
     enc_shape = _ciphertext_info(infos[0])
     n, _, a = _check_udm(infos[1], p.k)
     _check_dbs_udm(infos[1], p)
@@ -245,7 +250,7 @@ async def _pqc_step1(ctx: JobContext, p: SecureKMeansParams, double_blind: bool)
     previous = None if start else fetched[3]
     if _check_rows(enc_key, rows, enc_shape) != n:
         raise ValidationFailed(f"{enc_key}: {len(rows)} records but the UDM has {n}")
-    for key, items in ((zeros_key, zeros), (previous_key, previous)):
+    for key, items in ((zeros_key, zeros), (source_key, previous)):
         if items is not None and len(items) != p.k:
             raise ValidationFailed(f"{key}: holds {len(items)} ciphertexts, expected k={p.k}")
 
@@ -257,8 +262,10 @@ async def _pqc_step1(ctx: JobContext, p: SecureKMeansParams, double_blind: bool)
     chunks = result_chunks(ctx, p)
     shift_key = keys.encrypted_shift_matrix(root, ns)
     payload, label_write = plan_labels(ctx, labels, keys.label_vector(root, ns))
+    centi_key = keys.centroids_previous(root, ns)
     writes = [
-        _ciphertext_write(keys.centroids_previous(root, ns), centi, chunks, [p.k]),
+        # Skipped when resuming from centi: it already holds exactly these centroids.
+        *([] if source_key == centi_key else [_ciphertext_write(centi_key, centi, chunks, [p.k])]),
         _ciphertext_write(shift_key, shift, chunks, [p.k]),
         *([label_write] if label_write else []),
         # Last: it is this step's input on the next round, so until it lands a retry is exact.

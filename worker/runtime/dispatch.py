@@ -332,6 +332,18 @@ class Dispatcher:
         self, reply: dict[str, Any], json_mode: bool, max_payload: int
     ) -> tuple[bytes, dict[str, str]]:
         """Encode a Reply with its headers; an unencodable or oversized result becomes a 500."""
+        _, data, headers = self.finalize(reply, json_mode, max_payload)
+        return data, headers
+
+    def finalize(
+        self, reply: dict[str, Any], json_mode: bool, max_payload: int
+    ) -> tuple[dict[str, Any], bytes, dict[str, str]]:
+        """Like :meth:`encode`, also returning the Reply actually encoded.
+
+        When the result cannot be encoded (e.g. JSON cannot hold it) the Reply becomes a 500; the
+        caller must publish copies (``<p>.results.<job_id>``) of *that* Reply, not the original, so
+        the requester and the results subject never disagree about the outcome.
+        """
         try:
             data = codec.encode(reply, json_mode=json_mode)
             if len(data) > max_payload:
@@ -347,7 +359,7 @@ class Dispatcher:
         headers = {codec.CONTENT_TYPE: codec.content_type(json_mode)}
         if not reply["ok"]:
             headers.update(error_headers(reply))
-        return data, headers
+        return reply, data, headers
 
 
 def _describe(error: RoryError) -> str:

@@ -64,3 +64,19 @@ async def test_lr_train_then_predict(rig):
     np.testing.assert_array_equal(predictions, (x_test @ ref_w + ref_b >= 0).astype(np.int64))
     truth = (x_test @ np.array([1.0, -2.0, 0.5]) + 0.3 > 0).astype(np.int64)
     assert (predictions == truth).mean() >= 0.8
+
+
+async def test_lr_train_refuses_model_ids_that_overwrite_its_inputs(rig):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(10, 2))
+    y = (x[:, 0] > 0).astype(np.float64)
+    await rig.store.put_ndarray("ovx", x)
+    await rig.store.put_ndarray("ovy", y)
+    base = {"plaintext_matrix_train_id": "ovx", "plaintext_label_vector_train_id": "ovy"}
+    for weights_id, bias_id in (("ovx", "ovb"), ("ovw", "ovy"), ("ovw", "ovw")):
+        err = await rig.error(Op.LR_TRAIN, {**base, "weights_id": weights_id, "bias_id": bias_id})
+        assert err["code"] == 400 and "four different objects" in err["message"]
+    # The training data is intact (before the fix, weights_id="ovx" replaced X with the weights).
+    np.testing.assert_array_equal(await rig.store.get_ndarray("ovx"), x)
+    np.testing.assert_array_equal(await rig.store.get_ndarray("ovy"), y)
+    assert not await rig.store.exists("ovw") and not await rig.store.exists("ovb")

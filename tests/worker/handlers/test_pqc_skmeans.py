@@ -181,3 +181,29 @@ async def test_invalid_inputs_are_rejected(worker: PqcWorker) -> None:
     err = await worker.error(DBS, {**base, "encrypted_udm_shape": [4, 4, 2]})  # no <P>encryptedudm
     assert err["code"] == 404
     assert not await worker.store.exists(keys.centroids_current("bad"))
+
+
+async def test_step1_retry_resumes_from_centi_when_centj_was_lost(worker: PqcWorker) -> None:
+    """A MictlanX overwrite is delete-then-put: a step 1 whose last write (``centj``) failed leaves
+    ``centj`` gone and ``centi`` holding the centroids that step started from. The retry must
+    recompute the same round from ``centi`` (as the Liu variant does), not answer 404."""
+    owner = owner_context()
+    x = np.array([[1, 2], [1.5, 1.8], [8, 8], [9, 8.5]])
+    await _prepare(worker, x, 2, "lost", keys.udm("lost"), x[:, None, :] - x[None, :, :])
+    base = {"plaintext_matrix_id": "lost", "k": 2}
+    r1 = await worker.ok(SK, {**base, "step_index": 1, "clustering_status": 1})
+    s = decrypt_shift(owner, await worker.get_ciphertexts(owner, r1["encrypted_shift_matrix_id"]), 2)
+    await worker.store.put_ndarray(keys.shift_matrix("lost"), s)
+    await worker.ok(SK, {**base, "step_index": 2, "is_zero": False})
+    first = await worker.ok(SK, {**base, "step_index": 1, "clustering_status": 2, "iterations": 1})
+    shift_key, centj_key = keys.encrypted_shift_matrix("lost"), keys.centroids_current("lost")
+    first_shift = decrypt_shift(owner, await worker.get_ciphertexts(owner, shift_key), 2)
+    new_centroids = decrypt_centroids(owner, await worker.get_ciphertexts(owner, centj_key), 2)
+    await worker.store.delete(centj_key)  # the failed last write
+
+    again = await worker.ok(SK, {**base, "step_index": 1, "clustering_status": 2, "iterations": 1})
+    assert again["label_vector"] == first["label_vector"]
+    retry_shift = decrypt_shift(owner, await worker.get_ciphertexts(owner, shift_key), 2)
+    assert close(retry_shift, first_shift, 1e-5)
+    centj = await worker.get_ciphertexts(owner, centj_key)
+    assert close(decrypt_centroids(owner, centj, 2), new_centroids, 1e-5)
