@@ -26,6 +26,7 @@ from worker.errors import ValidationFailed
 from worker.handlers import jobs
 from worker.handlers.common import (
     Write,
+    check_allocation,
     check_integral,
     check_numeric,
     check_shape,
@@ -109,8 +110,11 @@ async def _sknn_distances(ctx: Any, p: SknnParams) -> DistancesResult:
             f"records {list(_shape(records_info))} and model {list(_shape(model_info))} "
             "must agree on attributes and ciphertext size"
         )
-    model, records = await fetch_arrays(ctx, model_key, records_key)
     metric = _metric(ctx, p)
+    n_model = int(_shape(model_info)[0])
+    width = model_m * model_m if metric == "EUCLIDEAN" else model_m  # Liu products have m^2 components
+    check_allocation(ctx, (n_records, n_model, width), 8, "SKNN distances")
+    model, records = await fetch_arrays(ctx, model_key, records_key)
     values, exact = await ctx.compute(jobs.sknn_distances, records, model, metric)
     distances_key = keys.distances(p.records_test_id, p.namespace)
     chunks = min(result_chunks(ctx, p), max(1, n_records))

@@ -53,6 +53,7 @@ from worker.handlers import pqc_jobs
 from worker.handlers.clustering import previous_centroids_info
 from worker.handlers.common import (
     Write,
+    check_allocation,
     check_dtype,
     check_integral,
     check_k,
@@ -401,6 +402,8 @@ async def _sknn_distances(ctx: JobContext, p: PqcSknnParams) -> PqcDistancesResu
         _check_grid(records_key, records, records_shape)
         blocks, a = model_shape
         n_rec = records_shape[0]
+        # one output ciphertext per record and block, each about the size of an input ciphertext
+        check_allocation(ctx, (n_rec, blocks), max(map(len, model[:1]), default=0), "SKNN-PQC distances")
         ranges = spans(n_rec, blocks * a, ctx.settings.worker_capacity)
         parts = await _fan_out(ctx, material, pqc_jobs.sknn_packed, ranges,
                                lambda lo, hi: (model, blocks, records[lo * a : hi * a], a))
@@ -411,6 +414,7 @@ async def _sknn_distances(ctx: JobContext, p: PqcSknnParams) -> PqcDistancesResu
         n_rec = _check_rows(records_key, records, records_shape)
         _check_declared_rows(model_key, p.encrypted_model_shape, n_model)
         _check_declared_rows(records_key, p.encrypted_records_shape, n_rec)
+        check_allocation(ctx, (n_rec, n_model), max(map(len, model[:1]), default=0), "SKNN-PQC distances")
         ranges = spans(n_rec, n_model, ctx.settings.worker_capacity)
         parts = await _fan_out(
             ctx, material, pqc_jobs.sknn_pairs, ranges, lambda lo, hi: (records[lo:hi], model)

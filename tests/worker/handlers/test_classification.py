@@ -114,3 +114,25 @@ async def test_sknn_manhattan_default_is_flagged_approximate(rig):
     expected = core_sknn.labels_from_indices(core_sknn.nearest_from_distances(key, in_process), labels)
     assert predicted == expected.tolist()
     assert not await rig.store.exists(keys.distances("srec"))  # namespaced state only
+
+
+async def test_sknn_distances_over_the_memory_budget_are_refused_before_computing(
+    start_worker, nc, local_store, make_settings
+):
+    """Inputs that each fit MAX_OBJECT_BYTES can still multiply into a distance array that does not."""
+    from tests.worker.handlers.conftest import handler_registry
+    from tests.worker.handlers.owner import Rig, snapshot
+
+    settings = make_settings(storage_path=str(local_store.root), max_object_bytes=20_000)
+    worker = await start_worker(registry=handler_registry(), store=local_store, settings=settings)
+    rig = Rig(nc=nc, settings=settings, store=local_store, worker=worker)
+    model, labels, records = _classification_data(4)
+    rng = np.random.default_rng(1)
+    key = liu.generate_key(rng=rng)
+    await _upload_sknn(rig.store, model, labels, records, key, rng)  # 2 KB each; distances 26 KB
+    before = await snapshot(rig.store)
+    params = {"model_id": "smdl", "records_test_id": "srec", "distance": "EUCLIDEAN", "step_index": 1}
+    error = await rig.error(Op.SKNN_PREDICT, params)
+    assert (error["code"], error["type"]) == (400, "PAYLOAD_TOO_LARGE")
+    assert "[12, 30, 9]" in error["message"]
+    assert await snapshot(rig.store) == before
