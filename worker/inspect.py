@@ -25,6 +25,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from schemas import codec, subjects
 
 EXIT_OK, EXIT_ERROR_REPLY, EXIT_NO_ANSWER = 0, 1, 3
+EXIT_UNHEALTHY = 4  # health answered, but the worker is draining or degraded
 
 
 def _json_default(value: Any) -> Any:
@@ -204,7 +205,11 @@ async def health(
     timeout: float = 2.0,
     out: TextIO = sys.stdout,
 ) -> int:
-    """``<p>.worker.<node>.health``: the Health body as JSON."""
+    """``<p>.worker.<node>.health``: the Health body as JSON.
+
+    Exits 0 only for a worker that can take work (``ready`` or ``busy``), so a container
+    HEALTHCHECK built on it marks a ``draining`` or ``degraded`` worker unhealthy.
+    """
     headers = {codec.ACCEPT: codec.MSGPACK} if use_msgpack else None
     try:
         msg = await nc.request(subjects.health(prefix, node), b"", timeout=timeout, headers=headers)
@@ -216,7 +221,7 @@ async def health(
         return EXIT_NO_ANSWER
     body = codec.decode(msg.data, json_mode=codec.is_json(msg.headers) or not use_msgpack)
     print(dumps(body), file=out)
-    return EXIT_OK
+    return EXIT_OK if body.get("status") in {"ready", "busy"} else EXIT_UNHEALTHY
 
 
 async def watch(

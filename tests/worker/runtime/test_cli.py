@@ -191,3 +191,13 @@ async def test_inspection_commands(start_worker, nc, nats_url) -> None:
         env=_env(),
     )
     assert code == 0 and json.loads(stdout)["result"]["message"] == "from the cli"
+
+
+async def test_health_command_fails_for_a_degraded_worker(start_worker, nc):
+    """The container HEALTHCHECK runs `rory-worker health`: unreachable storage must make it fail."""
+    from worker.runtime.service import UnavailableStore
+
+    worker = await start_worker(store=UnavailableStore("storage is down for this test"))
+    out = io.StringIO()
+    assert await inspect.health(nc, worker.prefix, worker.node_id, out=out) == inspect.EXIT_UNHEALTHY
+    assert json.loads(out.getvalue())["status"] == "degraded"
