@@ -33,6 +33,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):  # run as `python scripts/cluster.py`: make `scripts.*` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -161,8 +162,54 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interva
     raise TimeoutError(f"timed out after {timeout:.1f}s waiting for {what}")
 
 
+class _ChildProcess:
+    """What the server and worker children share: one ``process`` whose output goes to ``log_path``."""
+
+    process: subprocess.Popen | None
+    log_path: Path
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def _spawn(self, args: list[str], **options: Any) -> None:
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C reaches us only; we stop children in order
+                **options,
+            )
+
+    def kill(self) -> None:
+        """Abrupt death (SIGKILL): what a crashed host looks like to its clients."""
+        if self.running:
+            assert self.process is not None
+            self.process.kill()
+            self.process.wait(5)
+
+    def _terminate(self, timeout: float) -> None:
+        """SIGTERM, then SIGKILL if the child is still alive after ``timeout`` seconds."""
+        if self.running:
+            assert self.process is not None
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
 @dataclass
-class NatsServer:
+class NatsServer(_ChildProcess):
     """One nats-server child process and its addresses."""
 
     name: str
@@ -180,19 +227,8 @@ class NatsServer:
     def monitor_url(self) -> str:
         return f"http://{self.host}:{self.ports.http}"
 
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
     def start(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [nats_server_binary(), "-c", str(self.conf_path)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # Ctrl-C reaches us only; we stop children in order
-            )
+        self._spawn([nats_server_binary(), "-c", str(self.conf_path)])
 
     def monitor(self, path: str) -> dict:
         return _http_json(f"{self.monitor_url}{path}")
@@ -222,37 +258,20 @@ class NatsServer:
             return set()
         return {route.get("remote_name") or route.get("remote_id", "") for route in routes}
 
-    def kill(self) -> None:
-        """Abrupt death (SIGKILL): what a crashed host looks like to its clients."""
-        if self.running:
-            assert self.process is not None
-            self.process.kill()
-            self.process.wait(5)
-
     def stop(self, timeout: float = 5.0) -> None:
-        if self.running:
-            assert self.process is not None
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        self._terminate(timeout)
 
 
 class ServerExited(RuntimeError):
     """A nats-server child process is gone (bad config, or its port was taken)."""
 
     def __init__(self, server: NatsServer) -> None:
-        tail = ""
-        with contextlib.suppress(OSError):
-            tail = "\n".join(server.log_path.read_text(errors="replace").splitlines()[-5:])
-        super().__init__(f"{server.name} exited; log {server.log_path}:\n{tail}")
+        super().__init__(f"{server.name} exited; log {server.log_path}:\n{server.log_tail(5)}")
         self.server = server
 
 
 @dataclass
-class WorkerProcess:
+class WorkerProcess(_ChildProcess):
     """One ``rory-worker run`` child process."""
 
     node_id: str
@@ -261,38 +280,12 @@ class WorkerProcess:
     log_path: Path
     process: subprocess.Popen | None = field(default=None, repr=False)
 
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
     def start(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                worker_command(),
-                env=self.env,
-                cwd=str(REPO_ROOT),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+        self._spawn(worker_command(), env=self.env, cwd=str(REPO_ROOT))
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM (graceful drain), then SIGKILL after ``timeout``."""
-        if self.running:
-            assert self.process is not None
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        self._terminate(timeout)
 
 
 def _settings_names() -> set[str]:

@@ -9,6 +9,9 @@
 * ``start_worker(registry=None, store=None, settings=None, connect_options=None, **overrides)``:
   builds settings like ``make_settings``, starts a :class:`WorkerService` in-process (test
   operations and a MemoryStore by default) and stops it after the test.
+* ``workers``: a :class:`tests.faults.support.Workers` group of JetStream-mode workers (fault
+  operations, private stream names), closed after the test; shared by ``tests/faults`` and
+  ``tests/worker/runtime/test_jetstream.py``.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import itertools
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nats
 import pytest
@@ -28,6 +31,9 @@ from worker.embedded import EmbeddedNats
 from worker.runtime.registry import Registry
 from worker.runtime.service import WorkerService
 from worker.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from tests.faults.support import Workers
 
 _counter = itertools.count(1)
 
@@ -108,3 +114,14 @@ async def start_worker(nats_url: str, tmp_path: Path) -> AsyncIterator[StartWork
     yield start
     for worker in reversed(started):
         await worker.stop(grace=2.0)
+
+
+@pytest.fixture
+async def workers(nats_url: str, tmp_path: Path) -> AsyncIterator[Workers]:
+    # Imported here: tests.faults.support imports this module (settings_for), so a top-level
+    # import would be circular.
+    from tests.faults.support import Workers
+
+    group = Workers(nats_url, tmp_path)
+    yield group
+    await group.close()

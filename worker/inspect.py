@@ -13,7 +13,7 @@ import json
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -115,6 +115,47 @@ async def ls(nc: Client, *, window: float = 1.0, as_json: bool = False, out: Tex
     return EXIT_OK if bodies else EXIT_NO_ANSWER
 
 
+async def _srv_report(
+    nc: Client,
+    verb: str,
+    instance_id: str | None,
+    render: Callable[[dict[str, Any], TextIO], None],
+    *,
+    window: float,
+    as_json: bool,
+    out: TextIO,
+) -> int:
+    """Shared body of ``info`` and ``stats``: gather the ``$SRV`` replies, then dump or render each.
+
+    Undecodable replies are skipped, so one misbehaving responder cannot hide the others.
+    """
+    bodies = [
+        b
+        for m, _ in await gather(nc, _srv_subject(verb, instance_id), window=window)
+        if (b := _decode_json(m)) is not None
+    ]
+    if as_json:
+        print(dumps(bodies), file=out)
+    else:
+        for body in bodies:
+            render(body, out)
+        if not bodies:
+            print("no rory-worker instance answered", file=out)
+    return EXIT_OK if bodies else EXIT_NO_ANSWER
+
+
+def _render_info(body: dict[str, Any], out: TextIO) -> None:
+    meta = body.get("metadata") or {}
+    print(
+        f"{body.get('name')} {body.get('version')}  id={body.get('id')}  node={meta.get('node_id')}",
+        file=out,
+    )
+    print(f"  {body.get('description', '')}", file=out)
+    rows = [[e.get("name"), e.get("subject"), e.get("queue_group", "")] for e in body.get("endpoints", [])]
+    print(_table(rows, ["ENDPOINT", "SUBJECT", "QUEUE"]), file=out)
+    print(file=out)
+
+
 async def info(
     nc: Client,
     instance_id: str | None = None,
@@ -124,32 +165,36 @@ async def info(
     out: TextIO = sys.stdout,
 ) -> int:
     """``$SRV.INFO.rory-worker[.ID]``: identity and endpoints of each instance."""
-    bodies = [
-        b
-        for m, _ in await gather(nc, _srv_subject("INFO", instance_id), window=window)
-        if (b := _decode_json(m)) is not None
-    ]
-    if as_json:
-        print(dumps(bodies), file=out)
-    for body in [] if as_json else bodies:
-        meta = body.get("metadata") or {}
-        print(
-            f"{body.get('name')} {body.get('version')}  id={body.get('id')}  node={meta.get('node_id')}",
-            file=out,
-        )
-        print(f"  {body.get('description', '')}", file=out)
-        rows = [
-            [e.get("name"), e.get("subject"), e.get("queue_group", "")] for e in body.get("endpoints", [])
-        ]
-        print(_table(rows, ["ENDPOINT", "SUBJECT", "QUEUE"]), file=out)
-        print(file=out)
-    if not bodies and not as_json:
-        print("no rory-worker instance answered", file=out)
-    return EXIT_OK if bodies else EXIT_NO_ANSWER
+    return await _srv_report(nc, "INFO", instance_id, _render_info, window=window, as_json=as_json, out=out)
 
 
 def _ms(ns: int) -> str:
     return f"{ns / 1e6:.2f}"
+
+
+def _render_stats(body: dict[str, Any], out: TextIO) -> None:
+    meta = body.get("metadata") or {}
+    title = f"{body.get('name')} id={body.get('id')} node={meta.get('node_id')}"
+    print(f"{title} started={body.get('started')}", file=out)
+    rows = []
+    for e in body.get("endpoints", []):
+        latency = (e.get("data") or {}).get("latency_ms") or {}
+        rows.append(
+            [
+                e.get("name"),
+                e.get("num_requests"),
+                e.get("num_errors"),
+                _ms(e.get("average_processing_time", 0)),
+                latency.get("p50", "-"),
+                latency.get("p99", "-"),
+                (e.get("last_error") or "")[:60],
+            ]
+        )
+    print(
+        _table(rows, ["ENDPOINT", "REQUESTS", "ERRORS", "AVG ms", "P50 ms", "P99 ms", "LAST ERROR"]),
+        file=out,
+    )
+    print(file=out)
 
 
 async def stats(
@@ -161,39 +206,7 @@ async def stats(
     out: TextIO = sys.stdout,
 ) -> int:
     """``$SRV.STATS.rory-worker[.ID]``: requests, errors and latency per endpoint."""
-    bodies = [
-        b
-        for m, _ in await gather(nc, _srv_subject("STATS", instance_id), window=window)
-        if (b := _decode_json(m)) is not None
-    ]
-    if as_json:
-        print(dumps(bodies), file=out)
-    for body in [] if as_json else bodies:
-        meta = body.get("metadata") or {}
-        title = f"{body.get('name')} id={body.get('id')} node={meta.get('node_id')}"
-        print(f"{title} started={body.get('started')}", file=out)
-        rows = []
-        for e in body.get("endpoints", []):
-            latency = (e.get("data") or {}).get("latency_ms") or {}
-            rows.append(
-                [
-                    e.get("name"),
-                    e.get("num_requests"),
-                    e.get("num_errors"),
-                    _ms(e.get("average_processing_time", 0)),
-                    latency.get("p50", "-"),
-                    latency.get("p99", "-"),
-                    (e.get("last_error") or "")[:60],
-                ]
-            )
-        print(
-            _table(rows, ["ENDPOINT", "REQUESTS", "ERRORS", "AVG ms", "P50 ms", "P99 ms", "LAST ERROR"]),
-            file=out,
-        )
-        print(file=out)
-    if not bodies and not as_json:
-        print("no rory-worker instance answered", file=out)
-    return EXIT_OK if bodies else EXIT_NO_ANSWER
+    return await _srv_report(nc, "STATS", instance_id, _render_stats, window=window, as_json=as_json, out=out)
 
 
 async def health(

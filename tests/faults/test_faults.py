@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nats
-import pytest
 from nats.aio.client import Client
 
 from schemas import subjects
@@ -34,13 +32,6 @@ from tests.faults.support import (
 from worker.embedded import EmbeddedNats
 from worker.runtime import jetstream
 from worker.storage import MictlanXStore, RetryPolicy, parse_mictlanx_uri
-
-
-@pytest.fixture
-async def workers(nats_url: str, tmp_path: Path) -> AsyncIterator[Workers]:
-    group = Workers(nats_url, tmp_path)
-    yield group
-    await group.close()
 
 
 async def _empty(nc: Client, stream: str) -> bool:

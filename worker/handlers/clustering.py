@@ -58,6 +58,7 @@ from worker.handlers.common import (
     plan_labels,
     put_all,
     result_chunks,
+    run_step,
 )
 from worker.runtime.registry import Operation
 
@@ -281,16 +282,12 @@ async def _secure_step2(ctx: Any, p: SecureKMeansParams, double_blind: bool) -> 
 
 async def skmeans(ctx: Any, p: SecureKMeansParams) -> Step1Result | Step2Result:
     """SKMeans round step 1 (encrypted phase) or step 2 (UDM update / convergence)."""
-    if p.step_index == 1:
-        return await _secure_step1(ctx, p, double_blind=False)
-    return await _secure_step2(ctx, p, double_blind=False)
+    return await run_step(ctx, p, _secure_step1, _secure_step2, double_blind=False)
 
 
 async def dbskmeans(ctx: Any, p: DbsKMeansParams) -> Step1Result | Step2Result:
     """DBSKMeans: SKMeans on the FDH-OPE-encrypted UDM ``<P>encryptedudm``."""
-    if p.step_index == 1:
-        return await _secure_step1(ctx, p, double_blind=True)
-    return await _secure_step2(ctx, p, double_blind=True)
+    return await run_step(ctx, p, _secure_step1, _secure_step2, double_blind=True)
 
 
 # ------------------------------------------------------------------ NNC

@@ -8,7 +8,8 @@ repeats live here so their semantics are the same everywhere:
   rejected *before* anything is written (400 for impossible parameters, 422 when storage disagrees);
 * :func:`labels_payload` / :func:`plan_labels`: a label vector travels inline unless it would take a
   large part of a message, in which case it is stored and its key returned;
-* :func:`put_all`: the write discipline (see its docstring for the exact guarantee).
+* :func:`put_all`: the write discipline (see its docstring for the exact guarantee);
+* :func:`run_step`: the step-1 / step-2 dispatch of two-step operations.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -37,13 +38,35 @@ __all__ = [
     "plan_labels",
     "put_all",
     "result_chunks",
+    "run_step",
 ]
 
 log = logging.getLogger(__name__)
 
+R1 = TypeVar("R1")
+R2 = TypeVar("R2")
+
 # A label vector larger than this fraction of MAX_MESSAGE_BYTES is stored instead of sent inline:
 # the rest of the reply, the envelope and JSON's larger encoding must still fit in one message.
 LABELS_INLINE_FRACTION = 4
+
+
+# ------------------------------------------------------------------ dispatch
+async def run_step(
+    ctx: Any,
+    params: Any,
+    step1: Callable[..., Awaitable[R1]],
+    step2: Callable[..., Awaitable[R2]],
+    **options: Any,
+) -> R1 | R2:
+    """Run phase 1 or 2 of a two-step operation, as ``params.step_index`` says.
+
+    ``StepIndex`` admits only 1 and 2 (the wire model rejects anything else), so "not 1" is step 2.
+    ``options`` go to the chosen step unchanged (e.g. ``double_blind``).
+    """
+    if params.step_index == 1:
+        return await step1(ctx, params, **options)
+    return await step2(ctx, params, **options)
 
 
 # ------------------------------------------------------------------ sizing

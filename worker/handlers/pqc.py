@@ -62,6 +62,7 @@ from worker.handlers.common import (
     plan_labels,
     put_all,
     result_chunks,
+    run_step,
 )
 from worker.keys import PublicKeys, compute_with_keys, public_keys
 from worker.runtime.context import JobContext
@@ -351,16 +352,12 @@ async def _pqc_step2(ctx: JobContext, p: SecureKMeansParams, double_blind: bool)
 
 async def pqc_skmeans(ctx: JobContext, p: SecureKMeansParams) -> Step1Result | Step2Result:
     """SKMeans-PQC: CKKS row ciphertexts, plaintext UDM ``<P>udm``."""
-    if p.step_index == 1:
-        return await _pqc_step1(ctx, p, double_blind=False)
-    return await _pqc_step2(ctx, p, double_blind=False)
+    return await run_step(ctx, p, _pqc_step1, _pqc_step2, double_blind=False)
 
 
 async def pqc_dbskmeans(ctx: JobContext, p: DbsKMeansParams) -> Step1Result | Step2Result:
     """DBSKMeans-PQC: CKKS row ciphertexts, FDH-OPE UDM ``<P>encryptedudm``, OPE-encrypted shift."""
-    if p.step_index == 1:
-        return await _pqc_step1(ctx, p, double_blind=True)
-    return await _pqc_step2(ctx, p, double_blind=True)
+    return await run_step(ctx, p, _pqc_step1, _pqc_step2, double_blind=True)
 
 
 # ------------------------------------------------------------------ SKNN-PQC

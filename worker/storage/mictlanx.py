@@ -465,24 +465,17 @@ class MictlanXStore(PlannedStore):
         await self._retrying(what, attempt, not_found_retries=self.not_found_retries)
 
     async def _delete_key(self, key: str) -> int:
-        what = f"delete {self.bucket}/{key}"
-
-        async def attempt(router: RouterEndpoint) -> int:
-            url = self._url(router, f"/buckets/{self.bucket}/{key}")
-            async with self._http().delete(url, headers={"Force": "1"}) as response:
-                if response.status == 404:
-                    return 0
-                await _check(response, what)
-                body = await _json_body(response, what)
-            return int(body.get("n_deletes", 0) or 0)
-
-        return await self._retrying(what, attempt)
+        return await self._delete(f"delete {self.bucket}/{key}", f"/buckets/{self.bucket}/{key}")
 
     async def _delete_ball_id(self, ball_id: str) -> int:
         what = f"delete ball {self.bucket}/{ball_id}"
+        return await self._delete(what, f"/buckets/{self.bucket}/bid/{ball_id}")
+
+    async def _delete(self, what: str, path: str) -> int:
+        """Forced DELETE of ``path`` on a router: the ``n_deletes`` it reports, 0 when already gone (404)."""
 
         async def attempt(router: RouterEndpoint) -> int:
-            url = self._url(router, f"/buckets/{self.bucket}/bid/{ball_id}")
+            url = self._url(router, path)
             async with self._http().delete(url, headers={"Force": "1"}) as response:
                 if response.status == 404:
                     return 0

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nats
@@ -36,13 +35,6 @@ from tests.ops import command as op_command
 from worker.embedded import EmbeddedNats
 from worker.runtime import jetstream
 from worker.runtime.jetstream import JetStreamUnavailable, nak_delay, record_key, subject_covers
-
-
-@pytest.fixture
-async def workers(nats_url: str, tmp_path: Path) -> AsyncIterator[Workers]:
-    group = Workers(nats_url, tmp_path)
-    yield group
-    await group.close()
 
 
 async def _consumer(nc: Client, settings, name: str):
