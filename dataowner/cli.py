@@ -214,7 +214,7 @@ async def _upload(args: argparse.Namespace) -> int:
     from worker.storage import open_store
 
     ds = _load(args)
-    owner = OwnerKeys.load(_keys_dir(args))
+    owner = OwnerKeys.open_or_generate(_keys_dir(args))  # first use creates the keys (0600)
     settings = _settings(args)
     store = open_store(settings)
     try:
