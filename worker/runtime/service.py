@@ -458,16 +458,22 @@ class WorkerService:
         started = time.perf_counter()
         assert self.discovery is not None
         error = None
+        msgpack_mode = codec.wants_msgpack(msg.headers)
         try:
             body = await self.health_body()
-            msgpack_mode = codec.wants_msgpack(msg.headers)
+        except Exception as exc:
+            # Still answer: a requester that times out cannot tell a broken probe from a dead worker.
+            error = f"500 INTERNAL: {exc!r}"
+            log.exception("health request failed")
+            body = {"component_type": "worker", **self._common(), "status": "degraded", "error": error}
+        try:
             data = codec.encode(body, json_mode=not msgpack_mode)
             headers = {codec.CONTENT_TYPE: codec.content_type(not msgpack_mode)}
             if msg.reply and self.nc is not None:
                 await self.nc.publish(msg.reply, data, headers=headers)
         except Exception as exc:
             error = f"500 INTERNAL: {exc!r}"
-            log.exception("health request failed")
+            log.exception("health reply failed")
         self.discovery.health.record(time.perf_counter() - started, error)
 
     # ================================================================== heartbeats, announcements

@@ -127,6 +127,20 @@ async def test_health_json_and_msgpack(start_worker, nc) -> None:
         Health.model_validate(codec.decode(msg.data))
 
 
+async def test_health_still_answers_when_its_probe_fails(start_worker, nc) -> None:
+    """A broken probe must not look like a dead worker: the requester gets a degraded body."""
+    worker = await start_worker()
+
+    async def broken() -> dict:
+        raise RuntimeError("probe exploded")
+
+    worker.health_body = broken
+    msg = await nc.request(subjects.health(worker.prefix, worker.node_id), b"", timeout=2)
+    body = json.loads(msg.data)
+    assert body["component_type"] == "worker" and body["status"] == "degraded"
+    assert body["node_id"] == worker.node_id and "probe exploded" in body["error"]
+
+
 async def test_health_degraded_when_storage_unreachable(start_worker, nc) -> None:
     worker = await start_worker(store=MemoryStore(reachable=False))
     msg = await nc.request(subjects.health(worker.prefix, worker.node_id), b"", timeout=2)
