@@ -252,12 +252,15 @@ class _SecureKMeans:
 
     ``profile``: the records are CKKS rows under this profile (else Liu ciphertexts). ``sensitivity``:
     the UDM and every shift travel FDH-OPE-encrypted (double blind; else the worker sees them).
+    ``refresh_udm`` (double blind only): the owner uploads a fresh OPE(D - c) each round instead of
+    OPE(S) for step 2, so the UDM cannot drift (OPE is not additive).
     """
 
     op: Op
     compact_udm: bool = True
     profile: str | None = None
     sensitivity: float | None = None
+    refresh_udm: bool = False
 
 
 class DataOwnerClient:
@@ -598,9 +601,16 @@ class DataOwnerClient:
         namespace: str | None = None,
         sensitivity: float = fdhope.DEFAULT_SENSITIVITY,
         progress: ProgressCallback | None = None,
+        refresh_udm: bool = False,
     ) -> JobReport:
-        """Double-blind SKMeans: the UDM and every shift travel FDH-OPE-encrypted."""
-        scheme = _SecureKMeans(Op.DBSKMEANS, compact_udm, sensitivity=sensitivity)
+        """Double-blind SKMeans: the UDM and every shift travel FDH-OPE-encrypted.
+
+        FDH-OPE is not additive, so the worker's step-2 update OPE(U) + OPE(S) drifts from OPE(U + S)
+        round after round (on data with many attributes the clusters can collapse). With
+        ``refresh_udm`` the owner, who knows the data and every centroid, uploads a fresh
+        OPE(D - c) instead and skips step 2: same kind of values for the worker, no drift.
+        """
+        scheme = _SecureKMeans(Op.DBSKMEANS, compact_udm, sensitivity=sensitivity, refresh_udm=refresh_udm)
         return await self._secure_kmeans(
             scheme, data, k, dataset_id, max_iterations, tolerance, upload, namespace, progress
         )
@@ -641,9 +651,15 @@ class DataOwnerClient:
         namespace: str | None = None,
         sensitivity: float = fdhope.DEFAULT_SENSITIVITY,
         progress: ProgressCallback | None = None,
+        refresh_udm: bool = False,
     ) -> JobReport:
-        """DBSKMeans over CKKS rows: FDH-OPE UDM, FDH-OPE re-encrypted shift every round."""
-        scheme = _SecureKMeans(Op.PQC_DBSKMEANS, profile=profile, sensitivity=sensitivity)
+        """DBSKMeans over CKKS rows: FDH-OPE UDM, FDH-OPE re-encrypted shift every round.
+
+        ``refresh_udm``: as in :meth:`dbskmeans`, a fresh OPE(D - c) each round instead of step 2.
+        """
+        scheme = _SecureKMeans(
+            Op.PQC_DBSKMEANS, profile=profile, sensitivity=sensitivity, refresh_udm=refresh_udm
+        )
         return await self._secure_kmeans(
             scheme, data, k, dataset_id, max_iterations, tolerance, upload, namespace, progress
         )
@@ -681,6 +697,8 @@ class DataOwnerClient:
         status = ClusteringStatus.START
         labels: np.ndarray | None = None
         converged = False
+        refresh = scheme.refresh_udm and fkey is not None
+        centroids = x[:k].copy()  # round 1 starts from the first k records; c' = c - S each round
         it = 0
         for it in range(1, max_iterations + 1):
             with job.round():
@@ -697,6 +715,14 @@ class DataOwnerClient:
                 if converged or it == max_iterations:
                     job.emit("converged" if converged else "max-iterations", it, size)
                     break
+                if refresh:
+                    assert fkey is not None
+                    centroids = centroids - shift
+                    fresh = core_dbskmeans.encrypt_udm(fkey, x[:, None, :] - centroids[None, :, :])
+                    await self.put_matrix(keys.encrypted_udm(ds, ns), fresh)
+                    job.emit("upload", it, size, message="fresh OPE(D - c) instead of step 2")
+                    status = ClusteringStatus.WORK_IN_PROGRESS
+                    continue
                 sealed = shift if fkey is None else core_dbskmeans.encrypt_shift(fkey, shift)
                 await self.store.put_ndarray(shift_key, sealed, num_chunks=1)
                 job.emit("step2", it, size)

@@ -92,7 +92,7 @@ ALGORITHMS: dict[str, Spec] = {
     for s in (
         Spec("kmeans", "cluster"),
         Spec("skmeans", "cluster"),
-        Spec("dbskmeans", "cluster", exact=False, note="FDH-OPE is not additive: approximates SKMeans"),
+        Spec("dbskmeans", "cluster", exact=False, note="FDH-OPE: approximates SKMeans; UDM refreshed"),
         Spec("nnc", "cluster", quick_rows=150),
         Spec("dbsnnc", "cluster", quick_rows=150),
         Spec("pqc_kmeans", "cluster", ckks=True, quick_rows=150),
@@ -104,7 +104,7 @@ ALGORITHMS: dict[str, Spec] = {
             rows=120,
             quick_rows=60,
             exact=False,
-            note="FDH-OPE UDM: approximates SKMeans",
+            note="FDH-OPE UDM: approximates SKMeans; owner refreshes it",
         ),
         Spec("knn", "classify"),
         Spec("sknn", "classify"),
@@ -321,7 +321,9 @@ async def _cluster(ctx: Context, spec: Spec, ds: Dataset, row: DemoRow) -> None:
     elif spec.name in ("skmeans", "dbskmeans", "pqc_skmeans", "pqc_dbskmeans"):
         driver: Callable[..., Awaitable[JobReport]] = getattr(c, spec.name)
         tolerance = 1e-4 if spec.ckks else 1e-6
-        report = await driver(x, k, max_iterations=20, tolerance=tolerance, progress=p)
+        # the double-blind variants let the owner refresh the OPE UDM each round (no drift)
+        refresh = {"refresh_udm": True} if spec.name.endswith("dbskmeans") else {}
+        report = await driver(x, k, max_iterations=20, tolerance=tolerance, progress=p, **refresh)
         reference = l1_kmeans(x, k, max_iter=20, tolerance=tolerance).labels
     elif spec.name in ("nnc", "dbsnnc"):
         dm = distance_matrix(x)

@@ -95,6 +95,23 @@ async def test_dbskmeans_through_the_pool_and_namespaces(setup):
     assert client.keys.has_fdhope(f"{dbs.dataset_id}-udm")
 
 
+async def test_dbskmeans_refresh_udm_does_not_drift_on_many_attributes(setup):
+    """OPE(U) + OPE(S) drifts; the owner's fresh OPE(D - c) keeps DBSKMeans on k-means' track."""
+    from sklearn.datasets import load_wine
+
+    from core.algorithms.kmeans import l1_kmeans
+    from dataowner.metrics import adjusted_rand_index
+
+    client, _, _ = setup
+    x = load_wine().data
+    x = (x - x.mean(axis=0)) / x.std(axis=0)
+    x = x[np.random.default_rng(0).permutation(len(x))]
+    reference = l1_kmeans(x, 3, max_iter=20, tolerance=1e-6).labels
+    report = await client.dbskmeans(x, 3, max_iterations=20, refresh_udm=True)
+    assert adjusted_rand_index(reference, report.labels) >= 0.9
+    assert report.commands == report.iterations  # step 1 only: the owner replaced step 2
+
+
 async def test_sknn_matches_the_in_process_driver(setup):
     client, _, keys = setup
     x, y = _blobs(3, 12)
