@@ -95,13 +95,22 @@ async def test_dbskmeans_through_the_pool_and_namespaces(setup):
     assert client.keys.has_fdhope(f"{dbs.dataset_id}-udm")
 
 
-async def test_dbskmeans_refresh_udm_does_not_drift_on_many_attributes(setup):
-    """OPE(U) + OPE(S) drifts; the owner's fresh OPE(D - c) keeps DBSKMeans on k-means' track."""
+async def test_dbskmeans_refresh_udm_does_not_drift_on_many_attributes(setup, monkeypatch):
+    """OPE(U) + OPE(S) drifts; the owner's fresh OPE(D - c) keeps DBSKMeans on k-means' track.
+
+    The FDH-OPE key is drawn from a fixed seed: about one key in twenty ranks clusters badly even
+    without drift (sums of OPE values only approximate L1), which is not what this test is about.
+    """
+    import functools
+
     from sklearn.datasets import load_wine
 
     from core.algorithms.kmeans import l1_kmeans
+    from core.crypto import fdhope
     from dataowner.metrics import adjusted_rand_index
 
+    seeded = functools.partial(fdhope.generate_key, rng=np.random.default_rng(1))
+    monkeypatch.setattr(fdhope, "generate_key", seeded)
     client, _, _ = setup
     x = load_wine().data
     x = (x - x.mean(axis=0)) / x.std(axis=0)
