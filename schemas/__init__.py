@@ -5,39 +5,7 @@ msgpack/JSON), ``schemas.subjects`` (subject builders and parser). Operation par
 models live in ``schemas.operations``; storage key names in ``schemas.keys``.
 """
 
-from schemas import codec, subjects
-from schemas.envelopes import (
-    PROTOCOL_VERSION,
-    Announcement,
-    Command,
-    ErrorInfo,
-    Event,
-    Health,
-    Heartbeat,
-    Load,
-    NatsHealth,
-    Reply,
-    StorageHealth,
-    Timings,
-    WorkerStatus,
-    parse_command,
-)
+from schemas import codec, envelopes, subjects
+from schemas.envelopes import *  # noqa: F403 - the envelope models are the package's public face
 
-__all__ = [
-    "PROTOCOL_VERSION",
-    "Announcement",
-    "Command",
-    "ErrorInfo",
-    "Event",
-    "Health",
-    "Heartbeat",
-    "Load",
-    "NatsHealth",
-    "Reply",
-    "StorageHealth",
-    "Timings",
-    "WorkerStatus",
-    "codec",
-    "parse_command",
-    "subjects",
-]
+__all__ = [*envelopes.__all__, "codec", "subjects"]

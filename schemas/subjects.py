@@ -52,19 +52,24 @@ def is_valid_job_id(job_id: str) -> bool:
 
 
 # ------------------------------------------------------------------------------- request-reply
+def _worker(prefix: str, node: str, *tail: str) -> str:
+    """``<p>.worker.<node>[.<tail>...]``; ``node`` may be ``*`` only through the ``*_all`` builders."""
+    return ".".join((_prefix(prefix), "worker", node, *tail))
+
+
 def node_cmd(prefix: str, node: str, op: str) -> str:
     """``<p>.worker.<node>.cmd.<op>``: a command for one node."""
-    return f"{_prefix(prefix)}.worker.{_node(node)}.cmd.{_op(op)}"
+    return _worker(prefix, _node(node), "cmd", _op(op))
 
 
 def node_cmd_all(prefix: str, node: str) -> str:
     """The node's command subscription: ``<p>.worker.<node>.cmd.>``."""
-    return f"{_prefix(prefix)}.worker.{_node(node)}.cmd.>"
+    return _worker(prefix, _node(node), "cmd", ">")
 
 
 def node_queue(prefix: str, node: str) -> str:
     """Queue group of a node's instances: two instances of one node never both run a command."""
-    return f"{_prefix(prefix)}.worker.{_node(node)}"
+    return _worker(prefix, _node(node))
 
 
 def pool_cmd(prefix: str, op: str) -> str:
@@ -82,33 +87,33 @@ def pool_queue(prefix: str) -> str:
 
 
 def health(prefix: str, node: str) -> str:
-    return f"{_prefix(prefix)}.worker.{_node(node)}.health"
+    return _worker(prefix, _node(node), "health")
 
 
 # ------------------------------------------------------------------------------- publications
 def heartbeat(prefix: str, node: str) -> str:
-    return f"{_prefix(prefix)}.worker.{_node(node)}.heartbeat"
+    return _worker(prefix, _node(node), "heartbeat")
 
 
 def started(prefix: str, node: str) -> str:
-    return f"{_prefix(prefix)}.worker.{_node(node)}.started"
+    return _worker(prefix, _node(node), "started")
 
 
 def stopped(prefix: str, node: str) -> str:
-    return f"{_prefix(prefix)}.worker.{_node(node)}.stopped"
+    return _worker(prefix, _node(node), "stopped")
 
 
 def heartbeat_all(prefix: str) -> str:
     """Every node's heartbeats: ``<p>.worker.*.heartbeat``."""
-    return f"{_prefix(prefix)}.worker.*.heartbeat"
+    return _worker(prefix, "*", "heartbeat")
 
 
 def started_all(prefix: str) -> str:
-    return f"{_prefix(prefix)}.worker.*.started"
+    return _worker(prefix, "*", "started")
 
 
 def stopped_all(prefix: str) -> str:
-    return f"{_prefix(prefix)}.worker.*.stopped"
+    return _worker(prefix, "*", "stopped")
 
 
 def results(prefix: str, job_id: str) -> str:

@@ -163,3 +163,57 @@ class ObjectStore(ABC):
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+class ForwardingStore(ObjectStore):
+    """Passes every call to ``inner``; a wrapper (a cache, a test probe) overrides only what it changes.
+
+    Attributes the interface does not name (``sweep``, ``root``...) are the inner store's too.
+    """
+
+    def __init__(self, inner: ObjectStore) -> None:
+        self.inner = inner
+        self.backend = inner.backend
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner":  # not set yet (e.g. during unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    async def put_ndarray(self, *args: Any, **kwargs: Any) -> BallInfo:
+        return await self.inner.put_ndarray(*args, **kwargs)
+
+    async def get_ndarray(self, ball_id: str) -> np.ndarray:
+        return await self.inner.get_ndarray(ball_id)
+
+    async def fetch_ndarray(
+        self, ball_id: str, *, allocate: Allocator | None = None
+    ) -> tuple[np.ndarray, BallInfo | None]:
+        return await self.inner.fetch_ndarray(ball_id, allocate=allocate)
+
+    async def put_blob(self, *args: Any, **kwargs: Any) -> BallInfo:
+        return await self.inner.put_blob(*args, **kwargs)
+
+    async def put_bytes_list(self, *args: Any, **kwargs: Any) -> BallInfo:
+        return await self.inner.put_bytes_list(*args, **kwargs)
+
+    async def get_bytes_list(self, ball_id: str) -> list[bytes]:
+        return await self.inner.get_bytes_list(ball_id)
+
+    async def info(self, ball_id: str) -> BallInfo:
+        return await self.inner.info(ball_id)
+
+    async def exists(self, ball_id: str) -> bool:
+        return await self.inner.exists(ball_id)
+
+    async def delete(self, ball_id: str) -> int:
+        return await self.inner.delete(ball_id)
+
+    async def list_balls(self) -> list[str]:
+        return await self.inner.list_balls()
+
+    async def ping(self) -> bool:
+        return await self.inner.ping()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

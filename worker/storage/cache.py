@@ -37,7 +37,7 @@ import numpy as np
 
 from worker.errors import NotFound
 from worker.runtime import shared
-from worker.storage.base import Allocator, BallInfo, ObjectStore
+from worker.storage.base import Allocator, BallInfo, ForwardingStore, ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def _snapshot(array: np.ndarray, allocate: Allocator) -> np.ndarray:
     return copy
 
 
-class CachedStore(ObjectStore):
+class CachedStore(ForwardingStore):
     """Wraps ``inner`` with a read cache of ndarrays keyed by (ball id, version).
 
     ``max_bytes``: the bound (0 disables caching; the store then only passes calls through).
@@ -106,8 +106,7 @@ class CachedStore(ObjectStore):
     ) -> None:
         if max_bytes < 0:
             raise ValueError("max_bytes must be >= 0")
-        self.inner = inner
-        self.backend = inner.backend
+        super().__init__(inner)
         self.max_bytes = int(max_bytes)
         self.write_through = write_through
         self._allocate: Allocator = allocate or shared.empty
@@ -116,9 +115,6 @@ class CachedStore(ObjectStore):
         self._inflight: dict[str, list[_Fetch]] = {}
         self.hits = 0
         self.misses = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
     # ------------------------------------------------------------------ bookkeeping
     @property
@@ -196,26 +192,6 @@ class CachedStore(ObjectStore):
         if read is not None and not fetch.superseded and self._insert(ball_id, read, array):
             return self._entries[ball_id].view()
         return array
-
-    async def fetch_ndarray(
-        self, ball_id: str, *, allocate: Allocator | None = None
-    ) -> tuple[np.ndarray, BallInfo | None]:
-        return await self.inner.fetch_ndarray(ball_id, allocate=allocate)
-
-    async def get_bytes_list(self, ball_id: str) -> list[bytes]:
-        return await self.inner.get_bytes_list(ball_id)
-
-    async def info(self, ball_id: str) -> BallInfo:
-        return await self.inner.info(ball_id)
-
-    async def exists(self, ball_id: str) -> bool:
-        return await self.inner.exists(ball_id)
-
-    async def list_balls(self) -> list[str]:
-        return await self.inner.list_balls()
-
-    async def ping(self) -> bool:
-        return await self.inner.ping()
 
     # ------------------------------------------------------------------ writes
     async def _put_array(self, ball_id: str, array: Any, put: Any) -> BallInfo:

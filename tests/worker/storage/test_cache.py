@@ -15,18 +15,17 @@ from tests.worker.storage.conftest import Backend, mictlanx_store
 from worker.errors import NotFound
 from worker.runtime import shared
 from worker.storage import LocalStore, ObjectStore
-from worker.storage.base import BallInfo
+from worker.storage.base import ForwardingStore
 from worker.storage.cache import DEFAULT_CACHE_BYTES, CachedStore, with_cache
 
 MB = 1 << 20
 
 
-class Counting(ObjectStore):
+class Counting(ForwardingStore):
     """Delegates to a real store and counts payload reads (to prove a hit downloads nothing)."""
 
     def __init__(self, inner: ObjectStore) -> None:
-        self.inner = inner
-        self.backend = inner.backend
+        super().__init__(inner)
         self.reads = 0
         self.delay = 0.0
 
@@ -39,40 +38,6 @@ class Counting(ObjectStore):
     async def get_ndarray(self, ball_id: str) -> np.ndarray:
         self.reads += 1
         return await self.inner.get_ndarray(ball_id)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    # the abstract methods, delegated
-    async def put_ndarray(self, *a: Any, **k: Any) -> BallInfo:
-        return await self.inner.put_ndarray(*a, **k)
-
-    async def put_blob(self, *a: Any, **k: Any) -> BallInfo:
-        return await self.inner.put_blob(*a, **k)
-
-    async def put_bytes_list(self, *a: Any, **k: Any) -> BallInfo:
-        return await self.inner.put_bytes_list(*a, **k)
-
-    async def get_bytes_list(self, ball_id: str) -> list[bytes]:
-        return await self.inner.get_bytes_list(ball_id)
-
-    async def info(self, ball_id: str) -> BallInfo:
-        return await self.inner.info(ball_id)
-
-    async def exists(self, ball_id: str) -> bool:
-        return await self.inner.exists(ball_id)
-
-    async def delete(self, ball_id: str) -> int:
-        return await self.inner.delete(ball_id)
-
-    async def list_balls(self) -> list[str]:
-        return await self.inner.list_balls()
-
-    async def ping(self) -> bool:
-        return await self.inner.ping()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 @pytest.fixture
