@@ -24,11 +24,21 @@ if __package__ in (None, ""):  # run as `python scripts/gen_worker_env.py`
 from worker.settings import Settings
 
 # Written as "#NAME=value": explicitly setting these changes behaviour (see the module docstring).
-UNSET_ON_PURPOSE = {"mictlanx_uri", "mictlanx_routers", "env_file_path", "worker_capacity"}
+UNSET_ON_PURPOSE = {
+    "mictlanx_uri",
+    "mictlanx_routers",
+    "env_file_path",
+    "worker_capacity",
+    "nats_tls_handshake_first",
+}
 # Spelled as the original worker's docs spell them (render() checks each still parses to the default);
 # a machine-dependent default is shown as a description instead of this machine's value.
-DISPLAY = {"mictlanx_chunk_size": "256kb", "worker_capacity": "<number of CPUs>"}
-MACHINE_DEPENDENT = {"worker_capacity"}
+DISPLAY = {
+    "mictlanx_chunk_size": "256kb",
+    "worker_capacity": "<number of CPUs>",
+    "nats_tls_handshake_first": "<on when TLS is configured>",
+}
+MACHINE_DEPENDENT = {"worker_capacity", "nats_tls_handshake_first"}
 
 # Sections of the file; each field's comment is its description in the Settings model.
 SECTIONS: dict[str, list[str]] = {
@@ -71,6 +81,7 @@ SECTIONS: dict[str, list[str]] = {
         "mictlanx_max_retries",
         "mictlanx_delay",
         "mictlanx_backoff_factor",
+        "storage_fsync",
     ],
     "Paths": [
         "source_path",
@@ -89,6 +100,7 @@ SECTIONS: dict[str, list[str]] = {
         "nats_tls_ca",
         "nats_tls_cert",
         "nats_tls_key",
+        "nats_tls_handshake_first",
         "nats_inbox_prefix",
         "nats_connect_timeout",
         "rory_subject_prefix",
@@ -105,6 +117,7 @@ SECTIONS: dict[str, list[str]] = {
         "jetstream_ensure",
         "jetstream_ack_wait",
         "jetstream_max_deliver",
+        "jetstream_result_ttl",
         "max_object_bytes",
     ],
 }

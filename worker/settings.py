@@ -198,6 +198,13 @@ class Settings(BaseSettings):
     nats_tls_ca: str = Field("", description="CA bundle to verify the servers (tls:// URLs).")
     nats_tls_cert: str = Field("", description="Client certificate for mutual TLS.")
     nats_tls_key: str = Field("", description="Client key for mutual TLS.")
+    nats_tls_handshake_first: bool | None = Field(
+        None,
+        description=(
+            "Start TLS before any NATS protocol byte (server needs tls.handshake_first); "
+            "empty means on whenever NATS_TLS_CA/CERT/KEY or a tls:// URL is configured."
+        ),
+    )
     nats_inbox_prefix: str = Field(
         "_INBOX",
         pattern=SUBJECT_TOKEN_PATTERN,
@@ -252,6 +259,15 @@ class Settings(BaseSettings):
     )
     jetstream_max_deliver: int = Field(
         5, ge=1, le=1000, description="Deliveries of one command before it goes to the DLQ."
+    )
+    jetstream_result_ttl: float = Field(
+        24 * 3600.0,
+        gt=0,
+        description="Seconds a JetStream result record answers redeliveries and re-published commands.",
+    )
+    storage_fsync: bool = Field(
+        False,
+        description="fsync each local-store commit (files and directory) so it survives a power loss.",
     )
     max_object_bytes: int = Field(
         4 * 1024**3,
