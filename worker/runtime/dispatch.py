@@ -44,6 +44,7 @@ from worker.runtime.discovery import Discovery, EndpointStats
 from worker.runtime.pool import ComputePool
 from worker.runtime.registry import Operation, Registry
 from worker.settings import Settings
+from worker.storage.breaker import storage_deadline
 
 log = logging.getLogger("rory.worker.dispatch")
 
@@ -265,8 +266,11 @@ class Dispatcher:
             if job.deadline is None:
                 result = await self._invoke(job, ctx)
             else:
-                async with asyncio.timeout_at(job.deadline):
-                    result = await self._invoke(job, ctx)
+                # The storage deadline lets a retry loop answer 503 at once rather than sleep into a
+                # deadline it cannot meet (worker/storage/breaker.py); the timeout stops everything else.
+                with storage_deadline(job.deadline):
+                    async with asyncio.timeout_at(job.deadline):
+                        result = await self._invoke(job, ctx)
         except TimeoutError as exc:
             loop = asyncio.get_running_loop()
             if job.deadline is not None and loop.time() >= job.deadline:

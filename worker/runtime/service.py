@@ -85,11 +85,11 @@ async def open_default_store(settings: Settings) -> Any:
     A local store first sweeps what crashed writers left behind (unreferenced versions older
     than an hour), so a worker that died mid-write does not leak disk space.
     """
-    from worker.storage import open_store
+    from worker.storage import open_guarded_store
     from worker.storage.cache import with_cache
 
     try:
-        store = open_store(settings)
+        store = open_guarded_store(settings)
         sweep = getattr(store, "sweep", None)
         if sweep is not None:
             removed = await sweep()
@@ -450,7 +450,7 @@ class WorkerService:
             "inflight": self.inflight,
             "capacity": self.settings.worker_capacity,
             "operations": self.registry.names(),
-            "storage": {"backend": self._probe.backend, "reachable": bool(reachable)},
+            "storage": {**self._probe.report(), "reachable": reachable},
             "nats": await nats_status(self.nc),
         }
 
@@ -489,6 +489,7 @@ class WorkerService:
                 "version": self.version,
                 "operations": self.registry.names(),
                 "load": self._load.sample(self.pool.pids()),
+                **({"storage": self._probe.report()} if self._probe is not None else {}),
             }
         )
 

@@ -12,6 +12,8 @@ from typing import Any
 
 from worker.settings import Settings, StorageBackend
 from worker.storage.base import BallInfo, Kind, ObjectStore
+from worker.storage.breaker import CircuitBreaker
+from worker.storage.guarded import GuardedStore
 from worker.storage.local import LocalStore
 from worker.storage.mictlanx import (
     MictlanXStore,
@@ -24,12 +26,15 @@ from worker.storage.retry import RetryPolicy
 
 __all__ = [
     "BallInfo",
+    "CircuitBreaker",
+    "GuardedStore",
     "Kind",
     "LocalStore",
     "MictlanXStore",
     "ObjectStore",
     "RetryPolicy",
     "RouterEndpoint",
+    "open_guarded_store",
     "open_store",
     "parse_mictlanx_routers",
     "parse_mictlanx_uri",
@@ -45,3 +50,11 @@ def open_store(settings: Settings, **options: Any) -> ObjectStore:
     if settings.resolved_storage_backend is StorageBackend.MICTLANX:
         return MictlanXStore.from_settings(settings, **options)
     return LocalStore.from_settings(settings, **options)
+
+
+def open_guarded_store(settings: Settings, breaker: CircuitBreaker | None = None) -> GuardedStore:
+    """The configured store behind a storage circuit breaker (the worker's store; see guarded.py)."""
+    breaker = breaker or CircuitBreaker()
+    if settings.resolved_storage_backend is StorageBackend.MICTLANX:
+        return GuardedStore(open_store(settings, breaker=breaker), breaker)
+    return GuardedStore(open_store(settings), breaker)

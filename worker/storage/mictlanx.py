@@ -50,6 +50,7 @@ import numpy as np
 from worker.errors import BadRequest, Conflict, CorruptObject, NotFound, StorageUnavailable
 from worker.settings import Settings
 from worker.storage.base import Allocator, BallInfo, allocate_output
+from worker.storage.breaker import CircuitBreaker, pause
 from worker.storage.codec import (
     DEFAULT_MAX_OBJECT_BYTES,
     BallPlan,
@@ -297,6 +298,7 @@ class MictlanXStore(PlannedStore):
         force_get: bool = True,
         not_found_retries: int = 2,
         max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         if not routers:
             raise ValueError("at least one MictlanX router is required")
@@ -306,6 +308,8 @@ class MictlanXStore(PlannedStore):
         self.timeout = float(timeout)
         self.max_workers = max(1, int(max_workers))
         self.retry = retry or RetryPolicy()
+        # Every attempt reports to the breaker, so an outage opens it within the first retry schedule.
+        self.breaker = breaker or CircuitBreaker()
         self.chunk_size = max(4096, int(chunk_size))
         self.blob_piece_size = self.chunk_size
         self.replication_factor = max(1, int(replication_factor))
@@ -363,18 +367,25 @@ class MictlanXStore(PlannedStore):
         tolerated_missing = min(not_found_retries, self.retry.max_retries)
         for number in range(self.retry.attempts):
             if number:
-                await asyncio.sleep(self.retry.sleep_for(number))
+                await pause(self.retry.sleep_for(number), what)
+            self.breaker.admit(what)
             try:
-                return await attempt(self._next_router())
+                result = await attempt(self._next_router())
+                self.breaker.succeeded()
+                return result
             except NotFound as error:
                 if tolerated_missing <= 0:
                     raise
                 tolerated_missing -= 1
                 last = error
+            except _KeyExists as error:
+                last = error  # the router answered: not an outage
             except _Transient as error:
                 last = error
+                self.breaker.failed(error)
             except (aiohttp.ClientError, TimeoutError, OSError) as error:
                 last = error
+                self.breaker.failed(error)
             log.debug("%s: attempt %d failed: %s", what, number + 1, last)
         if isinstance(last, NotFound):
             raise last
