@@ -5,6 +5,11 @@ Rory derives every key by plain concatenation of a root id and a suffix (``<P>ud
 original clients. A ``namespace`` isolates one job's *state* (UDM, centroids, shift matrices,
 distances, predictions) from another job over the same dataset: state keys become
 ``<namespace>_<key>``. Inputs shared by every job (the dataset, the model) are never namespaced.
+
+The join is injective because a namespace cannot contain the separator ``_`` (only letters, digits
+and single ``-``): the namespace is everything before the first ``_``. Were ``_`` allowed, namespace
+``a`` with key ``b_cudm`` and namespace ``a_b`` with key ``cudm`` would name one object. Ids keep
+``_`` (Rory's names, and the un-namespaced keys, are unchanged).
 """
 
 from __future__ import annotations
@@ -12,11 +17,15 @@ from __future__ import annotations
 import re
 
 # Fixed points of MictlanX name sanitisation: alphanumeric runs joined by single "-" or "_".
-NAMESPACE_PATTERN = r"^[A-Za-z0-9]+(?:[-_][A-Za-z0-9]+)*$"
 KEY_PATTERN = r"^[A-Za-z0-9]+(?:[-_][A-Za-z0-9]+)*$"
+#: Joins a namespace and a key; the namespace may not contain it (see the module docstring).
+NAMESPACE_SEPARATOR = "_"
+#: A namespace: runs of letters and digits joined by single "-" (never the separator).
+NAMESPACE_PATTERN = r"^[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*$"
 MAX_KEY_LENGTH = 200
 MAX_NAMESPACE_LENGTH = 64
 _KEY_RE = re.compile(KEY_PATTERN)
+_NAMESPACE_RE = re.compile(NAMESPACE_PATTERN)
 
 
 def check_key(key: str) -> str:
@@ -28,9 +37,21 @@ def check_key(key: str) -> str:
     return key
 
 
+def check_namespace(namespace: str) -> str:
+    """Reject namespaces that would make ``<namespace>_<key>`` ambiguous (or that storage rewrites)."""
+    if len(namespace) > MAX_NAMESPACE_LENGTH or not _NAMESPACE_RE.fullmatch(namespace):
+        raise ValueError(
+            f"invalid namespace {namespace!r}: letters and digits, joined by single '-' "
+            f"('{NAMESPACE_SEPARATOR}' separates the namespace from the key; max {MAX_NAMESPACE_LENGTH})"
+        )
+    return namespace
+
+
 def state(key: str, namespace: str | None) -> str:
     """A per-job key: unchanged without a namespace (Rory's names), prefixed with one."""
-    return check_key(f"{namespace}_{key}" if namespace else key)
+    if not namespace:
+        return check_key(key)
+    return check_key(f"{check_namespace(namespace)}{NAMESPACE_SEPARATOR}{key}")
 
 
 # --- dataset inputs (never namespaced) ---

@@ -8,7 +8,9 @@ repeats live here so their semantics are the same everywhere:
   rejected *before* anything is written (400 for impossible parameters, 422 when storage disagrees);
 * :func:`labels_payload` / :func:`plan_labels`: a label vector travels inline unless it would take a
   large part of a message, in which case it is stored and its key returned;
-* :func:`put_all`: the write discipline (see its docstring for the exact guarantee);
+* :func:`put_all`: the write discipline (see its docstring for the exact guarantee); every object it
+  writes carries :data:`WRITER_TAG` (the operation) and :data:`WRITE_TOKEN_TAG` (this write);
+* :func:`check_owned_outputs`: a caller-named output may only replace what the same operation wrote;
 * :func:`run_step`: the step-1 / step-2 dispatch of two-step operations.
 """
 
@@ -17,21 +19,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 import numpy as np
 
-from worker.errors import BadRequest, PayloadTooLarge, ValidationFailed
+from worker.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, ValidationFailed
 
 __all__ = [
+    "WRITER_TAG",
+    "WRITE_TOKEN_TAG",
     "Write",
     "check_allocation",
     "check_dtype",
     "check_integral",
     "check_k",
     "check_numeric",
+    "check_owned_outputs",
     "check_shape",
     "fetch_arrays",
     "labels_payload",
@@ -49,6 +55,13 @@ R2 = TypeVar("R2")
 # A label vector larger than this fraction of MAX_MESSAGE_BYTES is stored instead of sent inline:
 # the rest of the reply, the envelope and JSON's larger encoding must still fit in one message.
 LABELS_INLINE_FRACTION = 4
+
+#: Tag on every object the worker writes: the operation (``ml.lr.train``...) that wrote it. Objects
+#: the data owner uploads lack it, so :func:`check_owned_outputs` never lets a command replace them.
+WRITER_TAG = "rory_writer"
+#: Tag on every object one :func:`put_all` call writes: a random token, so its cleanup deletes only
+#: objects that this call wrote (not the same key committed meanwhile by another job).
+WRITE_TOKEN_TAG = "rory_write"
 
 
 # ------------------------------------------------------------------ dispatch
@@ -240,26 +253,71 @@ async def fetch_arrays(ctx: Any, *keys: str) -> list[np.ndarray]:
     return list(await asyncio.gather(*(ctx.store.get_ndarray(key) for key in keys)))
 
 
+# ------------------------------------------------------------------ ownership
+async def _info_or_none(ctx: Any, key: str) -> Any:
+    try:
+        return await ctx.store.info(key)
+    except NotFound:
+        return None
+
+
+async def check_owned_outputs(ctx: Any, *names: str) -> None:
+    """409 CONFLICT unless every output the *command* named is absent or was written by this operation.
+
+    For outputs whose key the caller chooses freely (``weights_id``, ``bias_id``): without this, naming
+    another dataset there overwrites it. Keys the worker derives from the inputs (``<P>udm``,
+    ``<test>predictions``...; ``schemas.keys``) are Rory's protocol and need no such check. Re-running
+    the same operation over its own outputs (a retry, the next epoch) stays allowed. Call it before
+    any work: it reads metadata only.
+    """
+    infos = await asyncio.gather(*(_info_or_none(ctx, name) for name in names))
+    op = str(ctx.op)
+    for name, info in zip(names, infos, strict=True):
+        if info is None:
+            continue
+        writer = info.tags.get(WRITER_TAG)
+        if writer != op:
+            owner = f"operation {writer}" if writer else "the data owner (or an older worker)"
+            raise Conflict(
+                f"{name} already exists and was written by {owner}; {op} may only replace its own "
+                "outputs: choose another id or delete the object first"
+            )
+
+
 # ------------------------------------------------------------------ writes
-async def _write(ctx: Any, write: Write) -> None:
+async def _write(ctx: Any, write: Write, stamp: dict[str, str]) -> None:
     store = ctx.store
+    tags = {**(write.tags or {}), **stamp}
     if write.kind == "ndarray":
-        await store.put_ndarray(write.key, write.value, num_chunks=write.num_chunks, tags=write.tags)
+        await store.put_ndarray(write.key, write.value, num_chunks=write.num_chunks, tags=tags)
     elif write.kind == "blob":
-        await store.put_blob(write.key, write.value, tags=write.tags)
+        await store.put_blob(write.key, write.value, tags=tags)
     elif write.kind in ("bytes_list", "bytes"):
         shape = list(write.shape) if write.shape is not None else None
         await store.put_bytes_list(
-            write.key, write.value, num_chunks=write.num_chunks, shape=shape, tags=write.tags
+            write.key, write.value, num_chunks=write.num_chunks, shape=shape, tags=tags
         )
     else:  # pragma: no cover - Literal guards this
         raise ValueError(f"unknown write kind {write.kind!r}")
 
 
-async def _discard(ctx: Any, keys: Sequence[str]) -> None:
-    """Best-effort delete of objects this step created; a failure here is logged, not raised."""
+async def _discard(ctx: Any, keys: Sequence[str], token: str) -> None:
+    """Best-effort delete of the objects this ``put_all`` call wrote; failures are logged, not raised.
+
+    Only a visible object carrying this call's token is deleted: the key may meanwhile hold another
+    job's commit, which is not ours to remove. A write that failed half-way leaves nothing visible
+    (the stores remove their own partial chunks: ``worker/storage/local.py`` and ``mictlanx.py``
+    ``_put``). Between the check and the delete another job could still commit the key (storage has
+    no conditional delete); the window is one metadata read long.
+    """
     for key in keys:
         try:
+            info = await _info_or_none(ctx, key)
+            if info is None:
+                continue
+            if info.tags.get(WRITE_TOKEN_TAG) != token:
+                log.warning("not removing %s after a failed step: another writer replaced it", key)
+                continue
             await ctx.store.delete(key)
         except Exception as error:  # cleanup must not mask the original failure
             log.warning("could not remove %s after a failed step: %s", key, error)
@@ -286,7 +344,8 @@ async def put_all(ctx: Any, writes: Sequence[Write]) -> None:
     own inputs come LAST (SKMeans step 1 writes ``centi`` and the shift matrix before ``centj``,
     which it reads): until the last write lands, re-running the step reads the same inputs and
     rewrites the same outputs, so a retry converges to the state of a successful run. Cleanup is
-    best effort: if storage also refuses the deletes, new objects can remain (logged).
+    best effort: if storage also refuses the deletes, new objects can remain (logged); it removes
+    only objects that carry this call's :data:`WRITE_TOKEN_TAG` (see :func:`_discard`).
     """
     if not writes:
         return
@@ -297,21 +356,22 @@ async def put_all(ctx: Any, writes: Sequence[Write]) -> None:
     fresh = [w for w, exists in zip(writes, existing, strict=True) if not exists]
     stale = [w for w, exists in zip(writes, existing, strict=True) if exists]
 
+    token = secrets.token_hex(12)
+    stamp = {WRITER_TAG: str(ctx.op), WRITE_TOKEN_TAG: token}
     fresh_keys = [w.key for w in fresh]
     try:
-        outcomes = await asyncio.gather(*(_write(ctx, w) for w in fresh), return_exceptions=True)
+        outcomes = await asyncio.gather(*(_write(ctx, w, stamp) for w in fresh), return_exceptions=True)
     except BaseException:  # cancelled (deadline): the new objects may be partly written
-        await _discard(ctx, fresh_keys)
+        await _discard(ctx, fresh_keys, token)
         raise
     failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
     if failures:
-        # Failed writes may have left partial chunks under a new key: remove those too.
-        await _discard(ctx, fresh_keys)
+        await _discard(ctx, fresh_keys, token)
         raise failures[0]
 
     for write in stale:
         try:
-            await _write(ctx, write)
+            await _write(ctx, write, stamp)
         except BaseException:
-            await _discard(ctx, fresh_keys)
+            await _discard(ctx, fresh_keys, token)
             raise

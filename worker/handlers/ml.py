@@ -4,7 +4,8 @@ Storage, as Rory's client expects it: X and y are ndarrays (chunked or single bl
 chunked ndarray of shape (a,) under ``weights_id``; the bias is a single blob holding one float64
 under ``bias_id``; predictions (int64 classes 0/1) go to ``<test_id>predictions`` (namespaced when the
 command carries a namespace). ``weights_id`` and ``bias_id`` are the client's own names and are used
-as given. The model is Rory's: Taylor sigmoid, zero initialisation, full-batch gradient descent.
+as given, but may only name objects this operation wrote (409 CONFLICT otherwise). The model is
+Rory's: Taylor sigmoid, zero initialisation, full-batch gradient descent.
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ from schemas import keys
 from schemas.operations import LrPredictParams, LrPredictResult, LrTrainParams, Op, TrainResult
 from worker.errors import BadRequest, ValidationFailed
 from worker.handlers import jobs
-from worker.handlers.common import Write, check_numeric, fetch_arrays, put_all, result_chunks
+from worker.handlers.common import (
+    Write,
+    check_numeric,
+    check_owned_outputs,
+    fetch_arrays,
+    put_all,
+    result_chunks,
+)
 from worker.runtime.registry import Operation
 
 __all__ = ["OPERATIONS", "lr_predict", "lr_train"]
@@ -41,6 +49,9 @@ async def lr_train(ctx: Any, p: LrTrainParams) -> TrainResult:
             "must name four different objects"
         )
     x_info, y_info = await asyncio.gather(ctx.store.info(x_key), ctx.store.info(y_key))
+    # The model ids are the caller's free choice: they may only name this operation's own earlier
+    # outputs (a retry, further training), never a dataset or another operation's result (409).
+    await check_owned_outputs(ctx, p.weights_id, p.bias_id)
     check_numeric(x_info, x_key, ndim=2)
     check_numeric(y_info, y_key, ndim=(1, 2))
     n, a = _shape(x_info)

@@ -8,12 +8,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from worker.errors import BadRequest, NotFound, StorageUnavailable, ValidationFailed
+from worker.errors import BadRequest, Conflict, NotFound, StorageUnavailable, ValidationFailed
 from worker.handlers.common import (
+    WRITE_TOKEN_TAG,
+    WRITER_TAG,
     Write,
     check_integral,
     check_k,
     check_numeric,
+    check_owned_outputs,
     check_shape,
     labels_payload,
     put_all,
@@ -46,8 +49,8 @@ async def store(tmp_path):
     await s.aclose()
 
 
-def _ctx(store: Any, **settings: Any) -> SimpleNamespace:
-    return SimpleNamespace(settings=Settings(**settings), store=store)
+def _ctx(store: Any, op: str = "test.op", **settings: Any) -> SimpleNamespace:
+    return SimpleNamespace(settings=Settings(**settings), store=store, op=op)
 
 
 async def _snapshot(store: LocalStore) -> dict[str, bytes]:
@@ -131,3 +134,47 @@ async def test_put_all_success(store):
     )
     np.testing.assert_array_equal(await store.get_ndarray("a"), np.arange(6).reshape(3, 2))
     assert (await store.info("b")).kind == "blob"
+
+
+async def test_put_all_tags_every_object_with_its_writer_and_one_token(store):
+    ctx = _ctx(store, op="ml.lr.train")
+    await put_all(ctx, [Write("a", np.zeros(2)), Write("b", np.ones(1), kind="blob")])
+    a, b = await store.info("a"), await store.info("b")
+    assert a.tags[WRITER_TAG] == b.tags[WRITER_TAG] == "ml.lr.train"
+    assert a.tags[WRITE_TOKEN_TAG] == b.tags[WRITE_TOKEN_TAG]
+    await put_all(_ctx(store, op="ml.lr.train"), [Write("a", np.zeros(2), tags={"role": "w"})])
+    again = await store.info("a")
+    assert again.tags["role"] == "w" and again.tags[WRITE_TOKEN_TAG] != a.tags[WRITE_TOKEN_TAG]
+
+
+async def test_check_owned_outputs(store):
+    await store.put_ndarray("owner", np.ones(2))  # uploaded by the data owner: no writer tag
+    await put_all(_ctx(store, op="ml.lr.predict"), [Write("other", np.ones(2))])
+    await put_all(_ctx(store, op="ml.lr.train"), [Write("mine", np.ones(2))])
+    ctx = _ctx(store, op="ml.lr.train")
+    await check_owned_outputs(ctx, "mine", "absent")
+    for name in ("owner", "other"):
+        with pytest.raises(Conflict, match=name):
+            await check_owned_outputs(ctx, "mine", name)
+
+
+class RacingStore(FailingStore):
+    """Fails the put of ``key`` right after another job committed that same key (its own tags)."""
+
+    def __init__(self, store: LocalStore, key: str) -> None:
+        super().__init__(store, set())
+        self.key = key
+
+    async def put_ndarray(self, ball_id: str, array: np.ndarray, **kwargs: Any) -> Any:
+        if ball_id == self.key:
+            await self._store.put_ndarray(ball_id, np.full(3, 7.0), tags={WRITE_TOKEN_TAG: "other-job"})
+            raise StorageUnavailable(f"injected failure writing {ball_id}")
+        return await self._store.put_ndarray(ball_id, array, **kwargs)
+
+
+async def test_put_all_cleanup_keeps_what_another_job_committed(store):
+    ctx = _ctx(RacingStore(store, "b"))
+    with pytest.raises(StorageUnavailable):
+        await put_all(ctx, [Write("a", np.zeros(4)), Write("b", np.zeros(4))])
+    assert not await store.exists("a")  # ours: removed
+    np.testing.assert_array_equal(await store.get_ndarray("b"), np.full(3, 7.0))  # theirs: kept
