@@ -41,6 +41,7 @@ class StorageBackend(StrEnum):
     AUTO = "auto"
     LOCAL = "local"
     MICTLANX = "mictlanx"
+    NATS = "nats"
 
 
 def parse_size(value: str | int) -> int:
@@ -131,13 +132,29 @@ class Settings(BaseSettings):
     # --- storage (seed + backend choice) ---
     storage_backend: StorageBackend = Field(
         StorageBackend.AUTO,
-        description="auto, local or mictlanx; auto = mictlanx only if MICTLANX_URI/ROUTERS is set.",
+        description="auto, local, mictlanx or nats; auto = mictlanx only if MICTLANX_URI/ROUTERS is set.",
     )
     storage_path: str = Field("", description="Directory of the local backend; empty means <SINK_PATH>/css.")
     storage_cache_bytes: int = Field(
         512 * 1024**2,
         ge=0,
         description="Read cache for storage objects, validated by version on every read (0 disables).",
+    )
+    nats_object_bucket: str = Field(
+        "",
+        pattern=r"^([A-Za-z0-9_-]{1,200})?$",
+        description="JetStream object-store bucket of STORAGE_BACKEND=nats; empty means MICTLANX_BUCKET_ID.",
+    )
+    nats_object_replicas: int = Field(
+        1,
+        ge=1,
+        le=5,
+        description="Replicas of the nats bucket when the worker creates it (3 on a three-server cluster).",
+    )
+    nats_object_max_bytes: int = Field(
+        -1,
+        ge=-1,
+        description="Size limit of the nats bucket in bytes when the worker creates it; -1 = unlimited.",
     )
     mictlanx_uri: str = Field(
         "",

@@ -1,7 +1,7 @@
 """Cloud storage ("CSS") for the worker: a bucket of chunked balls, locally or on MictlanX.
 
 ``open_store(settings)`` picks the backend from ``settings.resolved_storage_backend``:
-``STORAGE_BACKEND=local`` or ``mictlanx`` forces one; ``auto`` (the default) uses MictlanX only
+``STORAGE_BACKEND=local``, ``mictlanx`` or ``nats`` forces one; ``auto`` (the default) uses MictlanX only
 when ``MICTLANX_URI`` or ``MICTLANX_ROUTERS`` was set explicitly, else the embedded local store in
 ``STORAGE_PATH``. See docs/storage.md.
 """
@@ -49,6 +49,10 @@ def open_store(settings: Settings, **options: Any) -> ObjectStore:
     """
     if settings.resolved_storage_backend is StorageBackend.MICTLANX:
         return MictlanXStore.from_settings(settings, **options)
+    if settings.resolved_storage_backend is StorageBackend.NATS:
+        from worker.storage.nats_objects import NatsObjectStore
+
+        return NatsObjectStore.from_settings(settings, **options)
     return LocalStore.from_settings(settings, **options)
 
 

@@ -2,18 +2,25 @@
 
 Other suites can reuse the router with ``from tests.fakes.mictlanx_router import FakeRouter``
 (``async with FakeRouter() as router: router.uri``) or copy the ``fake_router`` fixture below.
+``backend`` covers the local and MictlanX stores; ``contract_backend`` adds the ``nats`` store (a
+fresh JetStream object-store bucket on the session's nats-server for every test).
 """
 
 from __future__ import annotations
 
+import contextlib
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import nats
 import pytest
+from nats.aio.client import Client
 
 from tests.fakes.mictlanx_router import FakeRouter
 from worker.storage import LocalStore, MictlanXStore, ObjectStore, RetryPolicy, parse_mictlanx_uri
+from worker.storage.nats_objects import NatsObjectStore
 
 #: Tiny delays so fault tests finish in milliseconds (5 attempts, sleeps of 2..16 ms).
 FAST_RETRY = RetryPolicy(max_retries=4, delay=0.002, backoff_factor=1.0, max_delay=0.02, jitter=False)
@@ -46,11 +53,16 @@ class Backend:
     store: ObjectStore
     router: FakeRouter
     root: Path
+    nc: Client | None = None
 
-    def corrupt_chunk(self, ball_id: str, index: int = 0, offset: int = 0) -> None:
+    async def corrupt_chunk(self, ball_id: str, index: int = 0, offset: int = 0) -> None:
         key = f"{ball_id}_{index}"
         if self.name == "mictlanx":
             self.router.corrupt(key, offset=offset)
+            return
+        if self.name == "nats":
+            assert isinstance(self.store, NatsObjectStore) and self.nc is not None
+            await corrupt_nats_object(self.nc, self.store.bucket, key, offset)
             return
         bucket = self.root / "rory"
         version = (bucket / f"{ball_id}.ref").read_text().strip()
@@ -78,3 +90,48 @@ async def backend(
 @pytest.fixture
 def store(backend: Backend) -> ObjectStore:
     return backend.store
+
+
+async def corrupt_nats_object(nc: Client, bucket: str, key: str, offset: int) -> None:
+    """Flip one byte of an object behind the store's back: republish its data messages (same subject,
+    so its meta record and digest stay) with the byte changed."""
+    js = nc.jetstream()
+    obs = await js.object_store(bucket)
+    info = await obs.get_info(key)
+    data = bytearray((await obs.get(key)).data or b"")
+    data[offset % len(data)] ^= 0xFF
+    subject = f"$O.{bucket}.C.{info.nuid}"
+    await js.purge_stream(f"OBJ_{bucket}", subject=subject)
+    await js.publish(subject, bytes(data))
+
+
+def nats_store(nc: Client, bucket: str | None = None, **options: object) -> NatsObjectStore:
+    """A store on its own new bucket (so tests never see each other's balls)."""
+    options.setdefault("retry", FAST_RETRY)
+    options.setdefault("timeout", 5.0)
+    return NatsObjectStore(bucket or f"t-{uuid.uuid4().hex[:12]}", nc=nc, **options)  # type: ignore[arg-type]
+
+
+@pytest.fixture(params=["local", "mictlanx", "nats"])
+async def contract_backend(
+    request: pytest.FixtureRequest, tmp_path: Path, fake_router: FakeRouter, nats_url: str
+) -> AsyncIterator[Backend]:
+    """Every backend, for the ObjectStore contract tests."""
+    nc: Client | None = None
+    store: ObjectStore
+    if request.param == "local":
+        store = LocalStore(tmp_path, "rory", max_workers=4)
+    elif request.param == "mictlanx":
+        store = mictlanx_store(fake_router, max_workers=4)
+    else:
+        nc = await nats.connect(nats_url, name="pytest-nats-store")
+        store = nats_store(nc, max_workers=4)
+    try:
+        yield Backend(request.param, store, fake_router, tmp_path, nc)
+    finally:
+        await store.aclose()
+        if nc is not None:
+            assert isinstance(store, NatsObjectStore)
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await nc.jetstream().delete_object_store(store.bucket)
+            await nc.close()

@@ -1,4 +1,5 @@
-"""The ObjectStore contract, run against both backends (local directory, MictlanX via the fake)."""
+"""The ObjectStore contract, run against every backend (local directory, MictlanX via the fake, a
+JetStream object store on the session's nats-server)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,12 @@ import pytest
 from tests.worker.storage.conftest import Backend
 from worker.errors import BadRequest, CorruptObject, InvalidName, NotFound
 from worker.storage import ObjectStore
+
+
+@pytest.fixture
+def backend(contract_backend: Backend) -> Backend:
+    """This module's tests run on all three backends (the conftest's ``store`` uses this too)."""
+    return contract_backend
 
 DTYPES = ["float32", "float64", "int64"]
 SHAPES = [(7,), (7, 3), (7, 3, 2)]
@@ -211,14 +218,14 @@ async def test_fixed_point_names_are_accepted(store: ObjectStore, name: str) -> 
 async def test_corrupt_chunk_is_detected(backend: Backend) -> None:
     array = _array((12, 4), "float64")
     await backend.store.put_ndarray("bad", array, num_chunks=3)
-    backend.corrupt_chunk("bad", index=1, offset=17)
+    await backend.corrupt_chunk("bad", index=1, offset=17)
     with pytest.raises(CorruptObject):
         await backend.store.get_ndarray("bad")
 
 
 async def test_corrupt_bytes_list_is_detected(backend: Backend) -> None:
     await backend.store.put_bytes_list("badl", [b"x" * 100, b"y" * 100], num_chunks=2)
-    backend.corrupt_chunk("badl", index=0, offset=50)
+    await backend.corrupt_chunk("badl", index=0, offset=50)
     with pytest.raises(CorruptObject):
         await backend.store.get_bytes_list("badl")
 
@@ -238,7 +245,7 @@ async def test_concurrent_puts_and_gets(store: ObjectStore) -> None:
 
 async def test_ping(store: ObjectStore) -> None:
     assert await store.ping() is True
-    assert store.backend in ("local", "mictlanx")
+    assert store.backend in ("local", "mictlanx", "nats")
 
 
 async def test_large_objects_take_the_threaded_paths(store: ObjectStore) -> None:

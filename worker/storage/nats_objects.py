@@ -1,0 +1,660 @@
+"""The ``nats`` backend: a bucket of chunked balls in a JetStream object store on the worker's cluster.
+
+Each chunk ``<ball>_<i>`` is one object of the object store (stream ``OBJ_<bucket>``), named exactly as
+on the other backends, with the chunk tags of :mod:`worker.storage.codec` (plus ``checksum``, the
+chunk's SHA-256) kept in the object's ``headers`` as ``{tag: [value]}`` (the JSON shape Go's
+``nats.Header`` uses). So a ball written here has the same logical content as on ``local`` or
+``mictlanx``.
+
+What nats-py 2.16's object store (``nats/js/object_store.py``) does and what we add around it:
+
+* ``put`` publishes the bytes as messages on a fresh subject (``$O.<bucket>.C.<nuid>``), one ack per
+  message, then the object's meta record with a roll-up header, then purges the previous version's
+  chunks. A name therefore always resolves to one complete version: an overwrite needs no delete first.
+  A ball of several chunks is not one object, though, so chunks 1..n-1 go first and chunk 0 (it
+  carries ``num_chunks``) last, as the commit point; every chunk carries the write's
+  ``full_checksum``, so a reader that meets chunks of two writes re-reads and, if the mix persists (a
+  writer failed half way), reports ``CorruptObject``, never mixed data.
+* ``get`` follows the meta record to its chunk subject, verifies the whole object's SHA-256 digest,
+  and with ``writeinto`` writes each message through the default executor (without it, it concatenates
+  ``bytes`` and turns quadratic). We pass a sink that copies into the preallocated output. nats-py
+  re-reads the meta itself, so we compare the version (``nuid``) it read with the one we validated.
+* nats-py waits forever when the chunks of the version it resolved vanish (a concurrent overwrite
+  purged them): a watchdog checks the meta record whenever no data arrived for ``stall_timeout``
+  seconds and restarts the read on the new version, or gives up with ``StorageUnavailable``.
+* Sizes are checked from the meta records (``check_first_chunk``, ``check_budget``) before anything is
+  allocated; the per-message size is ``chunk_size`` (under the server's ``max_payload``).
+
+Errors: a missing object is ``NotFound``; a digest mismatch or a meta record that is not JSON is
+``CorruptObject``; a bucket at its ``max_bytes`` (or a server out of JetStream storage) is
+:class:`StorageFull` naming the bucket (not retried: only deleting data helps); timeouts, no
+responders, a lost connection or a stream without a leader (a cluster electing one) are retried with
+:class:`~worker.storage.retry.RetryPolicy` and end as the retryable ``StorageUnavailable``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any, ClassVar, TypeVar
+
+import nats.errors
+import numpy as np
+from nats.aio.client import Client
+from nats.js import api
+from nats.js.errors import (
+    APIError,
+    BadObjectMetaError,
+    BucketNotFoundError,
+    DigestMismatchError,
+    NoStreamResponseError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
+from nats.js.object_store import ObjectStore as JsObjectStore
+
+from worker.errors import CorruptObject, NotFound, RoryError, StorageUnavailable
+from worker.settings import Settings
+from worker.storage.base import Allocator, BallInfo, allocate_output
+from worker.storage.codec import (
+    DEFAULT_MAX_OBJECT_BYTES,
+    BallPlan,
+    ChunkMeta,
+    ChunkPayload,
+    Layout,
+    check_budget,
+    check_first_chunk,
+    normalise_checksum,
+    num_chunks_of,
+    off_loop,
+    read_layout,
+    unpack_bytes_list,
+)
+from worker.storage.names import check_ball_id, check_bucket_id, chunk_key
+from worker.storage.planned import PlannedStore
+from worker.storage.retry import RetryPolicy
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Bytes per JetStream message of an object; under the default 1 MB max_payload with room for headers.
+DEFAULT_CHUNK_SIZE = 512 * 1024
+#: Timeout of one JetStream request (a publish ack, a meta lookup).
+DEFAULT_REQUEST_TIMEOUT = 10.0
+#: Reads restarted because a writer replaced the ball meanwhile, before giving up.
+MAX_RESTARTS = 5
+#: A retry policy for a store on one cluster: leader elections take seconds, not minutes.
+DEFAULT_RETRY = RetryPolicy(max_retries=6, delay=0.5, backoff_factor=1.0, max_delay=5.0)
+_HASH_INLINE_LIMIT = 1024 * 1024
+_COPY_INLINE_LIMIT = 1024 * 1024
+#: JetStream error codes (nats-server ``errors.json``): store failed (carries "maximum bytes
+#: exceeded" for a full stream), insufficient storage resources, resource limits exceeded.
+_FULL_ERR_CODES = frozenset({10077, 10047, 10023})
+_FULL_MARKERS = ("maximum bytes", "insufficient storage", "insufficient resources", "storage resources")
+_DIGEST_PREFIX = "SHA-256="
+
+
+class StorageFull(StorageUnavailable):
+    """The bucket (or the servers' JetStream storage) is full: retrying does not help until space is
+    freed, so unlike its base class it is not retryable."""
+
+    retryable: ClassVar[bool] = False
+
+
+class _Transient(Exception):
+    """Worth another attempt: a timeout, no responders, a reconnecting client, a leaderless stream."""
+
+
+class _Changed(Exception):
+    """A writer replaced (or deleted) the ball while it was being read: start the read over."""
+
+
+_TRANSIENT_NATS: tuple[type[BaseException], ...] = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.ConnectionDrainingError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.StaleConnectionError,
+    nats.errors.UnexpectedEOF,
+    NoStreamResponseError,
+    TimeoutError,
+    ConnectionError,
+)
+
+
+def _is_full(error: APIError) -> bool:
+    text = (error.description or "").lower()
+    return error.err_code in _FULL_ERR_CODES and any(marker in text for marker in _FULL_MARKERS)
+
+
+def _digest_hex(digest: object, what: str) -> str | None:
+    """The object store's ``SHA-256=<urlsafe base64>`` digest as lower-case hex."""
+    if digest in (None, ""):
+        return None
+    if not isinstance(digest, str) or not digest.upper().startswith(_DIGEST_PREFIX):
+        raise CorruptObject(f"{what}: digest {digest!r:.80} is not SHA-256")
+    try:
+        raw = base64.urlsafe_b64decode(digest[len(_DIGEST_PREFIX) :])
+    except (binascii.Error, ValueError):
+        raise CorruptObject(f"{what}: digest {digest!r:.80} is not base64") from None
+    if len(raw) != 32:
+        raise CorruptObject(f"{what}: digest has {len(raw)} bytes, SHA-256 has 32")
+    return raw.hex()
+
+
+def _headers(tags: Mapping[str, str]) -> dict[str, list[str]]:
+    return {key: [value] for key, value in tags.items()}
+
+
+def _tags(info: api.ObjectInfo, what: str) -> dict[str, str]:
+    """Headers back to tags: each value a string or a one-string list (Go writes lists)."""
+    headers = info.headers or {}
+    if not isinstance(headers, dict):
+        raise CorruptObject(f"{what}: headers are not an object")
+    tags: dict[str, str] = {}
+    for key, value in headers.items():
+        if isinstance(value, list) and len(value) == 1:
+            value = value[0]
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise CorruptObject(f"{what}: header {key!r:.40} is not one string")
+        tags[key] = value
+    return tags
+
+
+def _chunk_meta(info: api.ObjectInfo, what: str) -> ChunkMeta:
+    size = info.size or 0
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise CorruptObject(f"{what}: invalid size {size!r}")
+    tags = _tags(info, what)
+    digest = _digest_hex(info.digest, what)
+    tagged = normalise_checksum(tags.get("checksum"))
+    if tagged is not None and digest is not None and tagged != digest:
+        raise CorruptObject(f"{what}: checksum tag disagrees with the object's digest")
+    return ChunkMeta(key=info.name, size=size, checksum=digest or tagged, tags=tags)
+
+
+def _sha256_hex(views: Sequence[memoryview]) -> str:
+    digest = hashlib.sha256()
+    for view in views:
+        digest.update(view)
+    return digest.hexdigest()
+
+
+def _content_etag(chunks: Sequence[tuple[int, str | None]]) -> str | None:
+    """The version token: the chunks' sizes and SHA-256s (the content names the version, as on MictlanX)."""
+    if not chunks or not all(checksum for _, checksum in chunks):
+        return None
+    text = "\n".join(f"{size}:{checksum}" for size, checksum in chunks)
+    return "chunks-sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def _info(layout: Layout) -> BallInfo:
+    return replace(layout.info(), etag=_content_etag([(m.size, m.checksum) for m in layout.chunks]))
+
+
+def _unpack_all(layout: Layout, view: memoryview) -> list[bytes]:
+    items: list[bytes] = []
+    for meta, offset in zip(layout.chunks, layout.offsets, strict=True):
+        items.extend(unpack_bytes_list(meta.key, view[offset : offset + meta.size], meta.tags))
+    return items
+
+
+class _Sink:
+    """nats-py's ``writeinto`` target: copies each message into the output slice (in an executor
+    thread) and counts progress for the stall watchdog. It has no ``buffer`` attribute on purpose
+    (nats-py would write there instead)."""
+
+    def __init__(self, dest: memoryview, what: str) -> None:
+        self.dest = dest
+        self.what = what
+        self.position = 0
+
+    def write(self, data: bytes) -> int:
+        end = self.position + len(data)
+        if end > len(self.dest):
+            raise CorruptObject(f"{self.what}: more than the {len(self.dest)} bytes its meta declares")
+        self.dest[self.position : end] = data
+        self.position = end
+        return len(data)
+
+
+class _Source:
+    """A ``readinto`` reader over a chunk's bytes, so nats-py reads a big chunk without a full copy."""
+
+    def __init__(self, data: memoryview) -> None:
+        self.data = data
+        self.position = 0
+
+    def readinto(self, buffer: bytearray) -> int:
+        part = self.data[self.position : self.position + len(buffer)]
+        buffer[: len(part)] = part
+        self.position += len(part)
+        return len(part)
+
+
+class NatsObjectStore(PlannedStore):
+    """One JetStream object-store bucket holding Rory balls (see the module docstring)."""
+
+    backend = "nats"
+
+    def __init__(
+        self,
+        bucket: str = "rory",
+        *,
+        nc: Client | None = None,
+        connect: Callable[[], Awaitable[Client]] | None = None,
+        replicas: int = 1,
+        max_bucket_bytes: int = -1,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        stall_timeout: float | None = None,
+        max_workers: int = 4,
+        retry: RetryPolicy | None = None,
+        max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES,
+    ) -> None:
+        if (nc is None) == (connect is None):
+            raise ValueError("give exactly one of nc (a connected client) or connect (a factory)")
+        self.bucket = check_bucket_id(bucket)
+        self.replicas = max(1, int(replicas))
+        self.max_bucket_bytes = int(max_bucket_bytes) if max_bucket_bytes and max_bucket_bytes > 0 else -1
+        self.chunk_size = max(4096, int(chunk_size))
+        self.timeout = float(timeout)
+        self.stall_timeout = float(stall_timeout) if stall_timeout else self.timeout
+        self.max_workers = max(1, int(max_workers))
+        self.retry = retry or DEFAULT_RETRY
+        # Reads refuse (PayloadTooLarge) a ball whose meta records declare more bytes than this.
+        self.max_object_bytes = int(max_object_bytes)
+        self._nc = nc
+        self._connect = connect
+        self._owns_connection = nc is None
+        self._obs: JsObjectStore | None = None
+        self._open_lock = asyncio.Lock()
+        self._closed = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **options: Any) -> NatsObjectStore:
+        """A store on NATS_URLS with the worker's connect options (its own connection, opened on the
+        first call: the worker builds its store before it connects, see worker/runtime/service.py)."""
+        from worker.runtime import connection  # lazy: the runtime package imports storage
+
+        if "nc" not in options:
+            name = f"rory-worker-{settings.node_id}-storage"
+            options.setdefault("connect", lambda: connection.connect(settings, name=name))
+        options.setdefault("replicas", settings.nats_object_replicas)
+        options.setdefault("max_bucket_bytes", settings.nats_object_max_bytes)
+        options.setdefault("timeout", min(settings.mictlanx_timeout, DEFAULT_REQUEST_TIMEOUT))
+        options.setdefault("max_workers", settings.mictlanx_max_workers)
+        options.setdefault("max_object_bytes", settings.max_object_bytes)
+        options.setdefault(
+            "retry",
+            RetryPolicy(
+                max_retries=min(settings.mictlanx_max_retries, DEFAULT_RETRY.max_retries),
+                delay=min(settings.mictlanx_delay, DEFAULT_RETRY.delay),
+                backoff_factor=settings.mictlanx_backoff_factor,
+                max_delay=DEFAULT_RETRY.max_delay,
+            ),
+        )
+        return cls(settings.nats_object_bucket or settings.mictlanx_bucket_id, **options)
+
+    # ------------------------------------------------------------------ plumbing
+    async def _store(self) -> JsObjectStore:
+        if self._closed:
+            raise StorageUnavailable("nats object store is closed")
+        if self._obs is not None:
+            return self._obs
+        async with self._open_lock:
+            if self._obs is None:
+                self._obs = await self._retrying(f"open bucket {self.bucket}", self._open)
+        return self._obs
+
+    async def _open(self) -> JsObjectStore:
+        if self._nc is None:
+            assert self._connect is not None
+            try:
+                self._nc = await self._connect()
+            except Exception as error:  # NatsUnavailable, SettingsError: name the cause
+                raise StorageUnavailable(f"nats object store {self.bucket}: {error}") from error
+        js = self._nc.jetstream(timeout=self.timeout)
+        try:
+            return await js.object_store(self.bucket)
+        except BucketNotFoundError:
+            pass
+        config = api.ObjectStoreConfig(
+            bucket=self.bucket,
+            description="Rory balls (worker/storage/nats_objects.py)",
+            storage=api.StorageType.FILE,
+            replicas=self.replicas,
+            max_bytes=self.max_bucket_bytes,
+        )
+        try:
+            return await js.create_object_store(self.bucket, config=config)
+        except APIError as error:
+            if error.err_code == 10058:  # created meanwhile by another worker with another config
+                return await js.object_store(self.bucket)
+            raise
+
+    def _translate(self, error: BaseException, what: str) -> BaseException:
+        """A nats-py error as the store's typed error, or ``_Transient`` when worth another attempt."""
+        if isinstance(error, (RoryError, _Transient, _Changed)):
+            return error
+        if isinstance(error, DigestMismatchError):
+            return CorruptObject(f"{what}: SHA-256 does not match the object's digest")
+        if isinstance(error, BadObjectMetaError):
+            return CorruptObject(f"{what}: the object's meta record is unreadable")
+        if isinstance(error, NotFoundError):  # ObjectNotFoundError, ObjectDeletedError, BucketNotFound
+            return NotFound(f"{what}: not found in bucket {self.bucket}")
+        if isinstance(error, APIError):
+            if _is_full(error):
+                return StorageFull(
+                    f"{what}: nats bucket {self.bucket!r} is full ({error.description}; "
+                    f"NATS_OBJECT_MAX_BYTES={self.max_bucket_bytes}): delete balls or raise the limit"
+                )
+            if isinstance(error, ServiceUnavailableError) or (error.code or 0) >= 500:
+                return _Transient(f"{what}: {error.description} (code {error.code}/{error.err_code})")
+            return StorageUnavailable(f"{what}: JetStream refused: {error.description}")
+        if isinstance(error, _TRANSIENT_NATS):
+            return _Transient(f"{what}: {type(error).__name__}: {error}")
+        if isinstance(error, nats.errors.Error):
+            return StorageUnavailable(f"{what}: {type(error).__name__}: {error}")
+        return error
+
+    async def _retrying(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        last: BaseException | None = None
+        for number in range(self.retry.attempts):
+            if number:
+                await asyncio.sleep(self.retry.sleep_for(number))
+            try:
+                return await attempt()
+            except Exception as raw:
+                error = self._translate(raw, what)
+                if not isinstance(error, _Transient):
+                    raise error from (raw if error is not raw else None)
+                last = error
+                log.debug("nats object store: %s (attempt %d)", error, number + 1)
+        raise StorageUnavailable(f"{what}: gave up after {self.retry.attempts} attempts: {last}")
+
+    async def _bounded(self, factories: Sequence[Callable[[], Awaitable[T]]]) -> list[T]:
+        """Run at most ``max_workers`` at a time; the first failure cancels the rest."""
+        if not factories:
+            return []
+        gate = asyncio.Semaphore(self.max_workers)
+
+        async def run(factory: Callable[[], Awaitable[T]]) -> T:
+            async with gate:
+                return await factory()
+
+        tasks = [asyncio.ensure_future(run(factory)) for factory in factories]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    # ------------------------------------------------------------------ single objects
+    async def _object_info(self, key: str) -> api.ObjectInfo:
+        obs = await self._store()
+        return await self._retrying(f"meta of {self.bucket}/{key}", lambda: obs.get_info(key))
+
+    async def _meta(self, key: str) -> tuple[ChunkMeta, api.ObjectInfo]:
+        info = await self._object_info(key)
+        return _chunk_meta(info, f"{self.bucket}/{key}"), info
+
+    async def _get_once(self, obs: JsObjectStore, meta: ChunkMeta, nuid: str, dest: memoryview) -> None:
+        what = f"{self.bucket}/{meta.key}"
+        sink = _Sink(dest, what)
+        task = asyncio.ensure_future(obs.get(meta.key, writeinto=sink))  # type: ignore[arg-type]
+        try:
+            seen, idle = -1, 0.0
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=self.stall_timeout)
+                if done:
+                    break
+                if sink.position != seen:
+                    seen, idle = sink.position, 0.0
+                    continue
+                # No data for a while: nats-py waits forever if the version's chunks were purged.
+                try:
+                    current = await obs.get_info(meta.key)
+                except NotFoundError:
+                    raise _Changed(f"{what} was deleted while being read") from None
+                if current.nuid != nuid:
+                    raise _Changed(f"{what} was replaced while being read")
+                idle += self.stall_timeout
+                if idle >= 2 * self.stall_timeout:
+                    raise _Transient(f"{what}: no data for {idle:g}s")
+            result = task.result()
+        finally:
+            if not task.done():
+                task.cancel()
+        if result.info.nuid != nuid:
+            raise _Changed(f"{what} was replaced before its data was read")
+        if sink.position != meta.size:
+            raise CorruptObject(f"{what}: {sink.position} bytes, its meta declares {meta.size}")
+
+    async def _get_data(self, meta: ChunkMeta, nuid: str, dest: memoryview) -> None:
+        obs = await self._store()
+        what = f"data of {self.bucket}/{meta.key}"
+        await self._retrying(what, lambda: self._get_once(obs, meta, nuid, dest))
+
+    async def _put_chunk(self, chunk: ChunkPayload) -> None:
+        obs = await self._store()
+        meta = api.ObjectMeta(
+            name=chunk.key,
+            headers=_headers(chunk.tags),
+            options=api.ObjectMetaOptions(max_chunk_size=self.chunk_size),
+        )
+
+        async def attempt() -> None:
+            # nats-py copies a bytes payload per message on the loop; a big chunk is read in a thread.
+            data = bytes(chunk.data) if chunk.size <= _COPY_INLINE_LIMIT else _Source(chunk.data)
+            await obs.put(chunk.key, data, meta=meta)  # type: ignore[arg-type]
+
+        await self._retrying(f"put {self.bucket}/{chunk.key}", attempt)
+
+    async def _delete_key(self, key: str) -> int:
+        obs = await self._store()
+        try:
+            await self._retrying(f"delete {self.bucket}/{key}", lambda: obs.delete(key))
+        except NotFound:
+            return 0
+        return 1
+
+    # ------------------------------------------------------------------ balls
+    async def _load(self, ball_id: str) -> tuple[Layout, list[str]]:
+        """The validated layout of a ball and the version (``nuid``) of each chunk it describes."""
+        first, first_info = await self._meta(chunk_key(ball_id, 0))
+        count = num_chunks_of(first.tags, ball_id)
+        check_first_chunk(ball_id, first, count, self.max_object_bytes)  # before fetching n-1 records
+
+        async def fetch(index: int) -> tuple[ChunkMeta, api.ObjectInfo]:
+            try:
+                return await self._meta(chunk_key(ball_id, index))
+            except NotFound:
+                raise _Changed(f"{ball_id}: chunk {index} of {count} is missing") from None
+
+        rest = await self._bounded([lambda i=i: fetch(i) for i in range(1, count)])  # type: ignore[misc]
+        metas = [first, *(meta for meta, _ in rest)]
+        sums = {meta.tags.get("full_checksum") for meta in metas}
+        if len(sums) > 1:
+            raise _Changed(f"{ball_id}: chunks of different writes")
+        layout = read_layout(ball_id, metas)
+        check_budget(layout, self.max_object_bytes)  # before any read allocates its output
+        return layout, [first_info.nuid, *(info.nuid for _, info in rest)]
+
+    async def _fill(self, layout: Layout, nuids: Sequence[str], flat: memoryview) -> None:
+        await self._bounded(
+            [
+                lambda m=meta, n=nuid, o=offset: self._get_data(m, n, flat[o : o + m.size])  # type: ignore[misc]
+                for meta, nuid, offset in zip(layout.chunks, nuids, layout.offsets, strict=True)
+            ]
+        )
+
+    async def _consistent(self, ball_id: str, read: Callable[[Layout, list[str]], Awaitable[T]]) -> T:
+        """Load and read a ball, starting over while a concurrent writer replaces it under us."""
+        check_ball_id(ball_id)
+        last: _Changed | None = None
+        for restart in range(MAX_RESTARTS):
+            if restart:
+                await asyncio.sleep(min(0.05 * 2**restart, 1.0))
+            try:
+                layout, nuids = await self._load(ball_id)
+                return await read(layout, nuids)
+            except _Changed as changed:
+                last = changed
+        if last is not None and "different writes" in str(last):
+            raise CorruptObject(f"{last}: the ball is a mix of writes (a put failed half way?)")
+        raise StorageUnavailable(f"{ball_id} kept changing while it was being read ({last})")
+
+    async def get_ndarray(self, ball_id: str) -> np.ndarray:
+        return (await self.fetch_ndarray(ball_id))[0]
+
+    async def fetch_ndarray(
+        self, ball_id: str, *, allocate: Allocator | None = None
+    ) -> tuple[np.ndarray, BallInfo]:
+        """Read an ndarray; the info's ``etag`` is the content hash the read bytes were checked against."""
+
+        async def read(layout: Layout, nuids: list[str]) -> tuple[np.ndarray, BallInfo]:
+            layout.require_array()
+            out, flat = await allocate_output(layout, allocate)
+            await self._fill(layout, nuids, memoryview(flat))
+            return out, _info(layout)
+
+        return await self._consistent(ball_id, read)
+
+    async def get_bytes_list(self, ball_id: str) -> list[bytes]:
+        async def read(layout: Layout, nuids: list[str]) -> list[bytes]:
+            layout.require_bytes_list()
+            buffer = bytearray(layout.size)
+            view = memoryview(buffer)
+            await self._fill(layout, nuids, view)
+            return await off_loop(layout.size, _unpack_all, layout, view)
+
+        return await self._consistent(ball_id, read)
+
+    async def info(self, ball_id: str) -> BallInfo:
+        async def read(layout: Layout, nuids: list[str]) -> BallInfo:
+            return _info(layout)
+
+        return await self._consistent(ball_id, read)
+
+    async def exists(self, ball_id: str) -> bool:
+        check_ball_id(ball_id)
+        try:
+            await self._object_info(chunk_key(ball_id, 0))
+        except NotFound:
+            return False
+        return True
+
+    async def _count_of(self, ball_id: str) -> int:
+        """How many chunks the stored ball has (0 when absent; 1 when chunk 0 is unreadable)."""
+        try:
+            first, _ = await self._meta(chunk_key(ball_id, 0))
+        except NotFound:
+            return 0
+        try:
+            return num_chunks_of(first.tags, ball_id)
+        except CorruptObject:
+            return 1
+
+    async def delete(self, ball_id: str) -> int:
+        """Chunk 0 first (the ball disappears for readers at once), then the others."""
+        check_ball_id(ball_id)
+        count = await self._count_of(ball_id)
+        if count == 0:
+            return 0
+        removed = await self._delete_key(chunk_key(ball_id, 0))
+        rest = await self._bounded(
+            [lambda i=i: self._delete_key(chunk_key(ball_id, i)) for i in range(1, count)]  # type: ignore[misc]
+        )
+        return removed + sum(rest)
+
+    async def list_balls(self) -> list[str]:
+        obs = await self._store()
+
+        async def attempt() -> list[api.ObjectInfo]:
+            try:
+                return await obs.list(ignore_deletes=True)
+            except NotFoundError:  # nats-py's answer for an empty bucket
+                return []
+
+        found = set()
+        for info in await self._retrying(f"list bucket {self.bucket}", attempt):
+            if info.deleted:
+                continue
+            try:
+                tags = _tags(info, info.name)
+            except CorruptObject:
+                continue
+            group = tags.get("group_id")
+            if group is not None:
+                if info.name == chunk_key(group, 0):
+                    found.add(group)
+            elif tags.get("index") == "0" and info.name.endswith("_0"):  # another writer's ball
+                found.add(info.name[:-2])
+        return sorted(found)
+
+    async def ping(self) -> bool:
+        """True when the bucket's stream answers (its leader is reachable); never raises."""
+        if self._closed:
+            return False
+        try:
+            obs = await asyncio.wait_for(self._store(), self.timeout)
+            await asyncio.wait_for(obs.status(), self.timeout)
+        except Exception as error:
+            log.debug("ping of nats bucket %s failed: %s", self.bucket, error)
+            return False
+        return True
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_connection and self._nc is not None and not self._nc.is_closed:
+            try:
+                await self._nc.close()
+            except Exception as error:  # pragma: no cover - closing is best effort
+                log.debug("closing the storage connection failed: %s", error)
+
+    # ------------------------------------------------------------------ writes
+    async def _checksums(self, plan: BallPlan) -> tuple[list[str], str]:
+        views = [chunk.data for chunk in plan.chunks]
+        if plan.size <= _HASH_INLINE_LIMIT:
+            sums = [_sha256_hex([view]) for view in views]
+            return sums, sums[0] if len(views) == 1 else _sha256_hex(views)
+        jobs = [asyncio.to_thread(_sha256_hex, [view]) for view in views]
+        if len(views) > 1:
+            jobs.append(asyncio.to_thread(_sha256_hex, views))
+        sums = await asyncio.gather(*jobs)
+        return list(sums[: len(views)]), sums[-1]
+
+    async def _put(self, plan: BallPlan) -> BallInfo:
+        await self._store()
+        sums, full = await self._checksums(plan)
+        plan.set_full_checksum(full)
+        for chunk in plan.chunks:
+            chunk.tags["checksum"] = sums[chunk.index]
+        old_count = await self._count_of(plan.ball_id)
+        first, *rest = plan.chunks
+        await self._bounded([lambda c=c: self._put_chunk(c) for c in rest])  # type: ignore[misc]
+        await self._put_chunk(first)  # chunk 0 last: the commit point
+        stale = range(len(plan.chunks), old_count)  # chunks of a longer previous version
+        if stale:
+            try:
+                await self._bounded(
+                    [lambda i=i: self._delete_key(chunk_key(plan.ball_id, i)) for i in stale]  # type: ignore[misc]
+                )
+            except RoryError as error:  # invisible to readers (chunk 0 says how many there are)
+                log.warning("could not remove stale chunks of %s/%s: %s", self.bucket, plan.ball_id, error)
+        return replace(plan.info(full), etag=_content_etag([(c.size, sums[c.index]) for c in plan.chunks]))
+
+
+__all__ = ["NatsObjectStore", "StorageFull"]
