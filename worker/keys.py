@@ -8,9 +8,16 @@ Why this shape:
   never touches them, and the first CKKS operation loads them. Missing, malformed or secret-bearing
   material fails *that operation* with ``MissingKeys`` (422) and nothing else; the next CKKS command
   tries again, so an operator can add the files without restarting the worker.
-* ``SECRET_KEY_FILENAME`` is never opened: its mere presence in ``KEYS_PATH`` refuses the directory
-  (``core.crypto.ckks.read_public_context``), as does a ``ctx`` file that carries a private part
-  (checked structurally before TenSEAL parses anything).
+* The layout (docs/ckks-keys.md, contract section 6): ``ctx`` is a TenSEAL context without its secret
+  key, enough on its own when it carries the public and relinearisation keys; ``pubkey``, ``relinkey``
+  and ``rotatekey``, when present, add or replace those keys, each holding either the raw SEAL key or a
+  whole public context that carries it (told apart structurally: a raw SEAL key never parses as the
+  context's protobuf). TenSEAL has no call that adds a key to a loaded context, so the keys are put
+  into ``ctx``'s protobuf and the result is parsed once; only when that fails is each file parsed alone
+  with ``ctx``, to name the one at fault and what it should hold.
+* ``SECRET_KEY_FILENAME`` is never opened: its mere presence in ``KEYS_PATH`` refuses the directory, as
+  does a ``ctx`` (or key file) that carries a private part (checked structurally before TenSEAL parses
+  anything).
 * TenSEAL holds the GIL and a context cannot be shared between processes, so the context is parsed
   in the compute pool, never on the event loop. The event loop keeps a small, picklable
   :class:`PublicKeys` summary (``ctx.resource``), loaded once per worker by running
@@ -27,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -150,13 +157,214 @@ def fingerprint(source: KeySource) -> str:
     return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class _Slot:
+    """One key of ``TenSEALPublicProto`` (field number inside the context's public part)."""
+
+    field: int
+    what: str
+    seal_class: str
+    producer: str
+
+
+_PUBLIC_KEY = _Slot(1, "the public key", "PublicKey", "context.public_key().data.save(path)")
+_RELIN_KEYS = _Slot(4, "the relinearisation keys", "RelinKeys", "context.relin_keys().data.save(path)")
+_GALOIS_KEYS = _Slot(5, "the Galois keys", "GaloisKeys", "context.galois_keys().data.save(path)")
+_SLOTS = (_PUBLIC_KEY, _RELIN_KEYS, _GALOIS_KEYS)
+_CTX_PARAMS, _CTX_PUBLIC = 1, 2  # TenSEALContextProto fields (tenseal/proto/tensealcontext.proto)
+_PUBLIC_CONTEXT_CALL = "context.serialize(save_secret_key=False)"
+
+
+@dataclass(frozen=True)
+class _Part:
+    """A key to put into the context, and where it came from (for the error message)."""
+
+    slot: _Slot
+    payload: bytes
+    path: Path
+    origin: str
+    params: bytes | None = None  # encryption parameters of the context it was taken from, if any
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """``ctx`` without its keys: the fields the keys are put back into."""
+
+    path: Path
+    params: bytes
+    head: bytes  # the encoded fields before the public part
+    public_rest: bytes  # the public part's non-key fields (flags, scale)
+    tail: bytes  # the encoded fields after the public part
+
+    def assemble(self, parts: Iterable[_Part]) -> bytes:
+        from core.crypto.ckks import _len_field
+
+        ordered = sorted(parts, key=lambda part: part.slot.field)
+        keys = b"".join(_len_field(part.slot.field, part.payload) for part in ordered)
+        return self.head + _len_field(_CTX_PUBLIC, self.public_rest + keys) + self.tail
+
+
+def _expected(slot: _Slot, name: str) -> str:
+    return (
+        f"expected {name} to hold {slot.what}: the raw SEAL {slot.seal_class} (TenSEAL: {slot.producer}) "
+        f"or a public TenSEAL context that carries it ({_PUBLIC_CONTEXT_CALL})"
+    )
+
+
+def _split(data: bytes, path: Path) -> tuple[_Frame, dict[int, bytes]]:
+    """A TenSEAL context's frame and embedded keys, checked structurally before TenSEAL parses it.
+
+    Raises ``SecretKeyPresent`` for a context with a private part and ``MalformedMaterial`` (with the
+    reason) for anything that is not a public TenSEAL context, e.g. a raw SEAL key: those start with
+    SEAL's header (magic 0xA15E, first byte 0x5E, an invalid protobuf wire type), so they never parse.
+    """
+    from core.crypto import ckks
+    from core.crypto.ckks import _check_public_material, _fields
+
+    def payload(field: ckks._Field) -> bytes:
+        if not isinstance(field.payload, memoryview):
+            raise ckks.MalformedMaterial(f"not a TenSEAL context: field {field.number} is not a message")
+        return bytes(field.payload)
+
+    top = _check_public_material(data)
+    head = bytearray()
+    tail = bytearray()
+    params = b""
+    public_rest = bytearray()
+    keys: dict[int, bytes] = {}
+    seen_public = False
+    for f in top:
+        if f.number == _CTX_PUBLIC:
+            seen_public = True
+            for g in _fields(payload(f)):
+                if g.number in (s.field for s in _SLOTS):
+                    keys[g.number] = payload(g)
+                else:
+                    public_rest += g.raw
+            continue
+        if f.number == _CTX_PARAMS:
+            params = payload(f)
+        (tail if seen_public else head).extend(f.raw)
+    return _Frame(path, params, bytes(head), bytes(public_rest), bytes(tail)), keys
+
+
+def _key_part(path: Path, slot: _Slot) -> _Part:
+    """Read a key file holding either the raw SEAL key or a whole public context carrying it."""
+    from core.crypto import ckks
+
+    data = path.read_bytes()
+    try:
+        frame, keys = _split(data, path)
+    except ckks.SecretKeyPresent:
+        raise MissingKeys(
+            f"refusing the CKKS key material: {path} holds a TenSEAL context with a secret key; "
+            f"{_expected(slot, path.name)}"
+        ) from None
+    except ckks.MalformedMaterial:  # not a context: the raw key, which TenSEAL checks when it loads it
+        return _Part(slot, data, path, f"{path} (read as a raw SEAL {slot.seal_class})")
+    if slot.field not in keys:
+        raise MissingKeys(
+            f"CKKS public key material incomplete: {path} holds a TenSEAL context without {slot.what}; "
+            f"{_expected(slot, path.name)}"
+        )
+    return _Part(slot, keys[slot.field], path, f"{path} (read as a TenSEAL context)", frame.params)
+
+
+def _parse(data: bytes) -> ts.Context:
+    import tenseal as ts
+
+    return ts.context_from(data)
+
+
+def _diagnose(frame: _Frame, parts: list[_Part], error: Exception) -> MissingKeys:
+    """The combined context did not load: find the file to blame by loading ``ctx`` with one key at a time.
+
+    Runs only on failure, so the usual load parses (possibly hundreds of MB of Galois keys) once.
+    """
+    try:
+        _parse(frame.assemble([]))
+    except Exception as exc:  # TenSEAL raises RuntimeError/ValueError/TypeError on bad streams
+        return MissingKeys(
+            f"unusable CKKS key material: {frame.path}: TenSEAL cannot load its encryption parameters "
+            f"({exc}); expected a TenSEAL context serialized without its secret key ({_PUBLIC_CONTEXT_CALL})"
+        )
+    for part in parts:
+        try:
+            _parse(frame.assemble([part]))
+        except Exception as exc:  # as above
+            if part.path == frame.path:
+                expected = f"expected a public TenSEAL context whose embedded {part.slot.what} load"
+            else:
+                expected = _expected(part.slot, part.path.name)
+            reason = (
+                f"{part.slot.what} in {part.origin} cannot be loaded with the encryption parameters in "
+                f"{frame.path}"
+            )
+            if part.params is not None and part.params != frame.params:
+                reason = f"{part.origin} has other encryption parameters than {frame.path}"
+            return MissingKeys(f"unusable CKKS key material: {reason} (TenSEAL: {exc}); {expected}")
+    origins = ", ".join(part.origin for part in parts)
+    return MissingKeys(f"unusable CKKS key material: TenSEAL cannot combine {origins} ({error})")
+
+
+def _read_public_context(source: KeySource) -> ts.Context:
+    """Assemble the public context from ``source`` (layout: docs/ckks-keys.md); refuse secret material."""
+    from core.crypto import ckks
+
+    directory = Path(source.directory)
+    secret = directory / source.secret_key_filename
+    if source.secret_key_filename and secret.exists():  # never opened: its presence is enough
+        raise MissingKeys(
+            f"refusing the CKKS key material in KEYS_PATH={directory}: {secret} exists, and the worker's "
+            "key directory must not contain a secret key"
+        )
+    ctx_path = directory / source.ctx_filename
+    if not ctx_path.is_file():
+        raise MissingKeys(
+            f"CKKS public key material incomplete in KEYS_PATH={directory}: CKKS context file {ctx_path} "
+            f"not found (expected a TenSEAL context serialized without its secret key)"
+        )
+    try:
+        frame, embedded = _split(ctx_path.read_bytes(), ctx_path)
+    except ckks.SecretKeyPresent:
+        raise MissingKeys(
+            f"refusing the CKKS key material in KEYS_PATH={directory}: {ctx_path} is a TenSEAL context "
+            f"that holds a secret key; expected one serialized without it ({_PUBLIC_CONTEXT_CALL})"
+        ) from None
+    except ckks.MalformedMaterial as error:
+        raise MissingKeys(
+            f"unusable CKKS key material in KEYS_PATH={directory}: {ctx_path}: {error}; expected a "
+            f"TenSEAL context serialized without its secret key ({_PUBLIC_CONTEXT_CALL})"
+        ) from None
+    wanted = [(_PUBLIC_KEY, source.pubkey_filename), (_RELIN_KEYS, source.relinkey_filename)]
+    if source.rotatekey_filename:  # Galois keys are big: left out, even from ctx, unless asked for
+        wanted.append((_GALOIS_KEYS, source.rotatekey_filename))
+    parts: list[_Part] = []
+    for slot, name in wanted:
+        path = directory / name
+        if path.is_file():
+            parts.append(_key_part(path, slot))
+        elif slot.field in embedded:
+            parts.append(_Part(slot, embedded[slot.field], ctx_path, f"{ctx_path} (embedded)", frame.params))
+    if not any(part.slot is _PUBLIC_KEY for part in parts):
+        raise MissingKeys(
+            f"CKKS public key material incomplete in KEYS_PATH={directory}: no public key, neither in "
+            f"{directory / source.pubkey_filename} nor inside {ctx_path}; "
+            f"{_expected(_PUBLIC_KEY, source.pubkey_filename)}"
+        )
+    try:
+        context = _parse(frame.assemble(parts))
+    except Exception as exc:  # TenSEAL raises RuntimeError/ValueError/TypeError on bad streams
+        raise _diagnose(frame, parts, exc) from None
+    return context
+
+
 def load_context(source: KeySource) -> tuple[ts.Context, str]:
     """Read the public context from ``source`` and return it with its :func:`fingerprint`.
 
-    Every problem with the material is a :class:`MissingKeys` naming the file and the fix.
+    Every problem with the material is a :class:`MissingKeys` naming the file, what it should hold
+    and how to produce it (layout: docs/ckks-keys.md).
     """
-    from core.crypto import ckks  # TenSEAL is imported only where a context is really built
-
     directory = Path(source.directory)
     if not directory.is_dir():
         raise MissingKeys(
@@ -165,23 +373,10 @@ def load_context(source: KeySource) -> tuple[ts.Context, str]:
         )
     try:
         digest = fingerprint(source)
-        context = ckks.read_public_context(
-            directory,
-            source.ctx_filename,
-            source.pubkey_filename,
-            source.relinkey_filename,
-            rotatekey_filename=source.rotatekey_filename,
-            secret_key_filename=source.secret_key_filename,
-        )
-    except ckks.SecretKeyPresent as error:
-        raise MissingKeys(f"refusing the CKKS key material in KEYS_PATH={directory}: {error}") from None
-    except ckks.MissingKeyMaterial as error:
-        raise MissingKeys(f"CKKS public key material incomplete in KEYS_PATH={directory}: {error}") from None
-    except ckks.MalformedMaterial as error:
-        raise MissingKeys(f"unusable CKKS key material in KEYS_PATH={directory}: {error}") from None
+        context = _read_public_context(source)
     except OSError as error:
         raise MissingKeys(f"cannot read the CKKS key material in KEYS_PATH={directory}: {error}") from None
-    if context.is_private():  # read_public_context guarantees this; the invariant is the point
+    if context.is_private():  # the structural checks exclude it; the invariant is the point
         raise MissingKeys(f"refusing the CKKS key material in KEYS_PATH={directory}: it holds a secret key")
     return context, digest
 
