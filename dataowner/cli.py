@@ -51,6 +51,12 @@ def _common(p: argparse.ArgumentParser, *, network: bool = True) -> None:
         default=None,
         help="local storage directory (default STORAGE_PATH, else <data-dir>/storage)",
     )
+    p.add_argument(
+        "--storage",
+        choices=("local", "mictlanx", "nats"),
+        default=None,
+        help="storage backend (default STORAGE_BACKEND); nats = a JetStream object store on --nats",
+    )
     if network:
         p.add_argument(
             "--nats",
@@ -148,6 +154,8 @@ def _settings(args: argparse.Namespace) -> Any:
         overrides.update(storage_backend="local", storage_path=str(args.storage_path))
     elif "STORAGE_PATH" not in os.environ and os.environ.get("STORAGE_BACKEND", "auto") in ("auto", "local"):
         overrides["storage_path"] = str(args.data_dir / "storage")
+    if args.storage is not None:
+        overrides["storage_backend"] = args.storage
     nats_urls = getattr(args, "nats", None)
     if nats_urls:
         overrides["nats_urls"] = [u.strip() for v in nats_urls for u in v.split(",") if u.strip()]

@@ -235,7 +235,7 @@ class WorkerProcess:
 
 
 def worker_env(
-    data_dir: Path, node: str, nats_url: str, keys_path: Path, capacity: int = 2
+    data_dir: Path, node: str, nats_url: str, keys_path: Path, capacity: int = 2, storage: str = "local"
 ) -> dict[str, str]:
     """The worker's whole configuration, as environment variables (nothing else is read)."""
     env = {
@@ -245,7 +245,7 @@ def worker_env(
         NODE_ID=node,
         NATS_URLS=nats_url,
         RORY_SUBJECT_PREFIX=PREFIX,
-        STORAGE_BACKEND="local",
+        STORAGE_BACKEND=storage,
         STORAGE_PATH=str(data_dir / "storage"),
         KEYS_PATH=str(keys_path),
         SINK_PATH=str(data_dir / "sink"),
@@ -504,6 +504,7 @@ class DemoOptions:
     keep: bool = False
     json_out: Path | None = None
     in_process: bool = False
+    storage: str = "local"  # STORAGE_BACKEND of the workers and the owner: local or nats
 
 
 def parse_list(text: str | None, allowed: tuple[str, ...] | list[str], what: str) -> list[str]:
@@ -518,7 +519,7 @@ def parse_list(text: str | None, allowed: tuple[str, ...] | list[str], what: str
     return items
 
 
-async def _start_in_process(data_dir: Path, node: str, url: str, keys_path: Path) -> Any:
+async def _start_in_process(data_dir: Path, node: str, url: str, keys_path: Path, storage: str) -> Any:
     from worker.runtime.service import WorkerService
     from worker.settings import load_settings
 
@@ -528,7 +529,7 @@ async def _start_in_process(data_dir: Path, node: str, url: str, keys_path: Path
     for name in ("rory", "nats"):
         logging.getLogger(name).addHandler(handler)
         logging.getLogger(name).propagate = False
-    env = worker_env(data_dir, node, url, keys_path)
+    env = worker_env(data_dir, node, url, keys_path, storage=storage)
     settings = load_settings(
         **{k.lower(): v for k, v in env.items() if k.isupper() and k.lower() in _SETTING_NAMES}
     )
@@ -560,6 +561,7 @@ async def run_demo(options: DemoOptions) -> list[DemoRow]:
     import nats
 
     from worker.storage import LocalStore
+    from worker.storage.nats_objects import NatsObjectStore
 
     prepared = {name: prepare(name) for name in options.datasets}  # fails fast without scikit-learn
     needs_ckks = any(ALGORITHMS[a].ckks for a in options.only)
@@ -593,12 +595,14 @@ async def run_demo(options: DemoOptions) -> list[DemoRow]:
         nodes = [(MAIN_NODE, main_keys)] + ([(ML_NODE, ml_keys)] if needs_ml else [])
         for node, keys_path in nodes:
             if options.in_process:
-                workers.append(await _start_in_process(data_dir, node, server.url, keys_path))
+                workers.append(
+                    await _start_in_process(data_dir, node, server.url, keys_path, options.storage)
+                )
                 ops: list[str] = workers[-1].registry.names()
             else:
                 proc = WorkerProcess(
                     node,
-                    worker_env(data_dir, node, server.url, keys_path),
+                    worker_env(data_dir, node, server.url, keys_path, storage=options.storage),
                     data_dir / "logs" / f"worker-{node}.log",
                 )
                 workers.append(proc)
@@ -608,7 +612,9 @@ async def run_demo(options: DemoOptions) -> list[DemoRow]:
             _print(f"worker:         {node} ({mode}, {len(ops)} operations, storage {data_dir / 'storage'})")
         _print(f"setup:          {time.perf_counter() - t0:.1f}s")
 
-        store = LocalStore(data_dir / "storage", "rory")
+        store = (
+            NatsObjectStore("rory", nc=nc) if options.storage == "nats" else LocalStore(data_dir / "storage")
+        )
         progress = ProgressDisplay()
         client = DataOwnerClient(nc, store, keys, prefix=PREFIX, node=MAIN_NODE)
         ml_client = DataOwnerClient(nc, store, keys, prefix=PREFIX, node=ML_NODE) if needs_ml else None
@@ -669,6 +675,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="run the worker inside this process instead of a child process",
     )
+    parser.add_argument(
+        "--storage",
+        choices=("local", "nats"),
+        default="local",
+        help="storage of workers and owner: a local directory, or a JetStream object store (default local)",
+    )
 
 
 def options_from_args(args: argparse.Namespace) -> DemoOptions:
@@ -683,6 +695,7 @@ def options_from_args(args: argparse.Namespace) -> DemoOptions:
         keep=args.keep,
         json_out=args.json_out,
         in_process=args.in_process,
+        storage=args.storage,
     )
 
 
