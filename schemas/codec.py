@@ -15,7 +15,7 @@ from typing import Any
 
 import msgpack
 
-from worker.errors import BadRequest, PayloadTooLarge
+from schemas.errors import BadRequest, PayloadTooLarge
 
 CONTENT_TYPE = "Content-Type"
 ACCEPT = "Accept"

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from worker.errors import BadRequest, UnsupportedVersion
+from schemas.errors import BadRequest, UnsupportedVersion
 
 PROTOCOL_VERSION = 1
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
@@ -134,7 +134,7 @@ class ErrorInfo(_Wire):
 
 
 class Reply(_Wire):
-    """The answer to a Command: sent to the request's reply inbox and to ``<p>.results.<job_id>``."""
+    """The answer to a Command: sent to the request's reply inbox and to ``<p>.results.<node>.<job_id>``."""
 
     v: Literal[1] = Field(description="protocol major version, 1")
     id: str = Field(pattern=ID_PATTERN, description="new unique id of this reply")
@@ -231,7 +231,16 @@ class Announcement(_Wire):
 
 # ----------------------------------------------------------------------------------- fast path
 def _is_number(value: Any) -> bool:
-    return (type(value) is float or type(value) is int) and math.isfinite(value)
+    if type(value) is float:
+        return math.isfinite(value)
+    if type(value) is not int:
+        return False
+    # A JSON integer has no size limit: math.isfinite (and float()) raise OverflowError on one that
+    # no float can hold, such as 10**400. Command.model_validate refuses it too.
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def parse_command(data: Any) -> Command:

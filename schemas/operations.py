@@ -1,17 +1,26 @@
 """Parameters and results of every operation, with Rory's snake_case names and defaults.
 
 Parameters also accept the original header spelling (``Plaintext-Matrix-Id`` for
-``plaintext_matrix_id``) so Managers ported from the HTTP worker keep working. Unknown fields are
-rejected: a typo must not silently fall back to a default. Shapes are lists of ints, never strings.
+``plaintext_matrix_id``) so Managers ported from the HTTP worker keep working, and every field the
+original V1 or V2 worker accepted for an operation (``Params.LEGACY``: checked against storage where
+that means something, ignored otherwise). Unknown fields are rejected: a typo must not silently fall
+back to a default. Shapes are lists of ints, never strings. Numbers are bounded: floats are finite and
+ints fit the wire encodings, so nothing a command carries can overflow when it is used or echoed.
+
+:data:`OPERATIONS` holds one :class:`OperationSpec` per operation (name, params, results,
+description): ``docs/protocol.md`` is generated from it and the worker binds each handler to it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import IntEnum, StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AliasChoices, AliasGenerator, BaseModel, BeforeValidator, ConfigDict, Field
 
+from schemas import keys
 from schemas.keys import KEY_PATTERN, MAX_KEY_LENGTH, MAX_NAMESPACE_LENGTH, NAMESPACE_PATTERN
 
 
@@ -55,8 +64,16 @@ def _aliases(field: str) -> AliasChoices:
     return AliasChoices(field, _header_name(field))
 
 
+#: Largest count a command may carry (round counters, sizes): ``iterations + 1`` and anything else
+#: derived from it stay far inside msgpack's 64-bit ints and JSON's exact integers.
+MAX_COUNT = 1_000_000_000
+#: Largest declared dimension: shapes are only compared with storage, but must fit a signed 64-bit
+#: int so that an error message quoting them can be encoded in both wire encodings.
+MAX_DIMENSION = 2**63 - 1
+
 Key = Annotated[str, Field(pattern=KEY_PATTERN, max_length=MAX_KEY_LENGTH)]
-Shape = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1, max_length=4)]
+Shape = Annotated[list[Annotated[int, Field(ge=0, le=MAX_DIMENSION)]], Field(min_length=1, max_length=4)]
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
 _DTYPES = "float16|float32|float64|int8|int16|int32|int64|uint8|uint16|uint32|uint64"
 Dtype = Annotated[str, Field(pattern=rf"^({_DTYPES})$")]
 StepIndex = Literal[1, 2]
@@ -71,6 +88,58 @@ def _distance(value: Any) -> Any:
 Distance = Annotated[DistanceName, BeforeValidator(_distance)]
 
 
+class Compat(StrEnum):
+    """How the worker treats a field it accepts only because the original worker did."""
+
+    CHECKED = "checked against storage"
+    IGNORED = "ignored"
+
+
+@dataclass(frozen=True)
+class StorageClaim:
+    """What a command says about one stored object: its shape and/or dtype, or only that it exists.
+
+    ``shape_field``/``dtype_field`` name the parameters the values come from (for the 422 message);
+    ``allow_prefix`` accepts a declared shape that is a leading prefix of the stored one (Rory's
+    newest client declares a Liu matrix ``(r, a, m)`` as ``(r, a)``).
+    """
+
+    key: str
+    shape: tuple[int, ...] | None = None
+    dtype: str | None = None
+    shape_field: str = ""
+    dtype_field: str = ""
+    allow_prefix: bool = False
+
+
+def _claims(*claims: StorageClaim | None) -> tuple[StorageClaim, ...]:
+    return tuple(claim for claim in claims if claim is not None)
+
+
+def _claim(
+    params: BaseModel,
+    key: str,
+    shape_field: str,
+    dtype_field: str,
+    id_field: str | None = None,
+    *,
+    allow_prefix: bool = False,
+) -> StorageClaim | None:
+    """The claim the legacy fields make about ``key``; None when the command declares none of them."""
+    shape: list[int] | None = getattr(params, shape_field)
+    dtype: str | None = getattr(params, dtype_field)
+    named = id_field is not None and getattr(params, id_field) is not None
+    if shape is None and dtype is None and not named:
+        return None
+    return StorageClaim(
+        key, None if shape is None else tuple(shape), dtype, shape_field, dtype_field, allow_prefix
+    )
+
+
+def _legacy(what: str) -> str:
+    return f"Accepted for compatibility with the original worker; {what}."
+
+
 class Params(BaseModel):
     """Base of every operation's parameters."""
 
@@ -79,7 +148,17 @@ class Params(BaseModel):
         populate_by_name=True,
         alias_generator=AliasGenerator(validation_alias=_aliases),
         frozen=True,
+        allow_inf_nan=False,  # NaN/inf would poison a computation or be unencodable in a JSON reply
     )
+
+    #: Fields accepted only because the original V1 or V2 worker accepted them (contract section 4,
+    #: "Legacy fields"), and how this worker treats each. The CHECKED ones are turned into
+    #: :meth:`storage_claims`, which the worker compares with storage before the handler runs.
+    LEGACY: ClassVar[Mapping[str, Compat]] = {}
+
+    def storage_claims(self) -> tuple[StorageClaim, ...]:
+        """What this command's legacy fields declare about stored objects (empty when none)."""
+        return ()
 
     experiment_id: str = Field("", max_length=128, description="Free text for logs.")
     namespace: str | None = Field(
@@ -129,11 +208,27 @@ class SecureKMeansParams(Params):
     encrypted_matrix_dtype: Dtype | None = None
     k: int = Field(3, ge=1, le=1000)
     m: int = Field(3, ge=3, le=64)
-    iterations: int = Field(0, ge=0)
+    iterations: Count = 0
     shift_matrix_id: Key | None = Field(None, description="Default <P>shiftmatrix (decrypted by the owner).")
     is_zero: bool | None = Field(
         None, description="Owner's convergence verdict; when absent step 2 applies MIN_ERROR to centroids."
     )
+    # The original client's extra headers (reference section 4.3), which its worker ignored.
+    request_id: str | None = Field(None, max_length=128, description=_legacy("ignored"))
+    experiment_iteration: Count | None = Field(None, description=_legacy("ignored"))
+    max_iterations: Count | None = Field(
+        None, description=_legacy("ignored (the data owner's iteration cap)")
+    )
+    encrypted_udm_dtype: Dtype | None = Field(
+        None, description=_legacy("ignored (SKMeans has no encrypted UDM)")
+    )
+
+    LEGACY: ClassVar[Mapping[str, Compat]] = {
+        "request_id": Compat.IGNORED,
+        "experiment_iteration": Compat.IGNORED,
+        "max_iterations": Compat.IGNORED,
+        "encrypted_udm_dtype": Compat.IGNORED,
+    }
 
 
 class DbsKMeansParams(SecureKMeansParams):
@@ -142,6 +237,16 @@ class DbsKMeansParams(SecureKMeansParams):
     shift_matrix_ope_id: Key | None = Field(
         None, description="Legacy name of the OPE-encrypted shift matrix."
     )
+    start_time: float | None = Field(
+        None, ge=0, description=_legacy("ignored (the V1 data owner's global start time)")
+    )
+
+    LEGACY: ClassVar[Mapping[str, Compat]] = {
+        "request_id": Compat.IGNORED,
+        "experiment_iteration": Compat.IGNORED,
+        "max_iterations": Compat.IGNORED,
+        "start_time": Compat.IGNORED,
+    }
 
 
 class PqcKMeansParams(Params):
@@ -183,7 +288,7 @@ class PqcKMeansParams(Params):
         None, description="Step 2 input: the data owner's int label vector (n); default <P>labels."
     )
     k: int = Field(3, ge=1, le=1000, description="Clusters; checked against the stored centroids/labels.")
-    iterations: int = Field(0, ge=0, description="Round counter kept by the data owner; echoed + 1.")
+    iterations: Count = Field(0, description="Round counter kept by the data owner; echoed + 1.")
 
 
 class PqcKMeansDistancesResult(Result):
@@ -219,12 +324,69 @@ class NncParams(Params):
     plaintext_matrix_id: Key
     dm_id: Key | None = Field(None, description="Default <P>dm.")
     threshold: float = Field(..., description="-1 picks the smallest non-zero distance.")
+    # Required but unused by the original worker (reference section 4.5).
+    plaintext_matrix_shape: Shape | None = Field(None, description=_legacy("checked against <P> when given"))
+    plaintext_matrix_dtype: Dtype | None = Field(None, description=_legacy("checked against <P> when given"))
+    dm_shape: Shape | None = Field(None, description=_legacy("checked against the distance matrix"))
+    dm_dtype: Dtype | None = Field(None, description=_legacy("checked against the distance matrix"))
+
+    LEGACY: ClassVar[Mapping[str, Compat]] = {
+        "plaintext_matrix_shape": Compat.CHECKED,
+        "plaintext_matrix_dtype": Compat.CHECKED,
+        "dm_shape": Compat.CHECKED,
+        "dm_dtype": Compat.CHECKED,
+    }
+
+    def storage_claims(self) -> tuple[StorageClaim, ...]:
+        dm_key = self.dm_id or keys.distance_matrix(self.plaintext_matrix_id)
+        return _claims(
+            _claim(self, self.plaintext_matrix_id, "plaintext_matrix_shape", "plaintext_matrix_dtype"),
+            _claim(self, dm_key, "dm_shape", "dm_dtype"),
+        )
 
 
 class DbsNncParams(Params):
     plaintext_matrix_id: Key
     encrypted_dm_id: Key | None = Field(None, description="Default <P>encrypteddm.")
     encrypted_threshold: float
+    # Required but unused by the original worker (reference section 4.6): it downloaded the encrypted
+    # matrix only to report its shape.
+    encrypted_matrix_id: Key | None = Field(
+        None, description=_legacy("must exist when given (default encrypted<P>)")
+    )
+    encrypted_matrix_shape: Shape | None = Field(
+        None, description=_legacy("checked against the encrypted matrix when given (a prefix suffices)")
+    )
+    encrypted_matrix_dtype: Dtype | None = Field(
+        None, description=_legacy("checked against the encrypted matrix when given")
+    )
+    encrypted_dm_shape: Shape | None = Field(
+        None, description=_legacy("checked against the encrypted distance matrix when given")
+    )
+    encrypted_dm_dtype: Dtype | None = Field(
+        None, description=_legacy("checked against the encrypted distance matrix when given")
+    )
+    m: int | None = Field(None, ge=3, le=64, description=_legacy("ignored"))
+
+    LEGACY: ClassVar[Mapping[str, Compat]] = {
+        "encrypted_matrix_id": Compat.CHECKED,
+        "encrypted_matrix_shape": Compat.CHECKED,
+        "encrypted_matrix_dtype": Compat.CHECKED,
+        "encrypted_dm_shape": Compat.CHECKED,
+        "encrypted_dm_dtype": Compat.CHECKED,
+        "m": Compat.IGNORED,
+    }
+
+    def storage_claims(self) -> tuple[StorageClaim, ...]:
+        matrix_key = self.encrypted_matrix_id or keys.encrypted(self.plaintext_matrix_id)
+        dm_key = self.encrypted_dm_id or keys.encrypted_distance_matrix(self.plaintext_matrix_id)
+        return _claims(
+            _claim(
+                self, matrix_key, "encrypted_matrix_shape", "encrypted_matrix_dtype", "encrypted_matrix_id",
+                allow_prefix=True,
+            ),
+            _claim(self, dm_key, "encrypted_dm_shape", "encrypted_dm_dtype"),
+        )
 
 
 class NncResult(LabelsResult):
@@ -250,6 +412,41 @@ class SknnParams(Params):
     model_labels_shape: Shape | None = None
     m: int = Field(3, ge=3, le=64)
     distance: Distance | None = Field(None, description="Default DISTANCE (CKKS: EUCLIDEAN only).")
+    # Required but only presence-checked by the original worker (reference section 4.10).
+    encrypted_model_dtype: Dtype | None = Field(
+        None, description=_legacy("checked against the encrypted model in step 1 when given")
+    )
+    encrypted_records_dtype: Dtype | None = Field(
+        None, description=_legacy("checked against the encrypted records in step 1 when given")
+    )
+    min_distances_index_id: Key | None = Field(
+        None,
+        validation_alias=AliasChoices(
+            "min_distances_index_id", "Min-Distances-Index-Id", "Min_Distances_Index_Id"
+        ),
+        description=_legacy("ignored: step 2 reads distancesindex<records_test_id>, as the original"),
+    )
+
+    LEGACY: ClassVar[Mapping[str, Compat]] = {
+        "encrypted_model_dtype": Compat.CHECKED,
+        "encrypted_records_dtype": Compat.CHECKED,
+        "min_distances_index_id": Compat.IGNORED,
+    }
+
+    def storage_claims(self) -> tuple[StorageClaim, ...]:
+        if self.step_index != 1:  # step 2 reads neither ciphertext object
+            return ()
+        model_key = self.encrypted_model_id or keys.encrypted(self.model_id)
+        records_key = self.encrypted_records_id or keys.encrypted(self.records_test_id)
+        return _claims(
+            _dtype_claim(self, model_key, "encrypted_model_dtype"),
+            _dtype_claim(self, records_key, "encrypted_records_dtype"),
+        )
+
+
+def _dtype_claim(params: BaseModel, key: str, dtype_field: str) -> StorageClaim | None:
+    dtype: str | None = getattr(params, dtype_field)
+    return None if dtype is None else StorageClaim(key, dtype=dtype, dtype_field=dtype_field)
 
 
 class DistancesResult(Result):
@@ -272,9 +469,13 @@ class LrTrainParams(Params):
 
 class LrPredictParams(Params):
     plaintext_matrix_test_id: Key = "test_x"
-    plaintext_matrix_train_id: Key | None = None
+    plaintext_matrix_train_id: Key | None = Field(
+        None, description=_legacy("ignored (the original only logged it)")
+    )
     weights_id: Key
     bias_id: Key
+
+    LEGACY: ClassVar[Mapping[str, Compat]] = {"plaintext_matrix_train_id": Compat.IGNORED}
 
 
 class TrainResult(Result):
@@ -308,9 +509,14 @@ class PplrTrainParams(Params):
     scale: float = Field(
         40, gt=0, description="Accepted for compatibility; the public context's own scale is used."
     )
-    n_features: int = Field(0, ge=0, description="d; 0 = from the ciphertexts, else checked against them.")
-    n_samples: int = Field(0, ge=0, description="n; 0 = from storage, else checked against it.")
+    n_features: Count = Field(0, description="d; 0 = from the ciphertexts, else checked against them.")
+    n_samples: Count = Field(0, description="n; 0 = from storage, else checked against it.")
     epochs: int = Field(1, ge=1, le=1000, description="Passes in this call (each needs 6 levels).")
+    clustering_status: ClusteringStatus | None = Field(
+        None, description=_legacy("ignored (the original client sent START, then WORK_IN_PROGRESS)")
+    )
+
+    LEGACY: ClassVar[Mapping[str, Compat]] = {"scale": Compat.IGNORED, "clustering_status": Compat.IGNORED}
 
 
 class PplrTrainResult(Result):
@@ -334,7 +540,9 @@ class PplrPredictParams(Params):
     scale: float = Field(
         40, gt=0, description="Accepted for compatibility; the public context's own scale is used."
     )
-    n_features: int = Field(0, ge=0, description="d; 0 = from the ciphertexts, else checked against them.")
+    n_features: Count = Field(0, description="d; 0 = from the ciphertexts, else checked against them.")
+
+    LEGACY: ClassVar[Mapping[str, Compat]] = {"scale": Compat.IGNORED}
 
 
 class PplrPredictResult(Result):
@@ -357,6 +565,21 @@ class PqcSknnParams(SknnParams):
     """
 
     layout: Literal["rows", "packed"] = Field("rows", description="Ciphertext packing of model/records.")
+    encrypted_model_dtype: Dtype | None = Field(
+        None, description=_legacy("ignored: CKKS ciphertext lists have no dtype")
+    )
+    encrypted_records_dtype: Dtype | None = Field(
+        None, description=_legacy("ignored: CKKS ciphertext lists have no dtype")
+    )
+
+    LEGACY: ClassVar[Mapping[str, Compat]] = {
+        "encrypted_model_dtype": Compat.IGNORED,
+        "encrypted_records_dtype": Compat.IGNORED,
+        "min_distances_index_id": Compat.IGNORED,
+    }
+
+    def storage_claims(self) -> tuple[StorageClaim, ...]:
+        return ()
 
 
 class PqcDistancesResult(DistancesResult):
@@ -365,42 +588,78 @@ class PqcDistancesResult(DistancesResult):
     block_size: int | None = None
 
 
-PARAMS: dict[Op, type[Params]] = {
-    Op.KMEANS: KMeansParams,
-    Op.SKMEANS: SecureKMeansParams,
-    Op.DBSKMEANS: DbsKMeansParams,
-    Op.NNC: NncParams,
-    Op.DBSNNC: DbsNncParams,
-    Op.PQC_SKMEANS: SecureKMeansParams,
-    Op.PQC_DBSKMEANS: DbsKMeansParams,
-    Op.PQC_KMEANS: PqcKMeansParams,
-    Op.KNN_PREDICT: KnnParams,
-    Op.SKNN_PREDICT: SknnParams,
-    Op.PQC_SKNN_PREDICT: PqcSknnParams,
-    Op.LR_TRAIN: LrTrainParams,
-    Op.LR_PREDICT: LrPredictParams,
-    Op.PPLR_TRAIN: PplrTrainParams,
-    Op.PPLR_PREDICT: PplrPredictParams,
-}
+@dataclass(frozen=True)
+class OperationSpec:
+    """One operation of the contract: its name, parameter model, result models and a one-line summary.
 
+    ``result`` lists every model the operation may answer with: step 1 and step 2 of the two-step
+    operations each have their own.
+    """
+
+    op: Op
+    params: type[Params]
+    result: tuple[type[Result], ...]
+    description: str
+
+
+#: Every operation, in the order docs/protocol.md lists them.
+OPERATIONS: tuple[OperationSpec, ...] = (
+    OperationSpec(Op.KMEANS, KMeansParams, (KMeansResult,), "Plaintext k-means (first-k initialisation)."),
+    OperationSpec(
+        Op.SKMEANS, SecureKMeansParams, (Step1Result, Step2Result),
+        "Secure k-means over Liu ciphertexts with a plaintext UDM (step 1 / step 2).",
+    ),
+    OperationSpec(
+        Op.DBSKMEANS, DbsKMeansParams, (Step1Result, Step2Result),
+        "Double-blind secure k-means: Liu data, FDH-OPE-encrypted UDM (step 1 / step 2).",
+    ),
+    OperationSpec(Op.NNC, NncParams, (NncResult,), "Plaintext nearest-neighbour threshold clustering."),
+    OperationSpec(
+        Op.DBSNNC, DbsNncParams, (LabelsResult,),
+        "Nearest-neighbour clustering on an FDH-OPE-encrypted distance matrix.",
+    ),
+    OperationSpec(
+        Op.PQC_SKMEANS, SecureKMeansParams, (Step1Result, Step2Result),
+        "Secure k-means over CKKS row ciphertexts with a plaintext UDM (step 1 / step 2).",
+    ),
+    OperationSpec(
+        Op.PQC_DBSKMEANS, DbsKMeansParams, (Step1Result, Step2Result),
+        "Double-blind secure k-means: CKKS row ciphertexts, FDH-OPE-encrypted UDM (step 1 / step 2).",
+    ),
+    OperationSpec(
+        Op.PQC_KMEANS, PqcKMeansParams, (PqcKMeansDistancesResult, PqcKMeansSumsResult),
+        "Euclidean k-means over column-packed CKKS data; the worker learns only labels (step 1 / step 2).",
+    ),
+    OperationSpec(
+        Op.KNN_PREDICT, KnnParams, (LabelsResult,), "Plaintext 1-nearest-neighbour classification."
+    ),
+    OperationSpec(
+        Op.SKNN_PREDICT, SknnParams, (DistancesResult, LabelsResult),
+        "Secure 1-NN over Liu ciphertexts (step 1 distances / step 2 labels).",
+    ),
+    OperationSpec(
+        Op.PQC_SKNN_PREDICT, PqcSknnParams, (PqcDistancesResult, LabelsResult),
+        "Secure 1-NN over CKKS (squared Euclidean; step 1 distances / step 2 labels).",
+    ),
+    OperationSpec(Op.LR_TRAIN, LrTrainParams, (TrainResult,), "Plaintext logistic regression training."),
+    OperationSpec(
+        Op.LR_PREDICT, LrPredictParams, (LrPredictResult,), "Plaintext logistic regression prediction."
+    ),
+    OperationSpec(
+        Op.PPLR_TRAIN, PplrTrainParams, (PplrTrainResult,),
+        "Privacy-preserving logistic regression: encrypted gradient steps over CKKS.",
+    ),
+    OperationSpec(
+        Op.PPLR_PREDICT, PplrPredictParams, (PplrPredictResult,),
+        "Privacy-preserving logistic regression: encrypted predictions.",
+    ),
+)
+
+#: The spec of each operation, by its name (the subject's ``<op>``).
+SPECS: dict[str, OperationSpec] = {spec.op.value: spec for spec in OPERATIONS}
+PARAMS: dict[Op, type[Params]] = {spec.op: spec.params for spec in OPERATIONS}
 #: What each operation answers: step 1 and step 2 of the two-step operations list both models.
-RESULTS: dict[Op, tuple[type[Result], ...]] = {
-    Op.KMEANS: (KMeansResult,),
-    Op.SKMEANS: (Step1Result, Step2Result),
-    Op.DBSKMEANS: (Step1Result, Step2Result),
-    Op.NNC: (NncResult,),
-    Op.DBSNNC: (LabelsResult,),
-    Op.PQC_SKMEANS: (Step1Result, Step2Result),
-    Op.PQC_DBSKMEANS: (Step1Result, Step2Result),
-    Op.PQC_KMEANS: (PqcKMeansDistancesResult, PqcKMeansSumsResult),
-    Op.KNN_PREDICT: (LabelsResult,),
-    Op.SKNN_PREDICT: (DistancesResult, LabelsResult),
-    Op.PQC_SKNN_PREDICT: (PqcDistancesResult, LabelsResult),
-    Op.LR_TRAIN: (TrainResult,),
-    Op.LR_PREDICT: (LrPredictResult,),
-    Op.PPLR_TRAIN: (PplrTrainResult,),
-    Op.PPLR_PREDICT: (PplrPredictResult,),
-}
+RESULTS: dict[Op, tuple[type[Result], ...]] = {spec.op: spec.result for spec in OPERATIONS}
 
 #: Meaning of the fields shared by many models (a field's own description wins in the docs).
 GLOSSARY: dict[str, str] = {

@@ -39,6 +39,7 @@ __all__ = [
     "check_numeric",
     "check_owned_outputs",
     "check_shape",
+    "check_storage_claims",
     "fetch_arrays",
     "labels_payload",
     "plan_labels",
@@ -187,6 +188,24 @@ def check_dtype(info: Any, declared: str | None) -> None:
         raise ValidationFailed(
             f"{info.ball_id}: declared dtype {declared} but storage holds {info.full_dtype}"
         )
+
+
+async def check_storage_claims(ctx: Any, params: Any) -> None:
+    """Compare what a command's legacy fields declare (``Params.storage_claims``, schemas/operations.py)
+    with storage: 422 naming the field, the declared and the stored value when they disagree, 404 when
+    the object is missing. worker/runtime/registry.py runs it before the handler, so a command that
+    fails it has downloaded nothing and written nothing."""
+    claims = getattr(params, "storage_claims", None)
+    for claim in claims() if claims is not None else ():
+        field = claim.shape_field
+        try:
+            info = await check_shape(ctx, claim.key, claim.shape, allow_prefix=claim.allow_prefix)
+            field = claim.dtype_field
+            check_dtype(info, claim.dtype)
+        except ValidationFailed as error:
+            if type(error) is not ValidationFailed:  # e.g. CorruptObject from storage keeps its type
+                raise
+            raise ValidationFailed(f"params.{field}: {error.message}") from None
 
 
 def check_allocation(ctx: Any, shape: Sequence[int], itemsize: int, what: str) -> None:

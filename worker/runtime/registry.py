@@ -3,17 +3,23 @@
 An :class:`Operation` is a name (the subject's ``<op>``), a pydantic model for its ``params``, and
 an async handler ``(ctx, params) -> BaseModel | dict``. Handlers raise typed errors
 (``worker/errors.py``); the runtime maps them to error Replies once.
+
+A Rory operation is bound to its contract spec (``schemas.operations.OPERATIONS``) when it is
+registered: its params model must be the spec's, its description is the spec's, and the legacy fields
+the spec's model checks against storage are checked before the handler runs.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
+from schemas.operations import SPECS, OperationSpec
 from schemas.subjects import is_valid_op
 from worker.errors import BadRequest
 
@@ -36,6 +42,7 @@ class Operation:
     handler: Handler
     description: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
+    spec: OperationSpec | None = None
 
     def __post_init__(self) -> None:
         if not is_valid_op(self.name):
@@ -50,6 +57,11 @@ class Operation:
         for key, value in self.metadata.items():
             if not isinstance(key, str) or not isinstance(value, str):
                 raise TypeError(f"{self.name}: metadata keys and values must be strings")
+        if self.spec is not None and (self.spec.op.value != self.name or self.spec.params is not self.params):
+            raise TypeError(
+                f"{self.name}: params {self.params.__name__} is not the contract's "
+                f"{self.spec.params.__name__} for {self.spec.op.value}"
+            )
 
     def parse_params(self, raw: Mapping[str, Any]) -> BaseModel:
         """Validate ``params``; a failure is a 400 naming each field path and reason."""
@@ -57,6 +69,30 @@ class Operation:
             return self.params.model_validate(raw)
         except ValidationError as error:
             raise BadRequest(format_params_error(error)) from None
+
+
+def bind_spec(operation: Operation) -> Operation:
+    """Bind an operation named like one of the contract's to that spec (others are returned as they are).
+
+    The params model must be the spec's (TypeError otherwise), the description becomes the spec's, and
+    the handler first checks the command's legacy storage claims
+    (:func:`worker.handlers.common.check_storage_claims`): a declared shape or dtype that disagrees
+    with storage is a 422 before the handler reads or writes anything.
+    """
+    spec = SPECS.get(operation.name)
+    if spec is None or operation.spec is not None:
+        return operation
+    from worker.handlers.common import check_storage_claims  # numpy: only for Rory operations
+
+    handler = operation.handler
+
+    @functools.wraps(handler)
+    async def checked(ctx: JobContext, params: Any) -> Result:
+        await check_storage_claims(ctx, params)
+        return await handler(ctx, params)
+
+    # replace() runs __post_init__ again, which refuses a params model other than the spec's.
+    return replace(operation, handler=checked, description=spec.description, spec=spec)
 
 
 def format_params_error(error: ValidationError, limit: int = 5) -> str:
@@ -84,6 +120,7 @@ class Registry:
         """Add an operation; registering a name twice is an error (it would shadow silently)."""
         if operation.name in self._ops:
             raise ValueError(f"operation {operation.name!r} is already registered")
+        operation = bind_spec(operation)
         self._ops[operation.name] = operation
         return operation
 
@@ -138,4 +175,12 @@ def default_registry() -> Registry:
     return registry
 
 
-__all__ = ["Handler", "Operation", "Registry", "Result", "default_registry", "format_params_error"]
+__all__ = [
+    "Handler",
+    "Operation",
+    "Registry",
+    "Result",
+    "bind_spec",
+    "default_registry",
+    "format_params_error",
+]
