@@ -4,6 +4,7 @@ and the MictlanX client through the in-repo fake router.
     python benchmarks/bench_storage.py                 # 64 MB float64, quick
     python benchmarks/bench_storage.py --full          # 64 MB and 512 MB
     python benchmarks/bench_storage.py --sizes 16 128 --repeat 5 --num-chunks 1 --fsync
+    python benchmarks/bench_storage.py --nats-only --nats-r3   # the nats backend, R1 and R3
 
 Goals (from the storage issue): local put/get >= 0.7x numpy.save/numpy.load throughput, and the peak
 memory of a get <= 2x the array (tracemalloc peak of the call, divided by the array's bytes).
@@ -20,6 +21,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -185,6 +187,90 @@ def report(rows: list[Row], num_chunks: int) -> None:
         )
 
 
+async def _timed(action: Callable[[], Awaitable[object]]) -> float:
+    start = time.perf_counter()
+    await action()
+    return time.perf_counter() - start
+
+
+async def _nats_rows(
+    label: str, store: ObjectStore, array: np.ndarray, small: list[np.ndarray], repeat: int
+) -> str:
+    """Best-of-``repeat`` put/get of the big array and of every small one (one ball each, in parallel
+    groups of 16 as handlers issue them), as one line of the nats table."""
+    big_put = big_get = small_put = small_get = float("inf")
+    for _ in range(repeat):
+        big_put = min(big_put, await _timed(lambda: store.put_ndarray("bench", array, num_chunks=4)))
+        big_get = min(big_get, await _timed(lambda: store.get_ndarray("bench")))
+
+        async def put_all() -> None:
+            for start in range(0, len(small), 16):
+                batch = range(start, min(start + 16, len(small)))
+                await asyncio.gather(*(store.put_ndarray(f"small{i}", small[i]) for i in batch))
+
+        async def get_all() -> None:
+            for start in range(0, len(small), 16):
+                batch = range(start, min(start + 16, len(small)))
+                await asyncio.gather(*(store.get_ndarray(f"small{i}") for i in batch))
+
+        small_put = min(small_put, await _timed(put_all))
+        small_get = min(small_get, await _timed(get_all))
+    if not np.array_equal(await store.get_ndarray("bench"), array):
+        raise SystemExit(f"{label}: round trip mismatch")
+    mb = array.nbytes / MB
+    return (
+        f"{label:<30} {mb / big_put:>9.0f} {mb / big_get:>9.0f} "
+        f"{len(small) / small_put:>10.0f} {len(small) / small_get:>10.0f}"
+    )
+
+
+async def run_nats(args: argparse.Namespace) -> None:
+    """The ``nats`` backend (JetStream object store) beside the local one: a 64 MB array and many
+    small balls, on one embedded server (R1) and, with ``--nats-r3``, a three-server cluster (R3)."""
+    import nats
+
+    from worker.embedded import EmbeddedNats
+    from worker.storage.nats_objects import NatsObjectStore
+
+    array = np.random.default_rng(64).random((64 * MB // 8 // 128, 128))
+    small = [np.random.default_rng(i).random((64, 8)) for i in range(args.small_count)]  # 4 KiB each
+    header = f"{'backend':<30} {'put MB/s':>9} {'get MB/s':>9} {'small put/s':>10} {'small get/s':>10}"
+    lines = [header, "-" * len(header)]
+    with tempfile.TemporaryDirectory(prefix="bench-nats-", dir=args.dir) as tmp:
+        root = Path(tmp)
+        local = LocalStore(root / "css")
+        try:
+            lines.append(await _nats_rows("local (default)", local, array, small, args.repeat))
+        finally:
+            await local.aclose()
+        async with EmbeddedNats(root / "nats") as server:
+            nc = await nats.connect(server.url)
+            store = NatsObjectStore("bench", nc=nc, timeout=60)
+            try:
+                lines.append(await _nats_rows("nats R1 (file storage)", store, array, small, args.repeat))
+            finally:
+                await store.aclose()
+                await nc.close()
+        if args.nats_r3:
+            from scripts.cluster import LocalCluster
+
+            with LocalCluster(3, 0, jetstream=True, base_dir=root / "cluster") as cluster:
+                nc = await nats.connect(servers=cluster.urls)
+                store = NatsObjectStore("bench", nc=nc, replicas=3, timeout=60)
+                try:
+                    lines.append(
+                        await _nats_rows("nats R3 (3 local servers)", store, array, small, args.repeat)
+                    )
+                finally:
+                    await store.aclose()
+                    await nc.close()
+    print(
+        f"\n64 MB float64 in 4 chunks; {args.small_count} small balls of 4 KiB (16 at a time); "
+        f"best of {args.repeat}"
+    )
+    print("\n".join(lines))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -197,9 +283,16 @@ def main() -> None:
     parser.add_argument("--dir", default=None, help="directory on the disk to test (default: system temp)")
     parser.add_argument("--quick", action="store_true", help="only the default local configuration")
     parser.add_argument("--no-mictlanx", action="store_true", help="skip the fake-router measurement")
+    parser.add_argument("--nats", action="store_true", help="also the nats backend (JetStream object store)")
+    parser.add_argument("--nats-only", action="store_true", help="only the nats table (implies --nats)")
+    parser.add_argument("--nats-r3", action="store_true", help="nats also on a local three-server R3 cluster")
+    parser.add_argument("--small-count", type=int, default=500, help="small balls in the nats table")
     args = parser.parse_args()
-    rows = asyncio.run(run(args))
-    report(rows, args.num_chunks)
+    if not args.nats_only:
+        rows = asyncio.run(run(args))
+        report(rows, args.num_chunks)
+    if args.nats or args.nats_only or args.nats_r3:
+        asyncio.run(run_nats(args))
 
 
 if __name__ == "__main__":

@@ -15,13 +15,13 @@ What nats-py 2.16's object store (``nats/js/object_store.py``) does and what we 
   carries ``num_chunks``) last, as the commit point; every chunk carries the write's
   ``full_checksum``, so a reader that meets chunks of two writes re-reads and, if the mix persists (a
   writer failed half way), reports ``CorruptObject``, never mixed data.
-* ``get`` follows the meta record to its chunk subject, verifies the whole object's SHA-256 digest,
-  and with ``writeinto`` writes each message through the default executor (without it, it concatenates
-  ``bytes`` and turns quadratic). We pass a sink that copies into the preallocated output. nats-py
-  re-reads the meta itself, so we compare the version (``nuid``) it read with the one we validated.
-* nats-py waits forever when the chunks of the version it resolved vanish (a concurrent overwrite
-  purged them): a watchdog checks the meta record whenever no data arrived for ``stall_timeout``
-  seconds and restarts the read on the new version, or gives up with ``StorageUnavailable``.
+* nats-py's ``get`` reads an object through a new ordered consumer, which the server keeps until its
+  inactivity threshold: hundreds of small reads pile up hundreds of consumers (a cluster refuses more,
+  "maximum consumers limit reached"), and it waits forever when the version's messages were purged
+  meanwhile. So reads use the meta record (``get_info``) and then fetch the messages of that version's
+  subject one by one with direct gets (``next_by_subj``; no consumer, any current replica answers),
+  checking the SHA-256 digest themselves. A message that is not there means the object was replaced
+  (the read starts over on the new version) or a replica lags (retried).
 * Sizes are checked from the meta records (``check_first_chunk``, ``check_budget``) before anything is
   allocated; the per-message size is ``chunk_size`` (under the server's ``max_payload``).
 
@@ -47,6 +47,7 @@ import nats.errors
 import numpy as np
 from nats.aio.client import Client
 from nats.js import api
+from nats.js.client import JetStreamContext
 from nats.js.errors import (
     APIError,
     BadObjectMetaError,
@@ -56,6 +57,7 @@ from nats.js.errors import (
     NotFoundError,
     ServiceUnavailableError,
 )
+from nats.js.object_store import OBJ_CHUNKS_PRE_TEMPLATE, OBJ_STREAM_TEMPLATE
 from nats.js.object_store import ObjectStore as JsObjectStore
 
 from worker.errors import CorruptObject, NotFound, RoryError, StorageUnavailable
@@ -206,25 +208,6 @@ def _unpack_all(layout: Layout, view: memoryview) -> list[bytes]:
     return items
 
 
-class _Sink:
-    """nats-py's ``writeinto`` target: copies each message into the output slice (in an executor
-    thread) and counts progress for the stall watchdog. It has no ``buffer`` attribute on purpose
-    (nats-py would write there instead)."""
-
-    def __init__(self, dest: memoryview, what: str) -> None:
-        self.dest = dest
-        self.what = what
-        self.position = 0
-
-    def write(self, data: bytes) -> int:
-        end = self.position + len(data)
-        if end > len(self.dest):
-            raise CorruptObject(f"{self.what}: more than the {len(self.dest)} bytes its meta declares")
-        self.dest[self.position : end] = data
-        self.position = end
-        return len(data)
-
-
 class _Source:
     """A ``readinto`` reader over a chunk's bytes, so nats-py reads a big chunk without a full copy."""
 
@@ -254,7 +237,6 @@ class NatsObjectStore(PlannedStore):
         max_bucket_bytes: int = -1,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         timeout: float = DEFAULT_REQUEST_TIMEOUT,
-        stall_timeout: float | None = None,
         max_workers: int = 4,
         retry: RetryPolicy | None = None,
         max_object_bytes: int = DEFAULT_MAX_OBJECT_BYTES,
@@ -266,7 +248,6 @@ class NatsObjectStore(PlannedStore):
         self.max_bucket_bytes = int(max_bucket_bytes) if max_bucket_bytes and max_bucket_bytes > 0 else -1
         self.chunk_size = max(4096, int(chunk_size))
         self.timeout = float(timeout)
-        self.stall_timeout = float(stall_timeout) if stall_timeout else self.timeout
         self.max_workers = max(1, int(max_workers))
         self.retry = retry or DEFAULT_RETRY
         # Reads refuse (PayloadTooLarge) a ball whose meta records declare more bytes than this.
@@ -304,6 +285,14 @@ class NatsObjectStore(PlannedStore):
         return cls(settings.nats_object_bucket or settings.mictlanx_bucket_id, **options)
 
     # ------------------------------------------------------------------ plumbing
+    @property
+    def _stream(self) -> str:
+        return OBJ_STREAM_TEMPLATE.format(bucket=self.bucket)
+
+    def _js(self) -> JetStreamContext:
+        assert self._nc is not None
+        return self._nc.jetstream(timeout=self.timeout)
+
     async def _store(self) -> JsObjectStore:
         if self._closed:
             raise StorageUnavailable("nats object store is closed")
@@ -321,7 +310,7 @@ class NatsObjectStore(PlannedStore):
                 self._nc = await self._connect()
             except Exception as error:  # NatsUnavailable, SettingsError: name the cause
                 raise StorageUnavailable(f"nats object store {self.bucket}: {error}") from error
-        js = self._nc.jetstream(timeout=self.timeout)
+        js = self._js()
         try:
             return await js.object_store(self.bucket)
         except BucketNotFoundError:
@@ -409,36 +398,35 @@ class NatsObjectStore(PlannedStore):
         return _chunk_meta(info, f"{self.bucket}/{key}"), info
 
     async def _get_once(self, obs: JsObjectStore, meta: ChunkMeta, nuid: str, dest: memoryview) -> None:
+        """Fetch the object's messages one by one with direct gets (no consumer) into ``dest``."""
         what = f"{self.bucket}/{meta.key}"
-        sink = _Sink(dest, what)
-        task = asyncio.ensure_future(obs.get(meta.key, writeinto=sink))  # type: ignore[arg-type]
-        try:
-            seen, idle = -1, 0.0
-            while True:
-                done, _ = await asyncio.wait({task}, timeout=self.stall_timeout)
-                if done:
-                    break
-                if sink.position != seen:
-                    seen, idle = sink.position, 0.0
-                    continue
-                # No data for a while: nats-py waits forever if the version's chunks were purged.
+        js = self._js()
+        subject = OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=self.bucket, obj=nuid)
+        digest = hashlib.sha256()
+        position, seq = 0, 1
+        while position < meta.size:
+            try:
+                msg = await js.get_msg(self._stream, seq=seq, subject=subject, direct=True, next=True)
+            except NotFoundError:
+                msg = None
+            if msg is None or msg.seq is None or msg.subject != subject:
+                # Purged (a writer replaced the object) or a replica that has not caught up yet.
                 try:
                     current = await obs.get_info(meta.key)
                 except NotFoundError:
                     raise _Changed(f"{what} was deleted while being read") from None
                 if current.nuid != nuid:
                     raise _Changed(f"{what} was replaced while being read")
-                idle += self.stall_timeout
-                if idle >= 2 * self.stall_timeout:
-                    raise _Transient(f"{what}: no data for {idle:g}s")
-            result = task.result()
-        finally:
-            if not task.done():
-                task.cancel()
-        if result.info.nuid != nuid:
-            raise _Changed(f"{what} was replaced before its data was read")
-        if sink.position != meta.size:
-            raise CorruptObject(f"{what}: {sink.position} bytes, its meta declares {meta.size}")
+                raise _Transient(f"{what}: message after sequence {seq - 1} not served yet")
+            data = msg.data or b""
+            end = position + len(data)
+            if end > meta.size:
+                raise CorruptObject(f"{what}: more than the {meta.size} bytes its meta declares")
+            dest[position:end] = data
+            digest.update(data)  # one message (chunk_size bytes) at a time: short steps on the loop
+            position, seq = end, msg.seq + 1
+        if meta.checksum is not None and digest.hexdigest() != meta.checksum:
+            raise CorruptObject(f"{what}: SHA-256 does not match the object's digest")
 
     async def _get_data(self, meta: ChunkMeta, nuid: str, dest: memoryview) -> None:
         obs = await self._store()

@@ -51,7 +51,10 @@ def _datasets(seed: int) -> dict[str, np.ndarray]:
     }
 
 
-async def _write(store: NatsObjectStore, arrays: dict[str, np.ndarray], lists: dict[str, list[bytes]]) -> None:
+Lists = dict[str, list[bytes]]
+
+
+async def _write(store: NatsObjectStore, arrays: dict[str, np.ndarray], lists: Lists) -> None:
     for name, array in arrays.items():
         if array.ndim == 0:
             await store.put_blob(name, array)
@@ -61,7 +64,7 @@ async def _write(store: NatsObjectStore, arrays: dict[str, np.ndarray], lists: d
         await store.put_bytes_list(name, items, num_chunks=3, shape=(len(items),))
 
 
-async def _verify(store: NatsObjectStore, arrays: dict[str, np.ndarray], lists: dict[str, list[bytes]]) -> None:
+async def _verify(store: NatsObjectStore, arrays: dict[str, np.ndarray], lists: Lists) -> None:
     for name, array in arrays.items():
         got = await store.get_ndarray(name)
         assert got.dtype == array.dtype and got.shape == array.shape
@@ -93,9 +96,10 @@ async def _all_replicas_current(nc: Client, stream: str) -> None:
         try:
             info = await js.stream_info(stream)
             replicas = info.cluster.replicas if info.cluster is not None else None
-            if info.cluster is not None and info.cluster.leader and replicas and len(replicas) == 2:
-                if all(r.current and not r.offline for r in replicas):
-                    return
+            leader = info.cluster.leader if info.cluster is not None else None
+            caught_up = bool(replicas) and all(r.current and not r.offline for r in replicas or [])
+            if leader and caught_up and len(replicas or []) == 2:
+                return
         except (nats.errors.Error, TimeoutError):
             pass
         assert time.monotonic() < deadline, f"{stream}: replicas did not catch up within 60 s"
@@ -106,8 +110,10 @@ def _index(cluster: LocalCluster, name: str) -> int:
     return next(i for i, server in enumerate(cluster.servers) if server.name == name)
 
 
-async def test_r3_bucket_survives_the_loss_of_any_one_server(cluster: LocalCluster, cluster_nc: Client) -> None:
-    store = nats_store(cluster_nc, replicas=3, retry=PATIENT, timeout=3.0, stall_timeout=3.0)
+async def test_r3_bucket_survives_the_loss_of_any_one_server(
+    cluster: LocalCluster, cluster_nc: Client
+) -> None:
+    store = nats_store(cluster_nc, replicas=3, retry=PATIENT, timeout=3.0)
     stream = f"OBJ_{store.bucket}"
     arrays = _datasets(1)
     lists = {"ds1-ctxts": [bytes([i]) * (1000 + 37 * i) for i in range(40)]}
