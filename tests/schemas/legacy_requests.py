@@ -39,7 +39,7 @@ _SECURE_KMEANS: dict[str, Any] = {
     "max_iterations": 10,
 }
 _DOUBLE_BLIND: dict[str, Any] = {
-    "encrypted_udm_shape": [N, K, A],
+    "encrypted_udm_shape": [N, N, A],  # the owner uploads (r, r, a) first (reference section 4.4)
     "encrypted_udm_dtype": "float64",
     "shift_matrix_ope_id": f"{ROOT}shiftmatrixope",
     "start_time": 1_700_000_000.25,
