@@ -43,7 +43,9 @@ class GuardedStore(ForwardingStore):
         try:
             result = await call()
         except StorageUnavailable as error:
-            self.breaker.failed(error)
+            # A full bucket is not an outage: reads still work, so only retryable failures count.
+            if error.retryable:
+                self.breaker.failed(error)
             raise
         except OSError as error:
             if error.errno not in _OUTAGE_ERRNOS:
