@@ -29,10 +29,15 @@ SCALARS = st.one_of(
     _TEXT,
     st.binary(max_size=16),
 )
+#: Numbers that once ended in a 500 instead of a 400 (issue 11 item 8): integers JSON carries but no
+#: float (or msgpack int) holds, and the non-finite floats msgpack carries.
+HUGE_JSON_INTS = (10**400, -(10**400), 2**64, 2**1024)
+NON_FINITE = (math.nan, math.inf, -math.inf)
 JSON_SCALARS = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(min_value=-(10**30), max_value=10**30),
+    st.sampled_from(HUGE_JSON_INTS),
     st.floats(allow_nan=False, allow_infinity=False),
     _TEXT,
 )
@@ -49,6 +54,11 @@ def nested(leaves: st.SearchStrategy[Any], max_leaves: int = 20) -> st.SearchStr
 
 VALUES = nested(SCALARS)
 JSON_VALUES = nested(JSON_SCALARS)
+
+
+def _json_number(value: Any) -> bool:
+    """False for the floats JSON cannot carry (NaN, infinities)."""
+    return not (isinstance(value, float) and not math.isfinite(value))
 
 
 def _header_name(field: str) -> str:
@@ -76,14 +86,16 @@ PLAUSIBLE = st.one_of(
     st.from_regex(r"[A-Za-z0-9_-]{1,20}", fullmatch=True),  # storage-key-like
     st.lists(st.integers(min_value=-1, max_value=2**62), min_size=0, max_size=6),  # shape-like
     st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from([*NON_FINITE, 2**63 - 1, 2**63, 2**64 - 1, 10**9, 10**9 + 1]),  # bounds, NaN
 )
+PLAUSIBLE_JSON = st.one_of(PLAUSIBLE.filter(_json_number), st.sampled_from(HUGE_JSON_INTS))
 
 
 def params_dicts(op: str | None = None, *, json_safe: bool = False) -> st.SearchStrategy[dict[str, Any]]:
     """Param maps mixing the operation's real field names (both spellings) and junk keys."""
     names = _field_names(PARAMS[Op(op)]) if op else FIELD_NAMES
     keys = st.sampled_from(names) | _TEXT
-    values = st.one_of(PLAUSIBLE, JSON_VALUES if json_safe else VALUES)
+    values = st.one_of(PLAUSIBLE_JSON, JSON_VALUES) if json_safe else st.one_of(PLAUSIBLE, VALUES)
     return st.dictionaries(keys, values, max_size=8)
 
 
@@ -103,16 +115,17 @@ def commands(draw: st.DrawFn, *, json_safe: bool = False) -> dict[str, Any]:
         "id": draw(_ident(json_safe)),
         "op": draw(st.sampled_from([op, op, op, "nope.op", "", "a..b", "x" * 200])),
         "ts": draw(
-            st.sampled_from([1.7e9, 0, -1, "now", None, math.inf])
+            st.sampled_from([1.7e9, 0, -1, "now", None, *NON_FINITE, 2**64 - 1])
             if not json_safe
-            else st.sampled_from([1.7e9, 0, -1, "now", None])
+            else st.sampled_from([1.7e9, 0, -1, "now", None, *HUGE_JSON_INTS])
         ),
         "params": draw(st.one_of(params, params, params, junk)),
     }
     if draw(st.booleans()):
         body["job_id"] = draw(_ident(json_safe))
     if draw(st.booleans()):
-        body["deadline_s"] = draw(st.sampled_from([0.5, 5, 0, -1, "x", None]))
+        hostile = HUGE_JSON_INTS if json_safe else (*NON_FINITE, 2**64 - 1)
+        body["deadline_s"] = draw(st.sampled_from([0.5, 5, 0, -1, "x", None, 1e300, *hostile]))
     for key in draw(st.lists(st.sampled_from(list(body)), max_size=2)):
         body.pop(key, None)  # missing fields
     return body

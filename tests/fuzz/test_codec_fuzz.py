@@ -203,3 +203,36 @@ def test_awkward_json(text: str) -> None:
 )
 def test_awkward_msgpack(data: bytes) -> None:
     check_envelope(data, json_mode=False)
+
+
+def test_the_fuzz_corpus_runs_clean(tmp_path: Any) -> None:
+    """Every seed of tests/fuzz/fuzz_codec.py (valid commands and the hostile numbers of issue 11
+    item 8) goes through the harness's own target without an exception escaping."""
+    from tests.fuzz import fuzz_codec  # a module, not its test_one_input: pytest must not collect it
+
+    fuzz_codec.seed_corpus(tmp_path)
+    seeds = sorted(tmp_path.iterdir())
+    assert {path.name for path in seeds} >= set(fuzz_codec.HOSTILE_SEEDS)
+    for path in seeds:
+        fuzz_codec.test_one_input(path.read_bytes())
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "json_mode"),
+    [
+        ("ts", 10**400, True),
+        ("ts", -(10**400), True),
+        ("ts", 2**1024, True),
+        ("deadline_s", 10**400, True),
+        ("deadline_s", -(10**400), True),
+        ("ts", float("nan"), False),
+        ("deadline_s", float("inf"), False),
+    ],
+    ids=["ts-huge", "ts-neg-huge", "ts-2^1024", "dl-huge", "dl-neg-huge", "ts-nan", "dl-inf"],
+)
+def test_numbers_no_float_holds_are_a_bad_request(field: str, value: Any, json_mode: bool) -> None:
+    """``math.isfinite(10**400)`` raises OverflowError: it must surface as a 400, not a crash."""
+    body = {**VALID, field: value}
+    data = json.dumps(body).encode() if json_mode else codec.encode(body)  # msgpack carries NaN/inf
+    with pytest.raises(BadRequest, match=field):
+        parse_command(codec.decode(data, json_mode=json_mode))
