@@ -1,0 +1,106 @@
+"""Plaintext clustering drivers: KMeans, NNC and DBSNNC, one command each."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from core.crypto import fdhope
+from core.dataowner import distance_matrix, threshold
+from dataowner.drivers.base import Driver
+from dataowner.job import JobReport
+from dataowner.progress import ProgressCallback
+from schemas import keys
+from schemas.operations import (
+    DbsNncParams,
+    KMeansParams,
+    KMeansResult,
+    LabelsResult,
+    NncParams,
+    NncResult,
+    Op,
+)
+
+__all__ = ["PlainClusteringDriver"]
+
+
+class PlainClusteringDriver(Driver):
+    async def kmeans(
+        self,
+        data: np.ndarray,
+        k: int,
+        *,
+        dataset_id: str | None,
+        max_iterations: int,
+        tolerance: float,
+        upload: bool,
+        progress: ProgressCallback | None,
+    ) -> JobReport:
+        x = np.asarray(data, dtype=np.float64)
+        ds = self.dataset_id(dataset_id)
+        job = self.job(Op.KMEANS.value, ds, x.shape[0], 1, progress)
+        if upload:
+            await job.store.put_blob(ds, x)
+        job.prepared()
+        with job.round():
+            params = KMeansParams(
+                plaintext_matrix_id=ds,
+                k=k,
+                max_iterations=max_iterations,
+                tolerance=tolerance,
+                **self.common(),
+            )
+            result = await job.call(params, KMeansResult)
+            job.report.labels = await self.labels(job, result)
+        job.report.iterations = result.iterations
+        return job.finish()
+
+    async def nnc(
+        self,
+        data: np.ndarray,
+        *,
+        threshold_value: float,
+        dataset_id: str | None,
+        progress: ProgressCallback | None,
+    ) -> JobReport:
+        x = np.asarray(data, dtype=np.float64)
+        ds = self.dataset_id(dataset_id)
+        job = self.job(Op.NNC.value, ds, x.shape[0], 1, progress)
+        with job.owner():
+            dm = distance_matrix(x)
+        await self.put_matrix(job, keys.distance_matrix(ds), dm)
+        job.prepared()
+        with job.round():
+            params = NncParams(plaintext_matrix_id=ds, threshold=threshold_value, **self.common())
+            result = await job.call(params, NncResult)
+            job.report.labels = await self.labels(job, result)
+        job.report.extra["threshold"] = result.threshold
+        return job.finish()
+
+    async def dbsnnc(
+        self,
+        data: np.ndarray,
+        *,
+        threshold_value: float,
+        dataset_id: str | None,
+        sensitivity: float,
+        progress: ProgressCallback | None,
+    ) -> JobReport:
+        """FDH-OPE key from the DM, threshold on the PLAINTEXT DM, OPE(DM) and OPE(threshold)."""
+        x = np.asarray(data, dtype=np.float64)
+        ds = self.dataset_id(dataset_id)
+        job = self.job(Op.DBSNNC.value, ds, x.shape[0], 1, progress)
+        with job.owner():
+            dm = distance_matrix(x)
+            fkey = fdhope.generate_key(dm, sensitivity)
+            theta = threshold(dm, threshold_value)
+            sealed_dm = fdhope.encrypt(fkey, dm)
+            sealed_theta = fdhope.encrypt_threshold(fkey, theta)
+        self.keys.save_fdhope(f"{ds}-dm", fkey)
+        await self.put_matrix(job, keys.encrypted_distance_matrix(ds), sealed_dm)
+        job.prepared()
+        with job.round():
+            params = DbsNncParams(plaintext_matrix_id=ds, encrypted_threshold=sealed_theta, **self.common())
+            result = await job.call(params, LabelsResult)
+            job.report.labels = await self.labels(job, result)
+        job.report.extra["threshold"] = theta
+        return job.finish()

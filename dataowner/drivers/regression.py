@@ -1,0 +1,218 @@
+"""Regression drivers: plaintext logistic regression (LR) and its CKKS variant (PPLR)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import tenseal as ts
+
+from core import pqc_dataowner
+from core.crypto import ckks
+from dataowner.drivers.base import Driver
+from dataowner.job import Job, JobReport
+from dataowner.progress import ProgressCallback
+from schemas import keys
+from schemas.operations import (
+    LrPredictParams,
+    LrPredictResult,
+    LrTrainParams,
+    Op,
+    PplrPredictParams,
+    PplrPredictResult,
+    PplrTrainParams,
+    PplrTrainResult,
+    TrainResult,
+)
+
+__all__ = ["RegressionDriver", "lr_keys", "pplr_model_keys"]
+
+
+def lr_keys(train_id: str) -> tuple[str, str, str, str]:
+    """Where LR training leaves X, y and the model: prediction reads the same names."""
+    return f"{train_id}x", f"{train_id}y", f"{train_id}weights", f"{train_id}bias"
+
+
+def pplr_model_keys(train_id: str) -> tuple[str, str]:
+    """Where PPLR's encrypted weights and bias live: training and prediction must agree."""
+    return f"{train_id}encryptedweights", f"{train_id}encryptedbias"
+
+
+class RegressionDriver(Driver):
+    # ------------------------------------------------------------------ PPLR (CKKS)
+    async def pplr_train(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        train_id: str | None,
+        epochs: int,
+        learning_rate: float,
+        profile: str,
+        refresh_threshold: float,
+        progress: ProgressCallback | None,
+    ) -> JobReport:
+        """One encrypted gradient step per call; between epochs the owner decrypts, cleans
+        (|v| < ``refresh_threshold`` -> 0) and re-encrypts the weights (instead of bootstrapping)."""
+        features = np.asarray(x, dtype=np.float64)
+        target = np.asarray(y, dtype=np.float64).reshape(-1)
+        if features.ndim != 2 or target.size != features.shape[0]:
+            raise ValueError(f"X {features.shape} and y {target.shape} disagree")
+        if epochs < 1:
+            raise ValueError("epochs must be >= 1")
+        n, d = features.shape
+        tid = self.dataset_id(train_id)
+        job = self.job(Op.PPLR_TRAIN.value, tid, n, epochs, progress)
+        x_key, y_key = keys.encrypted(tid), keys.encrypted(f"{tid}y")
+        w_key, b_key = pplr_model_keys(tid)
+        with job.owner():
+            ctx = self.keys.ckks(profile)
+            y_blobs = ckks.serialize(pqc_dataowner.encrypt_labels(ctx, target))
+        await asyncio.gather(
+            self.upload_ckks_rows(job, x_key, features, profile),
+            self.put_ciphertexts(job, y_key, y_blobs, [n]),
+        )
+        job.prepared()
+        weights, bias = np.zeros(d), 0.0
+        for epoch in range(1, epochs + 1):
+            with job.round():
+                await self.put_model(job, ctx, w_key, b_key, weights, bias)
+                job.emit("train", epoch)
+                params = PplrTrainParams(
+                    encrypted_matrix_train_id=x_key,
+                    encrypted_label_vector_train_id=y_key,
+                    encrypted_weights_id=w_key,
+                    encrypted_bias_id=b_key,
+                    learning_rate=learning_rate,
+                    n_features=d,
+                    n_samples=n,
+                    epochs=1,
+                    **self.common(),
+                )
+                await job.call(params, PplrTrainResult)
+                w_vec, b_vec = await asyncio.gather(
+                    self.get_vectors(job, w_key, profile), self.get_vectors(job, b_key, profile)
+                )
+                with job.owner():
+                    weights, bias = pqc_dataowner.decrypt_model(
+                        ctx, w_vec[0], b_vec[0], threshold=refresh_threshold
+                    )
+        job.report.iterations = epochs
+        job.report.extra.update(train_id=tid, weights=weights, bias=bias, profile=profile)
+        return job.finish()
+
+    async def put_model(
+        self, job: Job, ctx: ts.Context, w_key: str, b_key: str, weights: np.ndarray, bias: float
+    ) -> None:
+        with job.owner():
+            w_vec, b_vec = pqc_dataowner.encrypt_model(ctx, weights, bias)
+            w_blob, b_blob = w_vec.serialize(), b_vec.serialize()
+        await asyncio.gather(
+            job.store.put_bytes_list(w_key, [w_blob], num_chunks=1, shape=[1]),
+            job.store.put_bytes_list(b_key, [b_blob], num_chunks=1, shape=[1]),
+        )
+
+    async def pplr_predict(
+        self,
+        x: np.ndarray,
+        *,
+        train_id: str,
+        weights: np.ndarray,
+        bias: float,
+        test_id: str | None,
+        profile: str,
+        namespace: str | None,
+        progress: ProgressCallback | None,
+    ) -> JobReport:
+        """Encrypted predictions sigma~(x.w + b); the owner decrypts and thresholds at 0.5."""
+        features = np.asarray(x, dtype=np.float64)
+        xid = self.dataset_id(test_id)
+        job = self.job(Op.PPLR_PREDICT.value, xid, features.shape[0], 1, progress)
+        with job.owner():
+            ctx = self.keys.ckks(profile)
+        w_key, b_key = pplr_model_keys(train_id)
+        x_key = keys.encrypted(xid)
+        await asyncio.gather(
+            self.upload_ckks_rows(job, x_key, features, profile),
+            self.put_model(job, ctx, w_key, b_key, np.asarray(weights, dtype=np.float64), float(bias)),
+        )
+        job.prepared()
+        with job.round():
+            params = PplrPredictParams(
+                encrypted_matrix_test_id=x_key,
+                encrypted_weights_id=w_key,
+                encrypted_bias_id=b_key,
+                n_features=features.shape[1],
+                **self.common(namespace),
+            )
+            result = await job.call(params, PplrPredictResult)
+            vectors = await self.get_vectors(job, result.encrypted_predictions_id, profile)
+            with job.owner():
+                probabilities = pqc_dataowner.decrypt_predictions(ctx, vectors, features.shape[0])
+        job.report.predictions = (probabilities >= 0.5).astype(np.int64)
+        job.report.extra["probabilities"] = probabilities
+        return job.finish()
+
+    # ------------------------------------------------------------------ LR (plaintext)
+    async def lr_train(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        train_id: str | None,
+        epochs: int,
+        learning_rate: float,
+        progress: ProgressCallback | None,
+    ) -> JobReport:
+        features = np.asarray(x, dtype=np.float64)
+        target = np.asarray(y, dtype=np.float64).reshape(-1)
+        tid = self.dataset_id(train_id)
+        job = self.job(Op.LR_TRAIN.value, tid, features.shape[0], 1, progress)
+        x_key, y_key, weights_id, bias_id = lr_keys(tid)
+        await asyncio.gather(self.put_matrix(job, x_key, features), self.put_matrix(job, y_key, target))
+        job.prepared()
+        with job.round():
+            params = LrTrainParams(
+                plaintext_matrix_train_id=x_key,
+                plaintext_label_vector_train_id=y_key,
+                weights_id=weights_id,
+                bias_id=bias_id,
+                epochs=epochs,
+                learning_rate=learning_rate,
+                **self.common(),
+            )
+            await job.call(params, TrainResult)
+            weights, bias = await asyncio.gather(
+                job.store.get_ndarray(weights_id), job.store.get_ndarray(bias_id)
+            )
+        job.report.iterations = epochs
+        job.report.extra.update(
+            train_id=tid,
+            weights_id=weights_id,
+            bias_id=bias_id,
+            weights=np.asarray(weights).reshape(-1),
+            bias=float(np.asarray(bias).reshape(-1)[0]),
+        )
+        return job.finish()
+
+    async def lr_predict(
+        self, x: np.ndarray, *, train_id: str, test_id: str | None, progress: ProgressCallback | None
+    ) -> JobReport:
+        features = np.asarray(x, dtype=np.float64)
+        xid = self.dataset_id(test_id)
+        job = self.job(Op.LR_PREDICT.value, xid, features.shape[0], 1, progress)
+        await self.put_matrix(job, xid, features)
+        train_x, _, weights_id, bias_id = lr_keys(train_id)
+        job.prepared()
+        with job.round():
+            params = LrPredictParams(
+                plaintext_matrix_test_id=xid,
+                plaintext_matrix_train_id=train_x,
+                weights_id=weights_id,
+                bias_id=bias_id,
+                **self.common(),
+            )
+            result = await job.call(params, LrPredictResult)
+            predictions = await job.store.get_ndarray(result.predictions_id)
+        job.report.predictions = np.asarray(predictions).reshape(-1).astype(np.int64)
+        return job.finish()

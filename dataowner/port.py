@@ -1,0 +1,161 @@
+"""The "worker port": how a protocol driver sends one command and gets its typed result.
+
+A driver (``dataowner/drivers/*``) only knows operations, :class:`schemas.operations.Params` models
+and :class:`schemas.operations.Result` models; a port turns them into a Command envelope, delivers it
+and parses the Reply. Two ports exist: :class:`dataowner.nats_port.NatsPort` (production, with
+retries) and :class:`dataowner.inprocess_port.InProcessPort` (the worker's own dispatcher and
+handlers in this process: tests and benchmarks without NATS).
+
+Every call can report a :class:`CallRecord` to an observer: where it ran, the worker's timings, the
+time the owner waited and the bytes each way. That is what the job's accounting is built from.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from pydantic import ValidationError
+
+from dataowner.errors import BadResult, WorkerError
+from schemas.envelopes import PROTOCOL_VERSION, Reply, Timings
+from schemas.operations import Op, Params, Result
+
+__all__ = [
+    "CallObserver",
+    "CallRecord",
+    "RetryEvent",
+    "RetryPolicy",
+    "WorkerPort",
+    "command_envelope",
+    "dump_params",
+    "new_id",
+    "parse_reply",
+    "raise_error",
+]
+
+R = TypeVar("R", bound=Result)
+
+
+def new_id(prefix: str = "") -> str:
+    """A short random id that is a valid storage key, job id and subject token."""
+    return f"{prefix}{secrets.token_hex(6)}"
+
+
+@dataclass(frozen=True)
+class RetryEvent:
+    """One retry a port is about to make (reported to the observer, shown by the progress display)."""
+
+    op: str
+    command_id: str
+    attempt: int  # 1 for the first retry
+    delay: float
+    reason: str
+
+
+@dataclass
+class CallRecord:
+    """What one command cost, as the owner saw it (all attempts together)."""
+
+    op: str
+    command_id: str
+    node_id: str = ""
+    timings: Timings = field(default_factory=Timings)
+    wait_seconds: float = 0.0  # wall time inside the port call (delivery, worker, retries)
+    bytes_up: int = 0  # encoded command bytes, every attempt
+    bytes_down: int = 0  # encoded reply bytes
+    attempts: int = 0
+
+
+class CallObserver(Protocol):
+    def retry(self, event: RetryEvent) -> None: ...
+
+    def record(self, record: CallRecord) -> None: ...
+
+
+class WorkerPort(Protocol):
+    """Send one command of ``op`` and return its result parsed as ``expect``.
+
+    Raises :class:`dataowner.errors.WorkerError` for an error Reply (after the port's retries) and
+    :class:`dataowner.errors.NoWorkerError` when nobody serves the subject. ``idempotent=False``
+    marks a command that must not run twice (a secure k-means step reads state it rewrites): a port
+    re-sends it only where a second delivery cannot run it again.
+    """
+
+    async def call(
+        self,
+        op: Op | str,
+        params: Params,
+        expect: type[R],
+        *,
+        node: str | None = None,
+        deadline_s: float | None = None,
+        job_id: str | None = None,
+        observer: CallObserver | None = None,
+        idempotent: bool = True,
+    ) -> R: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retry budget of a port: ``retries`` more attempts after the first, waiting
+    ``backoff * 2**i`` seconds (capped at ``max_backoff``) scaled by a random factor in [0.5, 1.0]
+    (jitter, so owners that failed together do not come back together)."""
+
+    retries: int = 5
+    backoff: float = 0.2
+    max_backoff: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.retries < 0:
+            raise ValueError("retries must be >= 0")
+        if self.backoff < 0 or self.max_backoff < 0:
+            raise ValueError("retry back-off must be >= 0")
+
+    def delay(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
+        """Seconds before retry number ``attempt`` (0-based)."""
+        base = min(self.max_backoff, self.backoff * 2**attempt)
+        return base * (0.5 + 0.5 * rng())
+
+
+def dump_params(params: Params) -> dict[str, Any]:
+    """The ``params`` map of a Command: field names, only what the driver set, no ``None``."""
+    return params.model_dump(mode="json", by_alias=False, exclude_none=True, exclude_unset=True)
+
+
+def command_envelope(
+    op: str, params: Params, command_id: str, job_id: str | None, deadline_s: float | None
+) -> dict[str, Any]:
+    return {
+        "v": PROTOCOL_VERSION,
+        "id": command_id,
+        "job_id": job_id or command_id,
+        "op": op,
+        "ts": time.time(),
+        "params": dump_params(params),
+        "deadline_s": deadline_s,
+    }
+
+
+def parse_reply(op: str, data: Mapping[str, Any], expect: type[R]) -> tuple[Reply, R | None]:
+    """Validate a Reply; on success also its result as ``expect`` (``None`` for an error Reply)."""
+    reply = Reply.model_validate(data)
+    if not reply.ok:
+        return reply, None
+    try:
+        return reply, expect.model_validate(reply.result or {})
+    except ValidationError as error:
+        raise BadResult(op, f"result is not a {expect.__name__}: {error}", reply.node_id) from None
+
+
+def raise_error(op: str, reply: Reply) -> WorkerError:
+    err = reply.error
+    if err is None:  # pragma: no cover - Reply's own validation requires it
+        return BadResult(op, "error Reply without error", reply.node_id)
+    return WorkerError(op, err.code, err.type, err.message, err.retryable, reply.node_id)
