@@ -169,7 +169,10 @@ class StorageHealth(_Wire):
     """Storage as the worker sees it."""
 
     backend: str = Field(description="storage backend name (local, mictlanx, ...)")
-    reachable: bool = Field(description="the last storage ping succeeded")
+    reachable: bool = Field(
+        description="false while the storage circuit breaker is open or three pings in a row failed"
+    )
+    last_error: str | None = Field(None, description="why storage is unreachable (the last failure)")
 
 
 class NatsHealth(_Wire):
@@ -215,6 +218,7 @@ class Heartbeat(_Wire):
     version: str
     operations: list[str]
     load: Load
+    storage: StorageHealth | None = Field(None, description="storage as in Health (absent before start)")
 
 
 class Announcement(_Wire):
