@@ -71,6 +71,18 @@ def _common(p: argparse.ArgumentParser, *, network: bool = True) -> None:
         target.add_argument("--pool", action="store_true", help="send commands to any worker (default)")
         p.add_argument("--namespace", default=None, help="isolate this job's state keys")
         p.add_argument("--timeout", type=float, default=300.0, help="seconds per command (default 300)")
+        p.add_argument(
+            "--retries",
+            type=int,
+            default=5,
+            help="re-sends of a command that failed retryably: 503/504, no responders (default 5)",
+        )
+        p.add_argument(
+            "--retry-backoff",
+            type=float,
+            default=0.2,
+            help="seconds before the first re-send, doubling each time up to 5 s, with jitter (default 0.2)",
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -261,6 +273,8 @@ async def _run(args: argparse.Namespace) -> int:
             node=target,
             namespace=args.namespace,
             timeout=args.timeout,
+            retries=args.retries,
+            retry_backoff=args.retry_backoff,
             progress=progress,
         )
 

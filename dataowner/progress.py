@@ -21,7 +21,7 @@ __all__ = ["ProgressCallback", "ProgressDisplay", "ProgressEvent", "format_event
 class ProgressEvent:
     """One step of a job, as reported by :class:`dataowner.client.DataOwnerClient`.
 
-    ``phase`` is a short word (``upload``, ``step1``, ``decrypt``, ``step2``, ``done``...);
+    ``phase`` is a short word (``upload``, ``step1``, ``decrypt``, ``step2``, ``retry``, ``done``...);
     ``shift`` is the decrypted max |S| of the round when the protocol has one.
     """
 
@@ -86,7 +86,8 @@ class ProgressDisplay:
             return
         now = time.monotonic()
         final = event.phase in {"done", "failed"}
-        if not final and now - self._last < self._min_interval:
+        # A retry is always shown: it explains a pause the owner would otherwise wonder about.
+        if not final and event.phase != "retry" and now - self._last < self._min_interval:
             return
         self._last = now
         line = format_event(event)
