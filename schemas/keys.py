@@ -127,6 +127,11 @@ def encrypted_predictions(test_id: str, namespace: str | None = None) -> str:
     return state(f"{test_id}encryptedpredictions", namespace)
 
 
+def pplr_gradients(weights_id: str, namespace: str | None = None) -> str:
+    """Where ``ml.pplr.train`` (packed layout) leaves the encrypted per-slot gradients of one epoch."""
+    return state(f"{weights_id}gradients", namespace)
+
+
 def staged(key: str) -> str:
     """Where a step stages the new value of an object it will overwrite (PPLR weights and bias)."""
     return check_key(f"{key}staged")

@@ -512,6 +512,13 @@ class PplrTrainParams(Params):
     n_features: Count = Field(0, description="d; 0 = from the ciphertexts, else checked against them.")
     n_samples: Count = Field(0, description="n; 0 = from storage, else checked against it.")
     epochs: int = Field(1, ge=1, le=1000, description="Passes in this call (each needs 6 levels).")
+    layout: Literal["rows", "packed"] = Field(
+        "rows",
+        description="rows: as above. packed (rotation-free, no Galois keys, 4 levels: the pplr-* profiles):"
+        " X column-packed [blocks, d], y [blocks], w d ciphertexts and b one, each replicated over the"
+        " block size; n_samples required, epochs=1; the worker stores the per-slot gradients"
+        " [parts, d+1] under encrypted_gradients_id and leaves w and b untouched (the owner updates).",
+    )
     clustering_status: ClusteringStatus | None = Field(
         None, description=_legacy("ignored (the original client sent START, then WORK_IN_PROGRESS)")
     )
@@ -529,6 +536,9 @@ class PplrTrainResult(Result):
     recovered: bool = Field(
         False, description="True when this call only completed the interrupted write of an earlier try."
     )
+    encrypted_gradients_id: str | None = Field(
+        None, description="packed layout: the encrypted gradients [parts, d+1] (sum every slot)."
+    )
 
 
 class PplrPredictParams(Params):
@@ -541,6 +551,11 @@ class PplrPredictParams(Params):
         40, gt=0, description="Accepted for compatibility; the public context's own scale is used."
     )
     n_features: Count = Field(0, description="d; 0 = from the ciphertexts, else checked against them.")
+    layout: Literal["rows", "packed"] = Field(
+        "rows",
+        description="packed: X_test column-packed [blocks, d], w and b replicated; one prediction"
+        " ciphertext per block (n_records = blocks × block size; the owner trims the padding).",
+    )
 
     LEGACY: ClassVar[Mapping[str, Compat]] = {"scale": Compat.IGNORED}
 

@@ -22,6 +22,10 @@ Two layouts:
   sums the slots, applies w ← w − (lr/n)·g_w, b ← b − (lr/n)·g_b in plaintext (it decrypts and
   re-encrypts the weights every epoch anyway) — no Galois keys (the context stays a few MB), 4 levels,
   n/slots ciphertexts per quantity instead of n. Predictions: one ciphertext per block of records.
+  Four levels fit N=8192 at 128-bit security (the ``pplr-*`` profiles of ``core/crypto/ckks.py``):
+  an epoch costs 2d + 3 ciphertext multiplications per block of ≤ 4096 records, where the rows layout
+  costs ~n·(d + log d) rotations and multiplications at N=16384 (``benchmarks/bench_pplr.py``).
+  Owner side: :func:`encrypt_training_packed`, :func:`packed_model_blobs`, :func:`update_from_packed`.
 
 Leakage (worker): nothing but sizes (n, d) and the number of epochs; predictions stay encrypted.
 """
@@ -41,15 +45,18 @@ __all__ = [
     "PACKED_DEPTH",
     "ROW_DEPTH",
     "apply_packed_gradients",
+    "encrypt_training_packed",
     "fit_step",
     "fit_step_bytes",
     "gradient_packed",
     "gradient_packed_bytes",
+    "packed_model_blobs",
     "predict",
     "predict_bytes",
     "predict_packed",
     "predict_packed_bytes",
     "rotation_steps",
+    "update_from_packed",
 ]
 
 #: Multiplicative levels one step consumes: dot 1, σ̃ 2 (TenSEAL polyval), replicate e 1, e·x 1, lr/n 1.
@@ -136,6 +143,10 @@ def _logits(block: Sequence[ts.CKKSVector], weights: Sequence[ts.CKKSVector], bi
             ) -> ts.CKKSVector:
     if len(block) != len(weights):
         raise CoreError(f"block has {len(block)} attributes, {len(weights)} weights")
+    size = block[0].size()
+    if any(v.size() != size for v in (*block, *weights, bias)):
+        raise CoreError(f"the block's columns, the weights and the bias must all hold {size} slots "
+                        "(weights and bias replicated over the block size)")
     return ckks.sum_vectors(x * w for x, w in zip(block, weights, strict=True)) + bias
 
 
@@ -145,7 +156,9 @@ def gradient_packed(columns: Sequence[Sequence[ts.CKKSVector]], y_blocks: Sequen
     """Per-slot gradients summed over blocks: ``([Σ_b e_b ⊙ X_bz for z], Σ_b e_b)`` (padding masked).
 
     ``weights[z]`` and ``bias`` are replicated over the block size; ``n`` = number of real records (the
-    padding slots of the last block are masked out of the bias gradient; X is zero there).
+    padding slots of the last block are masked out of the bias gradient; X is zero there). TenSEAL
+    mod-switches operands in place (``e * x`` leaves x one level from the bottom), so the inputs are
+    spent: pass freshly deserialized ciphertexts every call, as the worker does.
     """
     if not columns or len(y_blocks) != len(columns):
         raise CoreError(f"{len(y_blocks)} label blocks for {len(columns)} data blocks")
@@ -202,3 +215,51 @@ def predict_packed_bytes(context: bytes, columns: Sequence[Sequence[bytes]], wei
     cols = [ckks.deserialize(ctx, block) for block in columns]
     (b,) = ckks.deserialize(ctx, [bias])
     return ckks.serialize(predict_packed(cols, ckks.deserialize(ctx, weights), b))
+
+
+# --------------------------------------------------------------------------------------------------
+# packed layout, data-owner side (the client's ``pplr_train`` / ``pplr_predict`` call these)
+
+
+def encrypt_training_packed(ctx: ts.Context, X: np.ndarray, y: np.ndarray | None = None
+                            ) -> tuple[list[bytes], list[int], list[bytes], int]:
+    """Column-pack and encrypt X (and y) → (X blobs flat ``[blocks, d]`` row-major, that shape, y blobs
+    ``[blocks]`` (empty without y), block size B — the size the model must be replicated over)."""
+    x = np.asarray(X, dtype=np.float64)
+    blocks = ckks.encrypt_columns(ctx, x)
+    ys: list[bytes] = []
+    if y is not None:
+        t = np.asarray(y, dtype=np.float64).reshape(-1, 1)
+        if t.shape[0] != x.shape[0]:
+            raise CoreError(f"{t.shape[0]} labels for {x.shape[0]} samples")
+        ys = [block[0].serialize() for block in ckks.encrypt_columns(ctx, t)]
+    flat = [v.serialize() for block in blocks for v in block]
+    return flat, [len(blocks), x.shape[1]], ys, blocks[0][0].size()
+
+
+def packed_model_blobs(ctx: ts.Context, weights: np.ndarray, bias: float, size: int
+                       ) -> tuple[list[bytes], bytes]:
+    """Fresh ciphertexts of each w_z and of b, replicated over ``size`` slots (the refresh of every epoch)."""
+    w = ckks.encrypt_replicated(ctx, np.asarray(weights, dtype=np.float64).reshape(-1), size)
+    return ckks.serialize(w), ckks.encrypt_replicated(ctx, [float(bias)], size)[0].serialize()
+
+
+def update_from_packed(ctx: ts.Context, gradients: Sequence[ts.CKKSVector], weights: np.ndarray, bias: float,
+                       learning_rate: float, n: int, threshold: float = 1e-5) -> tuple[np.ndarray, float]:
+    """Data owner: one plaintext step from the worker's packed gradients.
+
+    ``gradients`` is flat ``[parts, d + 1]`` row-major, each row ``(Σ e⊙X_0, ..., Σ e⊙X_{d-1}, Σ e)`` over
+    one part of the blocks; every slot is summed, then w − (lr/n)·g_w, b − (lr/n)·g_b and |v| < threshold
+    → 0 (``ckks.post_process``, as the rows layout's refresh).
+    """
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    d = w.size
+    if not gradients or len(gradients) % (d + 1):
+        raise CoreError(f"{len(gradients)} gradient ciphertexts is not a multiple of d + 1 = {d + 1}")
+    if n < 1:
+        raise CoreError(f"n must be >= 1, got {n}")
+    g = ckks.decrypt_vectors(ctx, gradients).sum(axis=1).reshape(-1, d + 1).sum(axis=0)
+    scale = learning_rate / n
+    new_w = ckks.post_process(w - scale * g[:d], threshold)
+    new_b = ckks.post_process([float(bias) - scale * g[d]], threshold)
+    return new_w, float(new_b[0])

@@ -205,6 +205,9 @@ def _p(name: str, n: int, q: Sequence[int], scale_bits: int, level: int) -> Ckks
 #: decodable; a 60-bit scale cannot be rescaled at all (SEAL primes are ≤ 60 bits). We keep the primes and
 #: use the scale they imply, 2^50 (≈ 15 decimal digits of fraction, |v| < 2^9 at the very last level,
 #: < 2^59 one level above). ``ml-*``: depth 7 = one PPLR epoch (dot, 3 for σ̃, replicate, e·x, lr/n).
+#: ``pplr-*``: depth 4 = one epoch of PPLR's packed, rotation-free layout (``core/algorithms/pplr.py``:
+#: x⊙w, σ̃ 2, e⊙x). 128 bits fit N=8192 exactly (45+4·32+45 = 218 = the HE bound): a 2^32 scale keeps
+#: ~1e-6 absolute error and 13 bits of headroom (|v| < 4096 at the last level) for the per-slot gradients.
 PROFILES: dict[str, CkksProfile] = {
     p.name: p
     for p in (
@@ -214,6 +217,9 @@ PROFILES: dict[str, CkksProfile] = {
         _p("ml-128", 16384, (60, *([40] * 7), 60), 40, 128),
         _p("ml-192", 32768, (60, *([40] * 7), 60), 40, 192),
         _p("ml-256", 32768, (60, *([40] * 7), 60), 40, 256),
+        _p("pplr-128", 8192, (45, *([32] * 4), 45), 32, 128),
+        _p("pplr-192", 16384, (60, *([40] * 4), 60), 40, 192),
+        _p("pplr-256", 16384, (48, *([35] * 4), 48), 35, 256),
     )
 }
 

@@ -36,7 +36,10 @@ def worker(public_bytes: bytes) -> ts.Context:
 
 
 def test_profiles_are_consistent() -> None:
-    assert set(ckks.PROFILES) == {"default-128", "default-192", "default-256", "ml-128", "ml-192", "ml-256"}
+    assert set(ckks.PROFILES) == {
+        "default-128", "default-192", "default-256", "ml-128", "ml-192", "ml-256", "pplr-128", "pplr-192",
+        "pplr-256",
+    }
     for p in ckks.PROFILES.values():
         assert ckks.validate_profile(p) is p
         assert all(b == p.scale_bits for b in p.coeff_mod_bit_sizes[1:-1])

@@ -124,3 +124,62 @@ def test_shape_errors(rows_worker: ts.Context) -> None:
         pplr.fit_step(xs3, do.encrypt_labels(rows_worker, Y), w, b, LR)
     with pytest.raises(CoreError):
         do.run_pplr(X, Y, layout="diagonal")
+
+
+# --------------------------------------------------------------------------------------------------
+# packed layout with the pplr-128 profile (N=8192, 4 levels, no Galois keys) and the owner helpers
+
+
+@pytest.fixture(scope="module")
+def packed_owner() -> ts.Context:
+    return ckks.create_context("pplr-128")
+
+
+def test_pplr_profile_is_128_bit_and_deep_enough(packed_owner: ts.Context) -> None:
+    p = ckks.get_profile("pplr")
+    assert p.name == "pplr-128" and p.poly_modulus_degree == 8192 and p.depth == pplr.PACKED_DEPTH
+    assert p.total_bits <= 218  # HE standard, N=8192, 128-bit security
+    assert not packed_owner.has_galois_keys()
+
+
+def test_packed_owner_helpers_match_plaintext_steps(packed_owner: ts.Context) -> None:
+    rng = np.random.default_rng(3)
+    Xs = rng.normal(size=(40, 4))
+    ys = (Xs @ np.array([1.0, -1.0, 0.5, 0.0]) > 0).astype(float)
+    pub = ckks.load_public_context(ckks.public_context_bytes(packed_owner))
+    x_blobs, shape, y_blobs, size = pplr.encrypt_training_packed(pub, Xs, ys)
+    assert shape == [1, 4] and len(x_blobs) == 4 and len(y_blobs) == 1 and size == 40
+    w, b = np.zeros(4), 0.0
+    ref = LogisticRegression(epochs=3, learning_rate=0.1).fit(Xs, ys)
+    for _ in range(3):
+        # fresh ciphertexts every epoch, as the worker reads them: TenSEAL mod-switches operands in place
+        cols = [ckks.deserialize(pub, x_blobs)]
+        wb, bb = pplr.packed_model_blobs(pub, w, b, size)
+        gw, gb = pplr.gradient_packed(cols, ckks.deserialize(pub, y_blobs), ckks.deserialize(pub, wb),
+                                      ckks.deserialize(pub, [bb])[0], 40)
+        w, b = pplr.update_from_packed(packed_owner, [*gw, gb], w, b, 0.1, 40, threshold=0.0)
+    np.testing.assert_allclose(w, ref.weights_, atol=1e-4)
+    assert b == pytest.approx(ref.bias_, abs=1e-4)
+    wb, bb = pplr.packed_model_blobs(pub, w, b, size)
+    cols = [ckks.deserialize(pub, x_blobs)]
+    (p,) = pplr.predict_packed(cols, ckks.deserialize(pub, wb), ckks.deserialize(pub, [bb])[0])
+    np.testing.assert_allclose(ckks.decrypt_vector(packed_owner, p), ref.predict_proba(Xs), atol=1e-4)
+
+
+def test_update_from_packed_sums_parts_and_checks_counts(packed_owner: ts.Context) -> None:
+    part = [ts.ckks_vector(packed_owner, [1.0, 2.0]), ts.ckks_vector(packed_owner, [0.5, 0.5])]  # d=1
+    w, b = pplr.update_from_packed(packed_owner, part + part, np.array([1.0]), 1.0, 0.5, 2, threshold=0.0)
+    assert w[0] == pytest.approx(1.0 - 0.25 * 6, abs=1e-4) and b == pytest.approx(1.0 - 0.25 * 2, abs=1e-4)
+    with pytest.raises(CoreError, match="multiple"):
+        pplr.update_from_packed(packed_owner, part[:1], np.array([1.0]), 0.0, 0.1, 2)
+    with pytest.raises(CoreError, match="labels"):
+        pplr.encrypt_training_packed(packed_owner, X, Y[:2])
+
+
+def test_packed_refuses_model_of_another_block_size(packed_owner: ts.Context) -> None:
+    x_blobs, _, y_blobs, size = pplr.encrypt_training_packed(packed_owner, X, Y)
+    wb, bb = pplr.packed_model_blobs(packed_owner, W0, B0, size + 1)
+    cols = [ckks.deserialize(packed_owner, x_blobs)]
+    ys, ws, (bs,) = (ckks.deserialize(packed_owner, v) for v in (y_blobs, wb, [bb]))
+    with pytest.raises(CoreError, match="slots"):
+        pplr.gradient_packed(cols, ys, ws, bs, 3)

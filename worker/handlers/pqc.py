@@ -523,6 +523,87 @@ async def _recover_staged(ctx: JobContext, p: PplrTrainParams) -> str | None:
     return owner
 
 
+async def _packed_model(
+    ctx: JobContext, w_key: str, b_key: str, d: int, x_key: str
+) -> tuple[list[bytes], bytes]:
+    """The packed model: d weight ciphertexts and one bias ciphertext (each replicated over the block)."""
+    weights, bias = await _lists(ctx, w_key, b_key)
+    if len(weights) != d or len(bias) != 1:
+        raise ValidationFailed(
+            f"{w_key}/{b_key}: expected {d} weight ciphertexts (d of {x_key}) and 1 bias ciphertext, "
+            f"storage holds {len(weights)} and {len(bias)}"
+        )
+    return weights, bias[0]
+
+
+async def _packed_dataset(ctx: JobContext, key: str, n_features: int) -> tuple[list[bytes], int, int]:
+    """A column-packed X ``[blocks, d]`` → (flat ciphertexts, blocks, d)."""
+    shape = _ciphertext_info(await ctx.store.info(key), ndim=2, what=" (column-packed X [blocks, d])")
+    assert shape is not None
+    blocks, d = shape
+    if n_features and n_features != d:
+        raise ValidationFailed(f"{key}: n_features={n_features} but storage holds {d} columns")
+    (columns,) = await _lists(ctx, key)
+    _check_grid(key, columns, (blocks, d))
+    return columns, blocks, d
+
+
+async def _pplr_train_packed(ctx: JobContext, p: PplrTrainParams, started: float) -> PplrTrainResult:
+    """One epoch, rotation-free: per-slot gradients for the data owner, who applies the step.
+
+    Nothing is overwritten (the gradients go to a fresh key), so a retry simply recomputes: no
+    staging. Blocks are split over the pool; each part's d+1 ciphertexts are one row of the result.
+    """
+    material = await _keys(ctx, Op.PPLR_TRAIN.value, relin=True)
+    x_key, y_key = p.encrypted_matrix_train_id, p.encrypted_label_vector_train_id
+    w_key, b_key = p.encrypted_weights_id, p.encrypted_bias_id
+    if len({x_key, y_key, w_key, b_key}) != 4:
+        raise BadRequest("the four PPLR ids must be different objects")
+    if p.epochs != 1:
+        raise BadRequest("layout 'packed' runs one epoch per call (the data owner applies each gradient)")
+    if not p.n_samples:
+        raise BadRequest("layout 'packed' needs n_samples (the padding of the last block is masked out)")
+    columns, blocks, d = await _packed_dataset(ctx, x_key, p.n_features)
+    y_info = await ctx.store.info(y_key)
+    _ciphertext_info(y_info)
+    (y,) = await _lists(ctx, y_key)
+    _check_grid(y_key, y, (blocks,))
+    weights, bias = await _packed_model(ctx, w_key, b_key, d, x_key)
+
+    train_started = time.perf_counter()
+    ranges = spans(blocks, 2 * d + 4, ctx.settings.worker_capacity)  # x⊙w, σ̃, e⊙x per block
+    parts = await _fan_out(
+        ctx, material, pqc_jobs.pplr_gradient_packed, ranges,
+        lambda lo, hi: (columns[lo * d : hi * d], d, y[lo:hi], weights, bias, lo, p.n_samples,
+                        hi == blocks),
+    )
+    train_time = _elapsed(train_started)
+    out_key = keys.pplr_gradients(w_key, p.namespace)
+    await put_all(ctx, [_ciphertext_write(out_key, [g for part in parts for g in part], result_chunks(ctx, p),
+                                          [len(parts), d + 1])])
+    return PplrTrainResult(
+        encrypted_weights_id=w_key, encrypted_bias_id=b_key, epochs=1, n_samples=p.n_samples,
+        train_time=train_time, encrypted_gradients_id=out_key, service_time=_elapsed(started),
+    )
+
+
+async def _pplr_predict_packed(ctx: JobContext, p: PplrPredictParams, started: float) -> PplrPredictResult:
+    material = await _keys(ctx, Op.PPLR_PREDICT.value, relin=True)
+    x_key, w_key, b_key = p.encrypted_matrix_test_id, p.encrypted_weights_id, p.encrypted_bias_id
+    columns, blocks, d = await _packed_dataset(ctx, x_key, p.n_features)
+    weights, bias = await _packed_model(ctx, w_key, b_key, d, x_key)
+    predict_started = time.perf_counter()
+    ranges = spans(blocks, d + 3, ctx.settings.worker_capacity)
+    parts = await _fan_out(ctx, material, pqc_jobs.pplr_predict_packed, ranges,
+                           lambda lo, hi: (columns[lo * d : hi * d], d, weights, bias))
+    predictions, size = [v for part, _ in parts for v in part], parts[0][1]
+    predict_time = _elapsed(predict_started)
+    out_key = keys.encrypted_predictions(x_key, p.namespace)
+    await put_all(ctx, [_ciphertext_write(out_key, predictions, result_chunks(ctx, p), [blocks])])
+    return PplrPredictResult(encrypted_predictions_id=out_key, predict_time=predict_time,
+                             n_records=blocks * size, service_time=_elapsed(started))
+
+
 async def pplr_train(ctx: JobContext, p: PplrTrainParams) -> PplrTrainResult:
     """``epochs`` encrypted gradient steps; new weights/bias written over the same ids, safely:
 
@@ -537,6 +618,8 @@ async def pplr_train(ctx: JobContext, p: PplrTrainParams) -> PplrTrainResult:
     same time are not supported (the data owner drives one epoch at a time).
     """
     started = time.perf_counter()
+    if p.layout == "packed":
+        return await _pplr_train_packed(ctx, p, started)
     material = await _keys(ctx, Op.PPLR_TRAIN.value, relin=True, galois=True)
     command_id = ctx.command.id
     result = {"encrypted_weights_id": p.encrypted_weights_id, "encrypted_bias_id": p.encrypted_bias_id,
@@ -585,6 +668,8 @@ async def pplr_train(ctx: JobContext, p: PplrTrainParams) -> PplrTrainResult:
 async def pplr_predict(ctx: JobContext, p: PplrPredictParams) -> PplrPredictResult:
     """Encrypted σ̃(x·w + b) per record → ``<test>encryptedpredictions`` (size-1 ciphertexts)."""
     started = time.perf_counter()
+    if p.layout == "packed":
+        return await _pplr_predict_packed(ctx, p, started)
     material = await _keys(ctx, Op.PPLR_PREDICT.value, relin=True, galois=True)
     x_key, w_key, b_key = p.encrypted_matrix_test_id, p.encrypted_weights_id, p.encrypted_bias_id
     x_shape = _ciphertext_info(await ctx.store.info(x_key))
@@ -695,12 +780,12 @@ OPERATIONS: list[Operation] = [
     Operation(
         Op.PPLR_TRAIN.value, PplrTrainParams, pplr_train,
         "Privacy-preserving logistic regression: encrypted gradient steps over CKKS.",
-        {"scheme": "ckks", "keys": "public+relin+galois"},
+        {"scheme": "ckks", "keys": "public+relin+galois (layout rows), public+relin (layout packed)"},
     ),
     Operation(
         Op.PPLR_PREDICT.value, PplrPredictParams, pplr_predict,
         "Privacy-preserving logistic regression: encrypted predictions.",
-        {"scheme": "ckks", "keys": "public+relin+galois"},
+        {"scheme": "ckks", "keys": "public+relin+galois (layout rows), public+relin (layout packed)"},
     ),
     Operation(
         Op.PQC_KMEANS.value, PqcKMeansParams, pqc_kmeans,

@@ -32,7 +32,9 @@ from worker.keys import PublicKeys, context_for
 __all__ = [
     "kmeans_distances",
     "kmeans_sums",
+    "pplr_gradient_packed",
     "pplr_predict",
+    "pplr_predict_packed",
     "pplr_train",
     "skmeans_step1",
     "sknn_packed",
@@ -152,6 +154,35 @@ def pplr_predict(
         if any(x.size() != w.size() for x in xs):
             raise CoreError(f"records must hold {w.size()} slots, as the weights")
         return ckks.serialize(pplr.predict(xs, w, b))
+
+
+def pplr_gradient_packed(
+    keys: PublicKeys, columns: Blobs, d: int, y_blocks: Blobs, weights: Blobs, bias: bytes, first_block: int,
+    n: int, last: bool,
+) -> list[bytes]:
+    """Packed layout, one part of the blocks (``columns`` flat ``blocks × d``): ``[Σ e⊙X_z for z] + [Σ e]``.
+
+    ``n`` counts the records of the whole dataset; this part holds blocks ``first_block...``: its real
+    records are the rest (the last part, which checks that they fit) or all its slots (any other part).
+    """
+    with _core_errors("PPLR train (packed)"):
+        cols, ys = _grid(keys, columns, d), _load(keys, y_blocks)
+        w, (b,) = _load(keys, weights), _load(keys, [bias])
+        size = cols[0][0].size()
+        n_part = n - first_block * size if last else len(cols) * size
+        gw, gb = pplr.gradient_packed(cols, ys, w, b, n_part)
+        return ckks.serialize([*gw, gb])
+
+
+def pplr_predict_packed(
+    keys: PublicKeys, columns: Blobs, d: int, weights: Blobs, bias: bytes
+) -> tuple[list[bytes], int]:
+    """Packed layout: one σ̃(Xw + b) ciphertext per block (``columns`` flat ``blocks × d``), and the
+    block size B."""
+    with _core_errors("PPLR predict (packed)"):
+        w, (b,) = _load(keys, weights), _load(keys, [bias])
+        cols = _grid(keys, columns, d)
+        return ckks.serialize(pplr.predict_packed(cols, w, b)), cols[0][0].size()
 
 
 # ----------------------------------------------------------------------------- PQC k-means

@@ -1,7 +1,9 @@
-"""ml.pplr.train / ml.pplr.predict end to end over NATS (row layout, Galois keys, small 6-level context)."""
+"""ml.pplr.train / ml.pplr.predict end to end over NATS: row layout (Galois keys, small 6-level context)
+and packed layout (the pplr-128 profile, no Galois keys)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -15,6 +17,7 @@ from core.pqc_dataowner import (
     decrypt_predictions,
     encrypt_dataset,
     encrypt_labels,
+    encrypt_labels_packed,
     encrypt_model,
     run_pplr,
 )
@@ -177,3 +180,132 @@ async def test_too_many_epochs_for_the_context_and_bad_inputs(worker: PqcWorker)
     w, b = await _get_model(worker)
     assert close(w, W0, 1e-3) and abs(b - B0) < 1e-3
     assert ckks.slot_count(pplr_context()) == 4096
+
+
+# ------------------------------------------------------------------ packed layout (no Galois keys)
+PACKED = {
+    "encrypted_matrix_train_id": "encryptedpx",
+    "encrypted_label_vector_train_id": "encryptedpy",
+    "encrypted_weights_id": "pxencryptedweights",
+    "encrypted_bias_id": "pxencryptedbias",
+    "learning_rate": LR,
+    "layout": "packed",
+}
+TOL = 2e-4
+
+
+@functools.cache
+def packed_owner() -> ts.Context:
+    """The pplr-128 profile itself: N=8192, 4 levels, no Galois keys."""
+    return ckks.create_context("pplr-128")
+
+
+@pytest.fixture(scope="module")
+async def packed_worker(nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[PqcWorker]:
+    w = await start_pqc_worker(nats_url, tmp_path_factory.mktemp("pplr-packed"), keys_ctx=packed_owner(),
+                               capacity=2)
+    yield w
+    await stop_pqc_worker(w)
+
+
+async def _put_packed(worker: PqcWorker, x: np.ndarray, y: np.ndarray, slots: int | None = None) -> int:
+    """Column-pack X and y (blocks of ``slots``); returns the block size."""
+    owner = packed_owner()
+    cols = ckks.encrypt_columns(owner, x, slots)
+    await worker.put_ciphertexts(PACKED["encrypted_matrix_train_id"], [v for b in cols for v in b],
+                                 [len(cols), x.shape[1]])
+    await worker.put_ciphertexts(PACKED["encrypted_label_vector_train_id"],
+                                 encrypt_labels_packed(owner, y, slots), [len(cols)])
+    return cols[0][0].size()
+
+
+async def _packed_epoch(
+    worker: PqcWorker, w: np.ndarray, b: float, size: int, n: int
+) -> tuple[np.ndarray, float]:
+    owner = packed_owner()
+    wb, bb = pplr.packed_model_blobs(owner, w, b, size)
+    await worker.store.put_bytes_list(PACKED["encrypted_weights_id"], wb, shape=[len(wb)])
+    await worker.store.put_bytes_list(PACKED["encrypted_bias_id"], [bb], shape=[1])
+    result = await worker.ok(TRAIN, {**PACKED, "n_samples": n})
+    assert result["encrypted_gradients_id"] == keys.pplr_gradients(PACKED["encrypted_weights_id"])
+    assert result["epochs"] == 1 and result["n_samples"] == n and not result["recovered"]
+    assert await worker.store.get_bytes_list(PACKED["encrypted_weights_id"]) == wb  # the owner updates
+    grads = await worker.get_ciphertexts(owner, result["encrypted_gradients_id"])
+    return pplr.update_from_packed(owner, grads, w, b, LR, n, threshold=0.0)
+
+
+async def test_packed_epochs_match_plaintext_without_galois_keys(packed_worker: PqcWorker) -> None:
+    size = await _put_packed(packed_worker, X, Y)
+    assert size == len(Y)
+    w, b, pw, pb = W0, B0, W0, B0
+    for _ in range(2):
+        w, b = await _packed_epoch(packed_worker, w, b, size, len(Y))
+        pw, pb = lr.gradient_step(X, Y, pw, pb, LR)
+        # pplr-128's 32-bit primes lie ~2^-18 off the 2^32 scale TenSEAL assumes: ~1e-5 relative error
+        assert close(w, pw, TOL) and abs(b - pb) < TOL
+    # the rows layout needs the rotation keys this worker does not have
+    err = await packed_worker.error(TRAIN, {**PACKED, "layout": "rows", "n_samples": len(Y)})
+    assert err["code"] == 422, err
+
+
+async def test_packed_blocks_split_over_the_pool_and_padding_is_masked(packed_worker: PqcWorker) -> None:
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(78, 2))
+    y = (x @ np.array([1.0, -0.5]) > 0).astype(float)
+    size = await _put_packed(packed_worker, x, y, slots=4)  # 20 blocks, the last one half padding
+    owner = packed_owner()
+    wb, bb = pplr.packed_model_blobs(owner, W0, B0, size)
+    await packed_worker.store.put_bytes_list(PACKED["encrypted_weights_id"], wb, shape=[2])
+    await packed_worker.store.put_bytes_list(PACKED["encrypted_bias_id"], [bb], shape=[1])
+    result = await packed_worker.ok(TRAIN, {**PACKED, "n_samples": 78, "n_features": 2})
+    grads = await packed_worker.get_ciphertexts(owner, result["encrypted_gradients_id"])
+    assert len(grads) == 2 * 3  # two pool parts, each (g_w0, g_w1, g_b)
+    info = await packed_worker.store.info(result["encrypted_gradients_id"])
+    assert list(info.full_shape or []) == [2, 3]
+    w, b = pplr.update_from_packed(owner, grads, W0, B0, LR, 78, threshold=0.0)
+    pw, pb = lr.gradient_step(x, y, W0, B0, LR)
+    assert close(w, pw, TOL) and abs(b - pb) < TOL
+
+
+async def test_packed_predict(packed_worker: PqcWorker) -> None:
+    owner = packed_owner()
+    blobs_x, shape, _, size = pplr.encrypt_training_packed(owner, X[:4])
+    await packed_worker.store.put_bytes_list("encryptedpackedtest", blobs_x, shape=shape)
+    wb, bb = pplr.packed_model_blobs(owner, W0, B0, size)
+    await packed_worker.store.put_bytes_list(PACKED["encrypted_weights_id"], wb, shape=[2])
+    await packed_worker.store.put_bytes_list(PACKED["encrypted_bias_id"], [bb], shape=[1])
+    model = {k: PACKED[k] for k in ("encrypted_weights_id", "encrypted_bias_id")}
+    result = await packed_worker.ok(
+        PREDICT,
+        {"encrypted_matrix_test_id": "encryptedpackedtest", "layout": "packed", "n_features": 2, **model},
+    )
+    assert result["n_records"] == 4
+    vectors = await packed_worker.get_ciphertexts(owner, result["encrypted_predictions_id"])
+    proba = decrypt_predictions(owner, vectors, 4)
+    assert close(proba, lr.sigmoid(X[:4] @ W0 + B0), TOL)
+
+
+async def test_packed_bad_requests(packed_worker: PqcWorker) -> None:
+    size = await _put_packed(packed_worker, X, Y)
+    owner = packed_owner()
+    wb, bb = pplr.packed_model_blobs(owner, W0, B0, size)
+    await packed_worker.store.put_bytes_list(PACKED["encrypted_weights_id"], wb, shape=[2])
+    await packed_worker.store.put_bytes_list(PACKED["encrypted_bias_id"], [bb], shape=[1])
+    ok = {**PACKED, "n_samples": len(Y)}
+    for params, code, words in (
+        ({**ok, "epochs": 2}, 400, "one epoch"),
+        ({**PACKED}, 400, "n_samples"),
+        ({**ok, "n_samples": 7}, 422, "n="),
+        ({**ok, "n_features": 3}, 422, "n_features"),
+        ({**ok, "encrypted_bias_id": PACKED["encrypted_weights_id"]}, 400, "different"),
+    ):
+        err = await packed_worker.error(TRAIN, params)
+        assert err["code"] == code and words in err["message"], err
+    await packed_worker.store.put_bytes_list(PACKED["encrypted_weights_id"], wb[:1], shape=[1])
+    err = await packed_worker.error(TRAIN, ok)
+    assert err["code"] == 422 and "weight ciphertexts" in err["message"]
+    # weights replicated over the wrong number of slots
+    wb3, _ = pplr.packed_model_blobs(owner, W0, B0, size + 1)
+    await packed_worker.store.put_bytes_list(PACKED["encrypted_weights_id"], wb3, shape=[2])
+    err = await packed_worker.error(TRAIN, ok)
+    assert err["code"] == 422 and "slots" in err["message"]
