@@ -14,6 +14,7 @@ from worker.settings import Settings, StorageBackend
 yaml = pytest.importorskip("yaml", reason="PyYAML is a test dependency (pyproject [test])")
 
 COMPOSE = REPO / "compose.yaml"
+COMPOSE_MICTLANX = REPO / "compose.mictlanx.yaml"
 ENV_DEV = REPO / "config" / ".env.dev"
 ENV_MICTLANX = REPO / "config" / ".env.mictlanx.dev"
 WORKERS = ("rory-worker-0", "rory-worker-1")
@@ -26,9 +27,31 @@ MICTLANX_SERVICES = {
 }
 
 
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Compose's merge of an override file, for the mappings these files use (lists are replaced)."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
     return yaml.safe_load(COMPOSE.read_text())
+
+
+@pytest.fixture(scope="module")
+def override() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE_MICTLANX.read_text())
+
+
+@pytest.fixture(scope="module")
+def merged(compose, override) -> dict[str, Any]:
+    """compose.yaml + compose.mictlanx.yaml, as `-f compose.yaml -f compose.mictlanx.yaml` gives."""
+    return _merge(compose, override)
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +86,24 @@ def _env_files(service: dict[str, Any]) -> list[Path]:
     return [REPO / f for f in ([files] if isinstance(files, str) else files)]
 
 
-def test_services_and_profiles(compose):
-    services = compose["services"]
-    assert set(services) == {"nats", *WORKERS, *MICTLANX_SERVICES}
-    for name in ("nats", *WORKERS):
-        assert "profiles" not in services[name], f"{name} must run without a profile"
-    for name in MICTLANX_SERVICES:
-        assert services[name]["profiles"] == ["mictlanx"]
+def test_services_and_the_mictlanx_override(compose, override, merged):
+    assert set(compose["services"]) == {"nats", *WORKERS}
+    assert set(override["services"]) == {*WORKERS, *MICTLANX_SERVICES}
+    assert set(merged["services"]) == {"nats", *WORKERS, *MICTLANX_SERVICES}
+    for name, service in merged["services"].items():
+        assert "profiles" not in service, f"{name}: the override file is the opt-in, not a profile"
+
+
+def test_docker_compose_1_29_compatible(compose, override):
+    """Debian 12's docker-compose 1.29 refuses a top-level name: and depends_on.required."""
+    for document in (compose, override):
+        assert "name" not in document and "version" not in document
+        for name, service in document["services"].items():
+            depends = service.get("depends_on") or {}
+            if isinstance(depends, dict):
+                for target, condition in depends.items():
+                    assert "required" not in condition, f"{name} -> {target}"
+    assert read_env_file(ENV_DEV)[0]["COMPOSE_PROJECT_NAME"] == "rory"
 
 
 def test_workers_environment_only_has_worker_variables(compose):
@@ -94,6 +128,8 @@ def test_workers_identity_and_nats(compose):
         assert _env_files(services[name]) == [REPO / "config" / "worker.env"]
         assert services[name]["image"] == "${RORY_IMAGE:-rory:worker}"
         assert services[name]["build"]["context"] == "."
+        assert services[name]["user"] == "${RORY_UID:-10001}:${RORY_GID:-10001}"  # the image's user
+        assert "rory-worker health" in " ".join(services[name]["healthcheck"]["test"])
 
 
 def _resolved_settings(service: dict[str, Any], compose_env: dict[str, str], monkeypatch) -> Settings:
@@ -112,15 +148,15 @@ def _resolved_settings(service: dict[str, Any], compose_env: dict[str, str], mon
 @pytest.mark.parametrize(
     ("env_path", "backend"), [(ENV_DEV, StorageBackend.LOCAL), (ENV_MICTLANX, StorageBackend.MICTLANX)]
 )
-def test_worker_containers_load_valid_settings(compose, monkeypatch, env_path, backend):
+def test_worker_containers_load_valid_settings(merged, monkeypatch, env_path, backend):
     compose_env = read_env_file(env_path)[0]
     for name in WORKERS:
-        settings = _resolved_settings(compose["services"][name], compose_env, monkeypatch)
+        settings = _resolved_settings(merged["services"][name], compose_env, monkeypatch)
         assert settings.node_id == name
         assert settings.resolved_storage_backend is backend
         assert settings.storage_path == "/rory/css"
         _router_id, host, port = settings.mictlanx_routers[0].split(":")
-        assert host in compose["services"] and port == "60666"
+        assert host in merged["services"] and port == "60666"
 
 
 def test_worker_volumes_follow_the_seed_layout(compose):
@@ -140,40 +176,50 @@ def test_nats_service(compose):
     assert (REPO / "config" / "nats-server.conf").is_file()
     assert nats["command"] == ["-c", conf_target]
     assert "http://127.0.0.1:8222/healthz" in " ".join(nats["healthcheck"]["test"])
+    assert nats["image"] == "${RORY_NATS_IMAGE:-rory:nats}"  # ./build.sh makes it (Dockerfile target nats)
+    assert nats["build"]["target"] == "nats"
     assert mounts["nats-data"] == "/data"  # store_dir in config/nats-server.conf
     assert 'store_dir: "/data"' in (REPO / "config" / "nats-server.conf").read_text()
 
 
-def test_mictlanx_profile(compose, env_dev):
-    services = compose["services"]
+def test_published_ports_bind_to_loopback_by_default(merged, env_dev):
+    for name, service in merged["services"].items():
+        for port in service.get("ports", []):
+            assert port.startswith("${RORY_BIND_ADDRESS:-127.0.0.1}:"), f"{name}: {port}"
+    assert env_dev["RORY_BIND_ADDRESS"] == "127.0.0.1"
+
+
+def test_mictlanx_override(merged, env_dev):
+    services = merged["services"]
     for name, image in MICTLANX_SERVICES.items():
         assert interpolate(services[name]["image"], {}) == image
         assert interpolate(services[name]["image"], env_dev) == image
         assert services[name]["container_name"] == name
     router = services["mictlanx-router-0"]
-    assert router["ports"] == ["${RORY_MICTLANX_ROUTER_PORT:-63666}:60666"]
+    assert router["ports"] == ["${RORY_BIND_ADDRESS:-127.0.0.1}:${RORY_MICTLANX_ROUTER_PORT:-63666}:60666"]
     assert router["environment"]["MICTLANX_DAEMON_HOSTNAME"] == "mictlanx-rm-0"
     for name in WORKERS:
-        dep = services[name]["depends_on"]["mictlanx-router-0"]
-        assert dep == {"condition": "service_started", "required": False}
+        assert services[name]["depends_on"]["mictlanx-router-0"] == {"condition": "service_started"}
+        assert services[name]["depends_on"]["nats"]["condition"] == "service_healthy"  # kept by the merge
 
 
-def test_network_can_be_switched_to_external_mictlanx(compose):
-    network = compose["networks"]["rory"]
+def test_network_can_be_switched_to_external_mictlanx(merged):
+    network = merged["networks"]["rory"]
     assert network == {"name": "${RORY_NETWORK:-rory}", "external": "${RORY_NETWORK_EXTERNAL:-false}"}
-    for name, service in compose["services"].items():
+    for name, service in merged["services"].items():
         assert service["networks"] == ["rory"], name
     assert interpolate(network["name"], {"RORY_NETWORK": "mictlanx"}) == "mictlanx"
 
 
-def test_env_files_cover_exactly_the_compose_variables(compose, env_dev):
-    used = interpolation_vars("\n".join(_strings(compose)))
+def test_env_files_cover_exactly_the_compose_variables(compose, override, env_dev):
+    used = interpolation_vars("\n".join(_strings(compose) + _strings(override)))
     assert all(default is not None for default in used.values()), "every ${VAR} needs a default"
-    assert set(env_dev) == set(used)
+    compose_own = {"COMPOSE_PROJECT_NAME"}  # read by Compose itself, not interpolated
+    assert set(env_dev) - compose_own == set(used)
     for name, value in env_dev.items():
-        assert value == used[name], f"{name}: .env.dev and the compose default disagree"
+        assert name in compose_own or value == used[name], f"{name}: .env.dev and compose disagree"
     assert not set(env_dev) & WORKER_VARS, ".env.dev holds compose variables, never worker settings"
     mictlanx = read_env_file(ENV_MICTLANX)[0]
-    assert set(mictlanx) == set(env_dev) | {"COMPOSE_PROFILES"}
-    assert mictlanx["COMPOSE_PROFILES"] == "mictlanx"
+    assert set(mictlanx) == set(env_dev) | {"COMPOSE_FILE"}
+    assert mictlanx["COMPOSE_FILE"] == "compose.yaml:compose.mictlanx.yaml"  # read by ./deploy.sh
     assert {k for k in env_dev if mictlanx[k] != env_dev[k]} == {"RORY_STORAGE_BACKEND"}
