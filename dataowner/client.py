@@ -18,7 +18,7 @@ max |S| <= ``tolerance`` (the owner's verdict) or after ``max_iterations`` round
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -567,12 +567,14 @@ class DataOwnerClient:
         profile: str = "ml-128",
         refresh_threshold: float = 1e-5,
         progress: ProgressCallback | None = None,
+        layout: Literal["rows", "packed"] = "packed",
     ) -> JobReport:
-        """Privacy-preserving logistic regression, row layout: one encrypted gradient step per call.
+        """Privacy-preserving logistic regression: one encrypted gradient step per call.
 
-        The worker needs the public context of ``profile`` WITH Galois keys
-        (``export_public(..., galois=True)``); one step uses 6 levels, so the ``ml-*`` profiles.
-        ``report.extra`` holds the final ``weights`` and ``bias``.
+        ``layout="packed"`` (default; rotation-free, 4 levels: any ``pplr-*`` or ``ml-*`` profile, no
+        Galois keys, the fast one: see ``core/algorithms/pplr.py``) or ``"rows"`` (the worker needs the
+        public context of ``profile`` WITH Galois keys, ``export_public(..., galois=True)``; 6 levels, so
+        the ``ml-*`` profiles). ``report.extra`` holds the final ``weights`` and ``bias``.
         """
         return await self._regression.pplr_train(
             x,
@@ -583,6 +585,7 @@ class DataOwnerClient:
             profile=profile,
             refresh_threshold=refresh_threshold,
             progress=progress,
+            layout=layout,
         )
 
     async def pplr_predict(
@@ -596,6 +599,7 @@ class DataOwnerClient:
         profile: str = "ml-128",
         namespace: str | None = None,
         progress: ProgressCallback | None = None,
+        layout: Literal["rows", "packed"] = "packed",
     ) -> JobReport:
         """Encrypted predictions sigma~(x.w + b); the owner decrypts and thresholds at 0.5.
 
@@ -611,6 +615,7 @@ class DataOwnerClient:
             profile=profile,
             namespace=namespace,
             progress=progress,
+            layout=layout,
         )
 
     async def lr_train(

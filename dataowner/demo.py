@@ -7,8 +7,9 @@ What it does, in order:
    PUBLIC CKKS material to the worker's ``KEYS_PATH`` (``<data>/worker-keys``);
 3. starts a real worker process (``python -m worker run``) on local storage (``<data>/storage``),
    configured only through environment variables, and waits for its ``started`` announcement;
-   PPLR needs a deeper CKKS context with rotation keys (~400 MB), so when it is selected a second
-   worker node (``demo-ml``, its own KEYS_PATH) is started and PPLR commands are addressed to it;
+   PPLR needs a deeper CKKS context (``pplr-128``: 4 levels, no rotation keys, packed layout), so when
+   it is selected a second worker node (``demo-ml``, its own KEYS_PATH) is started and PPLR commands
+   are addressed to it;
 4. runs every algorithm on scikit-learn's iris, wine and breast-cancer data (z-scored features;
    smaller subsets for the slow CKKS protocols, printed before they run) through NATS and storage,
    and compares each result with a plaintext reference computed locally;
@@ -62,7 +63,7 @@ DATASETS = ("iris", "wine", "breast_cancer")
 PREFIX = "rory"
 MAIN_NODE = "demo-0"
 ML_NODE = "demo-ml"
-ML_PROFILE = "ml-128"
+ML_PROFILE = "pplr-128"
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,7 @@ ALGORITHMS: dict[str, Spec] = {
             test_rows=30,
             quick_test_rows=16,
             node=ML_NODE,
-            note="CKKS ml-128 with rotation keys, 2 epochs (1 with --quick)",
+            note="CKKS pplr-128, packed layout (no rotation keys), 2 epochs (1 with --quick)",
         ),
     )
 }
@@ -356,13 +357,18 @@ async def train_and_predict(
     *,
     learning_rate: float = 0.1,
     progress: ProgressCallback | None = None,
+    profile: str | None = None,
 ) -> list[JobReport]:
     """LR or PPLR (``name`` "lr" or "pplr") end to end: training, then prediction with its model.
 
     Shared by the demo and ``rory-client run`` so both hand the trained model over the same way.
+    ``profile``: PPLR's CKKS profile (None = the client's default).
     """
     fit = client.lr_train if name == "lr" else client.pplr_train
-    trained = await fit(train_x, y_train, epochs=epochs, learning_rate=learning_rate, progress=progress)
+    chosen = {"profile": profile} if profile is not None and name == "pplr" else {}
+    trained = await fit(
+        train_x, y_train, epochs=epochs, learning_rate=learning_rate, progress=progress, **chosen
+    )
     model = trained.extra
     if name == "lr":
         predicted = await client.lr_predict(test_x, train_id=model["train_id"], progress=progress)
@@ -373,6 +379,7 @@ async def train_and_predict(
             weights=model["weights"],
             bias=model["bias"],
             progress=progress,
+            **chosen,
         )
     return [trained, predicted]
 
@@ -417,7 +424,9 @@ async def _classify(ctx: Context, spec: Spec, ds: Dataset, row: DemoRow) -> None
         truth = y_test
         client = c if spec.name == "lr" else ctx.ml_client
         assert client is not None
-        reports += await train_and_predict(client, spec.name, train.x, y_train, test.x, epochs, progress=p)
+        reports += await train_and_predict(
+            client, spec.name, train.x, y_train, test.x, epochs, progress=p, profile=ML_PROFILE
+        )
         predicted = reports[-1].predictions
         row.subset += f", {epochs} epoch{'s' if epochs > 1 else ''}, class 0 vs rest"
     assert predicted is not None
@@ -589,8 +598,8 @@ async def run_demo(options: DemoOptions) -> list[DemoRow]:
         _print(f"worker keys:    {main_keys} (public CKKS context, public + relinearisation keys only)")
         ml_keys = data_dir / "worker-keys-ml"
         if needs_ml:
-            _print(f"{'':16}{ml_keys} (CKKS {ML_PROFILE} + rotation keys for PPLR: ~400 MB, takes a while)")
-            keys.export_public(ml_keys, ML_PROFILE, galois=True, create=True)
+            _print(f"{'':16}{ml_keys} (CKKS {ML_PROFILE} for PPLR: 4 levels, no rotation keys)")
+            keys.export_public(ml_keys, ML_PROFILE, galois=False, create=True)
         nc = await nats.connect(server.url, name="rory-demo")
         nodes = [(MAIN_NODE, main_keys)] + ([(ML_NODE, ml_keys)] if needs_ml else [])
         for node, keys_path in nodes:

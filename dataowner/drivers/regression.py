@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Literal
 
 import numpy as np
 import tenseal as ts
 
 from core import pqc_dataowner
+from core.algorithms import pplr
 from core.crypto import ckks
 from dataowner.drivers.base import Driver
 from dataowner.job import Job, JobReport
@@ -51,6 +53,7 @@ class RegressionDriver(Driver):
         profile: str,
         refresh_threshold: float,
         progress: ProgressCallback | None,
+        layout: Literal["rows", "packed"] = "rows",
     ) -> JobReport:
         """One encrypted gradient step per call; between epochs the owner decrypts, cleans
         (|v| < ``refresh_threshold`` -> 0) and re-encrypts the weights (instead of bootstrapping)."""
@@ -65,6 +68,14 @@ class RegressionDriver(Driver):
         job = self.job(Op.PPLR_TRAIN.value, tid, n, epochs, progress)
         x_key, y_key = keys.encrypted(tid), keys.encrypted(f"{tid}y")
         w_key, b_key = pplr_model_keys(tid)
+        if layout == "packed":
+            weights, bias = await self._pplr_train_packed(
+                job, features, target, (x_key, y_key, w_key, b_key), epochs, learning_rate, profile,
+                refresh_threshold,
+            )
+            job.report.iterations = epochs
+            job.report.extra.update(train_id=tid, weights=weights, bias=bias, profile=profile, layout=layout)
+            return job.finish()
         with job.owner():
             ctx = self.keys.ckks(profile)
             y_blobs = ckks.serialize(pqc_dataowner.encrypt_labels(ctx, target))
@@ -101,6 +112,59 @@ class RegressionDriver(Driver):
         job.report.extra.update(train_id=tid, weights=weights, bias=bias, profile=profile)
         return job.finish()
 
+    async def _pplr_train_packed(
+        self, job: Job, features: np.ndarray, target: np.ndarray, ids: tuple[str, str, str, str], epochs: int,
+        learning_rate: float, profile: str, refresh_threshold: float,
+    ) -> tuple[np.ndarray, float]:
+        """Packed layout (``core/algorithms/pplr.py``): X and y column-packed once; per epoch the
+        owner uploads fresh replicated w and b, the worker returns per-slot gradients, the owner sums
+        them and steps in plaintext. No Galois keys; 4 levels (the ``pplr-*`` profiles)."""
+        x_key, y_key, w_key, b_key = ids
+        n, d = features.shape
+        with job.owner():
+            ctx = self.keys.ckks(profile)
+            x_blobs, x_shape, y_blobs, size = pplr.encrypt_training_packed(ctx, features, target)
+        await asyncio.gather(
+            self.put_ciphertexts(job, x_key, x_blobs, x_shape),
+            self.put_ciphertexts(job, y_key, y_blobs, [x_shape[0]]),
+        )
+        job.prepared()
+        weights, bias = np.zeros(d), 0.0
+        for epoch in range(1, epochs + 1):
+            with job.round():
+                await self.put_model_packed(job, ctx, w_key, b_key, weights, bias, size)
+                job.emit("train", epoch)
+                params = PplrTrainParams(
+                    encrypted_matrix_train_id=x_key,
+                    encrypted_label_vector_train_id=y_key,
+                    encrypted_weights_id=w_key,
+                    encrypted_bias_id=b_key,
+                    learning_rate=learning_rate,
+                    n_features=d,
+                    n_samples=n,
+                    epochs=1,
+                    layout="packed",
+                    **self.common(),
+                )
+                result = await job.call(params, PplrTrainResult)
+                assert result.encrypted_gradients_id is not None
+                gradients = await self.get_vectors(job, result.encrypted_gradients_id, profile)
+                with job.owner():
+                    weights, bias = pplr.update_from_packed(
+                        ctx, gradients, weights, bias, learning_rate, n, refresh_threshold
+                    )
+        return weights, bias
+
+    async def put_model_packed(
+        self, job: Job, ctx: ts.Context, w_key: str, b_key: str, weights: np.ndarray, bias: float, size: int
+    ) -> None:
+        with job.owner():
+            w_blobs, b_blob = pplr.packed_model_blobs(ctx, weights, bias, size)
+        await asyncio.gather(
+            job.store.put_bytes_list(w_key, w_blobs, num_chunks=1, shape=[len(w_blobs)]),
+            job.store.put_bytes_list(b_key, [b_blob], num_chunks=1, shape=[1]),
+        )
+
     async def put_model(
         self, job: Job, ctx: ts.Context, w_key: str, b_key: str, weights: np.ndarray, bias: float
     ) -> None:
@@ -123,6 +187,7 @@ class RegressionDriver(Driver):
         profile: str,
         namespace: str | None,
         progress: ProgressCallback | None,
+        layout: Literal["rows", "packed"] = "rows",
     ) -> JobReport:
         """Encrypted predictions sigma~(x.w + b); the owner decrypts and thresholds at 0.5."""
         features = np.asarray(x, dtype=np.float64)
@@ -132,10 +197,19 @@ class RegressionDriver(Driver):
             ctx = self.keys.ckks(profile)
         w_key, b_key = pplr_model_keys(train_id)
         x_key = keys.encrypted(xid)
-        await asyncio.gather(
-            self.upload_ckks_rows(job, x_key, features, profile),
-            self.put_model(job, ctx, w_key, b_key, np.asarray(weights, dtype=np.float64), float(bias)),
-        )
+        model = np.asarray(weights, dtype=np.float64), float(bias)
+        if layout == "packed":
+            with job.owner():
+                x_blobs, x_shape, _, size = pplr.encrypt_training_packed(ctx, features)
+            await asyncio.gather(
+                self.put_ciphertexts(job, x_key, x_blobs, x_shape),
+                self.put_model_packed(job, ctx, w_key, b_key, *model, size),
+            )
+        else:
+            await asyncio.gather(
+                self.upload_ckks_rows(job, x_key, features, profile),
+                self.put_model(job, ctx, w_key, b_key, *model),
+            )
         job.prepared()
         with job.round():
             params = PplrPredictParams(
@@ -143,6 +217,7 @@ class RegressionDriver(Driver):
                 encrypted_weights_id=w_key,
                 encrypted_bias_id=b_key,
                 n_features=features.shape[1],
+                layout=layout,
                 **self.common(namespace),
             )
             result = await job.call(params, PplrPredictResult)
