@@ -25,6 +25,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "core-liu": ("bench_core_liu.py", [], []),
     "core-ckks": ("bench_core_ckks.py", [], ["--n", "100000"]),
     "e2e": ("bench_e2e.py", ["--n", "20000"], []),
+    "ledger": ("bench_ledger.py", [], []),
 }
 
 

@@ -15,6 +15,11 @@ What it does, in order:
    and compares each result with a plaintext reference computed locally;
 5. prints a table and stops the workers and the server (also on Ctrl-C or SIGTERM).
 
+The table carries the outsourcing ledger of each row (dataowner/ledger.py): the owner's CPU seconds,
+the CPU seconds of the same algorithm run locally in plaintext, their ratio (below 1: outsourcing
+saves the owner work; a ``!`` marks a row where it does not), the workers' seconds and the
+protocol's privacy class (docs/privacy.md). What runs per algorithm is dataowner/demo_cases.py.
+
 Agreement is with the plaintext twin of each protocol (adjusted Rand index for clustering, the
 fraction of equal predictions for classification); "vs truth" compares with the dataset's labels.
 The exit status is non-zero when any algorithm fails (an error, or an exact protocol disagreeing
@@ -34,130 +39,50 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from dataowner.client import DataOwnerClient, JobReport
-from dataowner.datasets import Dataset, load_bundled, scale, subset, train_test_split
+from dataowner.client import DataOwnerClient
+from dataowner.demo_cases import (
+    ALGORITHMS,
+    DATASETS,
+    MAIN_NODE,
+    ML_NODE,
+    ML_PROFILE,
+    PREFIX,
+    Context,
+    DemoRow,
+    Spec,
+    nnc_threshold,
+    prepare,
+    run_case,
+    train_and_predict,
+)
 from dataowner.keys import OwnerKeys
-from dataowner.metrics import accuracy, adjusted_rand_index
-from dataowner.progress import ProgressCallback, ProgressDisplay
+from dataowner.ledger import flag_note, fmt, format_table
+from dataowner.progress import ProgressDisplay
 from worker.embedded import EmbeddedNats, terminate
 
 __all__ = [
     "ALGORITHMS",
     "DATASETS",
+    "MAIN_NODE",
+    "ML_NODE",
+    "ML_PROFILE",
+    "PREFIX",
+    "DemoOptions",
     "DemoRow",
     "Spec",
     "WorkerProcess",
+    "format_table",
     "main",
+    "nnc_threshold",
+    "prepare",
     "run_demo",
     "train_and_predict",
+    "worker_env",
 ]
-
-DATASETS = ("iris", "wine", "breast_cancer")
-PREFIX = "rory"
-MAIN_NODE = "demo-0"
-ML_NODE = "demo-ml"
-ML_PROFILE = "pplr-128"
-
-
-@dataclass(frozen=True)
-class Spec:
-    """One algorithm of the demo.
-
-    ``rows``: at most this many records are used (None = all), ``quick_rows`` with ``--quick``.
-    For classification ``rows`` bounds the training set and ``test_rows`` the test records.
-    ``exact``: the protocol must reproduce its plaintext reference (agreement >= ``min_agreement``).
-    """
-
-    name: str
-    kind: str  # "cluster" or "classify"
-    ckks: bool = False
-    rows: int | None = None
-    quick_rows: int | None = None
-    test_rows: int | None = None
-    quick_test_rows: int | None = None
-    exact: bool = True
-    min_agreement: float = 0.95
-    node: str = MAIN_NODE
-    note: str = ""
-
-
-ALGORITHMS: dict[str, Spec] = {
-    s.name: s
-    for s in (
-        Spec("kmeans", "cluster"),
-        Spec("skmeans", "cluster"),
-        Spec("dbskmeans", "cluster", exact=False, note="FDH-OPE: approximates SKMeans; UDM refreshed"),
-        Spec("nnc", "cluster", quick_rows=150),
-        Spec("dbsnnc", "cluster", quick_rows=150),
-        Spec("pqc_kmeans", "cluster", ckks=True, quick_rows=150),
-        Spec("pqc_skmeans", "cluster", ckks=True, rows=120, quick_rows=60),
-        Spec(
-            "pqc_dbskmeans",
-            "cluster",
-            ckks=True,
-            rows=120,
-            quick_rows=60,
-            exact=False,
-            note="FDH-OPE UDM: approximates SKMeans; owner refreshes it",
-        ),
-        Spec("knn", "classify"),
-        Spec("sknn", "classify"),
-        Spec("pqc_sknn", "classify", ckks=True, test_rows=30, quick_test_rows=12),
-        Spec("lr", "classify"),
-        Spec(
-            "pplr",
-            "classify",
-            ckks=True,
-            rows=40,
-            quick_rows=24,
-            test_rows=30,
-            quick_test_rows=16,
-            node=ML_NODE,
-            note="CKKS pplr-128, packed layout (no rotation keys), 2 epochs (1 with --quick)",
-        ),
-    )
-}
-#: CKKS ciphertexts per test record in the packed SKNN layout = attributes; keep the total bounded.
-PQC_SKNN_CIPHERTEXTS = 400
-PQC_SKNN_CIPHERTEXTS_QUICK = 160
-
-
-@dataclass
-class DemoRow:
-    algorithm: str
-    dataset: str
-    n: int = 0
-    iterations: int | None = None
-    seconds: float = 0.0
-    agreement: float | None = None
-    truth: float | None = None
-    metric: str = ""
-    ok: bool = False
-    error: str = ""
-    subset: str = ""
-    reports: list[JobReport] = field(default_factory=list, repr=False)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "algorithm": self.algorithm,
-            "dataset": self.dataset,
-            "n": self.n,
-            "iterations": self.iterations,
-            "seconds": round(self.seconds, 3),
-            "metric": self.metric,
-            "agreement": self.agreement,
-            "truth": self.truth,
-            "ok": self.ok,
-            "error": self.error,
-            "subset": self.subset,
-        }
 
 
 # ----------------------------------------------------------------------------- worker process
@@ -259,244 +184,6 @@ def worker_env(
         LOG_LEVEL=os.environ.get("RORY_DEMO_WORKER_LOG_LEVEL", "WARNING"),
     )
     return env
-
-
-# ----------------------------------------------------------------------------- the algorithms
-@dataclass
-class Context:
-    client: DataOwnerClient
-    ml_client: DataOwnerClient | None
-    quick: bool
-    progress: ProgressDisplay
-
-
-def _limit(spec: Spec, quick: bool) -> int | None:
-    return spec.quick_rows if quick and spec.quick_rows is not None else spec.rows
-
-
-def _test_limit(spec: Spec, quick: bool, a: int) -> int | None:
-    limit = spec.quick_test_rows if quick and spec.quick_test_rows is not None else spec.test_rows
-    if spec.name == "pqc_sknn":
-        budget = PQC_SKNN_CIPHERTEXTS_QUICK if quick else PQC_SKNN_CIPHERTEXTS
-        limit = min(limit or budget, max(4, budget // max(1, a)))
-    return limit
-
-
-def prepare(name: str, seed: int = 0) -> Dataset:
-    """A bundled dataset, shuffled (first-k seeds mix classes) and z-scored."""
-    ds = subset(load_bundled(name), None, seed)
-    return Dataset(ds.name, scale(ds.x), ds.y, ds.feature_names, ds.label_names)
-
-
-def nnc_threshold(dm: np.ndarray) -> float:
-    """The largest nearest-neighbour distance: every record has a neighbour within it.
-
-    Rory's default (the smallest distance, threshold -1) leaves almost every record alone on
-    z-scored data; this parameter-free choice gives a handful of clusters on the demo datasets.
-    """
-    masked = dm + np.diag(np.full(dm.shape[0], np.inf))
-    return float(np.max(np.min(masked, axis=1)))
-
-
-def _sklearn_kmeans(x: np.ndarray, k: int) -> np.ndarray:
-    try:
-        from sklearn.cluster import KMeans as SkKMeans
-    except ImportError:  # the demo extra installs scikit-learn; fall back to the core's copy
-        from core.algorithms.kmeans import KMeans
-
-        return np.asarray(KMeans(n_clusters=k).fit(x).labels_)
-    return np.asarray(SkKMeans(n_clusters=k, init=x[:k], n_init=1).fit(x).labels_)
-
-
-async def _cluster(ctx: Context, spec: Spec, ds: Dataset, row: DemoRow) -> None:
-    from core.algorithms import nnc as core_nnc
-    from core.algorithms.kmeans import l1_kmeans
-    from core.dataowner import distance_matrix
-
-    x, y = ds.x, ds.y
-    k = ds.n_classes
-    c, p = ctx.client, ctx.progress
-    if spec.name == "kmeans":
-        report = await c.kmeans(x, k, progress=p)
-        reference = _sklearn_kmeans(x, k)
-    elif spec.name in ("skmeans", "dbskmeans", "pqc_skmeans", "pqc_dbskmeans"):
-        driver: Callable[..., Awaitable[JobReport]] = getattr(c, spec.name)
-        tolerance = 1e-4 if spec.ckks else 1e-6
-        # the double-blind variants let the owner refresh the OPE UDM each round (no drift)
-        refresh = {"refresh_udm": True} if spec.name.endswith("dbskmeans") else {}
-        report = await driver(x, k, max_iterations=20, tolerance=tolerance, progress=p, **refresh)
-        reference = l1_kmeans(x, k, max_iter=20, tolerance=tolerance).labels
-    elif spec.name in ("nnc", "dbsnnc"):
-        dm = distance_matrix(x)
-        theta = nnc_threshold(dm)
-        report = await getattr(c, spec.name)(x, threshold_value=theta, progress=p)
-        reference = core_nnc.nnc(dm, theta)
-    elif spec.name == "pqc_kmeans":
-        report = await c.pqc_kmeans(x, k, progress=p)
-        reference = _sklearn_kmeans(x, k)
-    else:  # pragma: no cover - ALGORITHMS and this switch are kept in step by a test
-        raise ValueError(f"unknown clustering algorithm {spec.name}")
-    assert report.labels is not None
-    row.reports.append(report)
-    row.iterations = report.iterations
-    row.seconds = report.total_seconds
-    row.metric = "ARI"
-    row.agreement = adjusted_rand_index(reference, report.labels)
-    row.truth = adjusted_rand_index(y, report.labels) if y is not None else None
-    if spec.name in ("nnc", "dbsnnc"):
-        row.subset += f" {int(np.unique(report.labels).size)} clusters"
-
-
-async def train_and_predict(
-    client: DataOwnerClient,
-    name: str,
-    train_x: np.ndarray,
-    y_train: np.ndarray,
-    test_x: np.ndarray,
-    epochs: int,
-    *,
-    learning_rate: float = 0.1,
-    progress: ProgressCallback | None = None,
-    profile: str | None = None,
-) -> list[JobReport]:
-    """LR or PPLR (``name`` "lr" or "pplr") end to end: training, then prediction with its model.
-
-    Shared by the demo and ``rory-client run`` so both hand the trained model over the same way.
-    ``profile``: PPLR's CKKS profile (None = the client's default).
-    """
-    fit = client.lr_train if name == "lr" else client.pplr_train
-    chosen = {"profile": profile} if profile is not None and name == "pplr" else {}
-    trained = await fit(
-        train_x, y_train, epochs=epochs, learning_rate=learning_rate, progress=progress, **chosen
-    )
-    model = trained.extra
-    if name == "lr":
-        predicted = await client.lr_predict(test_x, train_id=model["train_id"], progress=progress)
-    else:
-        predicted = await client.pplr_predict(
-            test_x,
-            train_id=model["train_id"],
-            weights=model["weights"],
-            bias=model["bias"],
-            progress=progress,
-            **chosen,
-        )
-    return [trained, predicted]
-
-
-async def _classify(ctx: Context, spec: Spec, ds: Dataset, row: DemoRow) -> None:
-    from core.algorithms.knn import knn_predict
-    from core.algorithms.lr import LogisticRegression
-
-    train, test = train_test_split(ds, 0.3, seed=1)
-    train_limit, test_limit = _limit(spec, ctx.quick), _test_limit(spec, ctx.quick, ds.a)
-    if train_limit is not None and train.n > train_limit:
-        train = subset(train, train_limit, seed=2)
-    if test_limit is not None and test.n > test_limit:
-        test = subset(test, test_limit, seed=3)
-    row.n = test.n
-    row.subset = f"train {train.n} / test {test.n}"
-    assert train.y is not None and test.y is not None
-    c, p = ctx.client, ctx.progress
-    reports: list[JobReport] = []
-    if spec.name in ("knn", "sknn", "pqc_sknn"):
-        metric = "manhattan" if spec.name == "knn" else "euclidean"
-        if spec.name == "knn":
-            reports.append(await c.knn(train.x, train.y, test.x, distance="MANHATTAN", progress=p))
-        elif spec.name == "sknn":
-            reports.append(await c.sknn(train.x, train.y, test.x, distance="EUCLIDEAN", progress=p))
-        else:
-            reports.append(await c.pqc_sknn(train.x, train.y, test.x, layout="packed", progress=p))
-        predicted = reports[-1].predictions
-        reference = knn_predict(train.x, train.y, test.x, metric)
-        truth = test.y
-    else:
-        # Binary task: the first class against the rest (breast cancer is binary already).
-        y_train, y_test = (train.y == 0).astype(np.int64), (test.y == 0).astype(np.int64)
-        epochs = 1 if (ctx.quick and spec.name == "pplr") else (2 if spec.name == "pplr" else 10)
-        model = LogisticRegression(epochs=epochs, learning_rate=0.1).fit(train.x, y_train)
-        if spec.name == "lr":
-            # The worker decides on the margin x.w + b >= 0: the Taylor sigmoid turns back below 0.5
-            # for z > sqrt(12), so thresholding it would flip confident predictions.
-            reference = (test.x @ model.weights_ + model.bias_ >= 0).astype(np.int64)
-        else:
-            reference = model.predict(test.x)  # PPLR: the owner only sees sigma~(z) and thresholds it
-        truth = y_test
-        client = c if spec.name == "lr" else ctx.ml_client
-        assert client is not None
-        reports += await train_and_predict(
-            client, spec.name, train.x, y_train, test.x, epochs, progress=p, profile=ML_PROFILE
-        )
-        predicted = reports[-1].predictions
-        row.subset += f", {epochs} epoch{'s' if epochs > 1 else ''}, class 0 vs rest"
-    assert predicted is not None
-    row.reports += reports
-    row.iterations = reports[0].iterations
-    row.seconds = sum(r.total_seconds for r in reports)
-    row.metric = "acc"
-    row.agreement = accuracy(reference, predicted)
-    row.truth = accuracy(truth, predicted)
-
-
-async def run_case(ctx: Context, spec: Spec, ds: Dataset) -> DemoRow:
-    row = DemoRow(spec.name, ds.name)
-    started = time.perf_counter()
-    try:
-        if spec.kind == "cluster":
-            limit = _limit(spec, ctx.quick)
-            if limit is not None and ds.n > limit:
-                ds = subset(ds, limit, seed=4)
-                row.subset = f"{ds.n} of {load_size(ds.name)} rows"
-            row.n = ds.n
-            await _cluster(ctx, spec, ds, row)
-        else:
-            await _classify(ctx, spec, ds, row)
-        row.ok = row.agreement is not None and (not spec.exact or row.agreement >= spec.min_agreement)
-        if not row.ok:
-            row.error = f"agreement {row.agreement:.3f} below {spec.min_agreement}"
-    except Exception as error:  # one failing algorithm must not hide the others
-        row.ok = False
-        row.error = f"{type(error).__name__}: {error}"
-        row.seconds = time.perf_counter() - started
-    finally:
-        ctx.progress.close()
-    return row
-
-
-_SIZES: dict[str, int] = {}
-
-
-def load_size(name: str) -> int:
-    if name not in _SIZES:
-        _SIZES[name] = load_bundled(name).n
-    return _SIZES[name]
-
-
-# ----------------------------------------------------------------------------- output
-def _fmt(value: float | None, digits: int = 3) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def format_table(rows: list[DemoRow]) -> str:
-    header = ["algorithm", "dataset", "n", "iter", "seconds", "agreement", "vs truth", "status"]
-    body = [
-        [
-            r.algorithm,
-            r.dataset,
-            str(r.n),
-            "-" if r.iterations is None else str(r.iterations),
-            f"{r.seconds:.2f}",
-            f"{_fmt(r.agreement)} {r.metric}".strip() if r.agreement is not None else "-",
-            _fmt(r.truth),
-            "ok" if r.ok else "FAIL",
-        ]
-        for r in rows
-    ]
-    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(b, widths, strict=True)) for b in body]
-    return "\n".join(lines)
 
 
 def _print(*parts: object) -> None:
@@ -637,7 +324,7 @@ async def run_demo(options: DemoOptions) -> list[DemoRow]:
                 rows.append(row)
                 status = "ok" if row.ok else f"FAIL ({row.error})"
                 extra = f" [{row.subset.strip()}]" if row.subset.strip() else ""
-                agreement = f"{row.metric} {_fmt(row.agreement)}" if row.agreement is not None else ""
+                agreement = f"{row.metric} {fmt(row.agreement)}" if row.agreement is not None else ""
                 _print(
                     f"  {spec.name:<14} {ds_name:<14} {row.seconds:7.2f}s  {agreement:<10} {status}{extra}"
                 )
@@ -721,6 +408,9 @@ async def _main_async(options: DemoOptions) -> int:
     rows = await run_demo(options)
     _print("")
     _print(format_table(rows))
+    note = flag_note(rows)
+    if note:
+        _print(note)
     failed = [r for r in rows if not r.ok]
     _print("")
     _print(

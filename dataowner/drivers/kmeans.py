@@ -95,7 +95,7 @@ class PlainClusteringDriver(Driver):
             theta = threshold(dm, threshold_value)
             sealed_dm = fdhope.encrypt(fkey, dm)
             sealed_theta = fdhope.encrypt_threshold(fkey, theta)
-        self.keys.save_fdhope(f"{ds}-dm", fkey)
+            self.keys.save_fdhope(f"{ds}-dm", fkey)  # key work: the owner keeps the key
         await self.put_matrix(job, keys.encrypted_distance_matrix(ds), sealed_dm)
         job.prepared()
         with job.round():

@@ -49,7 +49,8 @@ class PqcKMeansDriver(Driver):
         del blobs
         job.prepared()
 
-        tol_abs = float(np.mean(np.var(x, axis=0)) * tolerance)
+        with job.owner():  # the stopping rule's scale: a pass over the data
+            tol_abs = float(np.mean(np.var(x, axis=0)) * tolerance)
         centroids = x[:k].copy()
         previous: np.ndarray | None = None
         labels = np.zeros(n, dtype=np.int64)
@@ -88,7 +89,7 @@ class PqcKMeansDriver(Driver):
                 sums = grid(await self.get_vectors(job, r2.encrypted_sums_id, profile), a, op)
                 with job.owner():
                     new, _ = pqc_kmeans.centroids_from_sums(ctx, sums, labels, centroids)
-                moved = float(((new - centroids) ** 2).sum())
+                    moved = float(((new - centroids) ** 2).sum())
                 job.report.shifts.append(moved)
                 final_pass = moved <= tol_abs
                 centroids, previous = new, labels

@@ -103,7 +103,8 @@ class SecureKMeansDriver(Driver):
 
         base: dict[str, Any] = {"plaintext_matrix_id": ds, "k": k, **self.common(namespace)}
         if scheme.profile is None:
-            base["m"] = self.keys.liu.m
+            with job.owner():  # may read the Liu key from disk (upload=False skipped that so far)
+                base["m"] = self.keys.liu.m
         shift_key = keys.shift_matrix(ds, ns)
         status = ClusteringStatus.START
         labels: np.ndarray | None = None
@@ -181,7 +182,7 @@ class SecureKMeansDriver(Driver):
             with job.owner():
                 fkey = fdhope.generate_key(udm, scheme.sensitivity)
                 sealed = core_dbskmeans.encrypt_udm(fkey, udm)
-            self.keys.save_fdhope(f"{ds}-udm", fkey)
+                self.keys.save_fdhope(f"{ds}-udm", fkey)
             uploads.append(self.put_matrix(job, keys.encrypted_udm(ds, ns), sealed))
         del udm
         await asyncio.gather(*uploads)

@@ -13,6 +13,7 @@ import pytest
 
 from dataowner import cli, demo
 from dataowner.demo import ALGORITHMS, DemoRow, format_table, nnc_threshold, parse_list
+from dataowner.ledger import LEDGER_HEADER
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,11 +39,18 @@ def test_demo_quick_smoke(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "2/2 ok" in proc.stdout
     assert "kmeans" in proc.stdout and "skmeans" in proc.stdout and "iris" in proc.stdout
+    # the outsourcing ledger's columns (dataowner/ledger.py) are in the printed table
+    header = next(line for line in proc.stdout.splitlines() if line.startswith("algorithm"))
+    for column in LEDGER_HEADER:
+        assert column in header
     import json
 
     rows = json.loads(out.read_text())
     assert [r["algorithm"] for r in rows] == ["kmeans", "skmeans"]
     assert all(r["ok"] and r["agreement"] == pytest.approx(1.0) for r in rows)
+    ledger = {r["algorithm"]: r["ledger"] for r in rows}
+    assert ledger["kmeans"]["owner_cpu_s"] == 0 and ledger["kmeans"]["privacy"] == "plaintext"
+    assert ledger["skmeans"]["owner_cpu_s"] > 0 and ledger["skmeans"]["privacy"] == "translation"
     # the temporary data directory (keys, storage, logs) is gone and no worker is left behind
     assert "(temporary)" in proc.stdout
     data_dir = Path(proc.stdout.split("data directory:")[1].split()[0])
@@ -76,6 +84,7 @@ def test_demo_options_and_table():
         "agreement",
         "vs",
         "truth",
+        *LEDGER_HEADER,
         "status",
     ]
     assert table[2].split()[-1] == "ok" and table[3].split()[-1] == "FAIL"
