@@ -26,6 +26,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "core-ckks": ("bench_core_ckks.py", [], ["--n", "100000"]),
     "e2e": ("bench_e2e.py", ["--n", "20000"], []),
     "ledger": ("bench_ledger.py", [], []),
+    "pplr": ("bench_pplr.py", [], ["--rows"]),
 }
 
 
