@@ -43,6 +43,7 @@ from worker.runtime.context import JobContext, Resources
 from worker.runtime.discovery import Discovery, EndpointStats
 from worker.runtime.pool import ComputePool
 from worker.runtime.registry import Operation, Registry
+from worker.runtime.replays import RecentReplies
 from worker.settings import Settings
 from worker.storage.breaker import storage_deadline
 
@@ -116,6 +117,7 @@ class Dispatcher:
         self.on_release: Callable[[], None] | None = None  # called whenever a slot becomes free
         self.reclaim: Callable[[], bool] | None = None  # take back one unused reservation, if any
         self.accepting = True
+        self.replies = RecentReplies()
         self._ids = itertools.count(1)
         self._id_prefix = f"{instance_id}-"
 
@@ -247,7 +249,24 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ execution
     async def run(self, job: Job) -> dict[str, Any]:
-        """Run an admitted job and return its Reply map (never raises)."""
+        """Run an admitted job and return its Reply map (never raises).
+
+        A command id that is already running or finished lately is not run again: the duplicate
+        gives its slot back and gets the first run's Reply (worker/runtime/replays.py says why).
+        """
+        command = job.command
+        first = self.replies.claim(command.id, command.op, command.job_id or command.id)
+        if first is not None:
+            self.release(job)
+            return await asyncio.shield(first)
+        reply: dict[str, Any] | None = None
+        try:
+            reply = await self._run_once(job)
+            return reply
+        finally:
+            self.replies.finish(command.id, reply)  # None (cancelled): forgotten, a retry runs it
+
+    async def _run_once(self, job: Job) -> dict[str, Any]:
         started = time.perf_counter()
         command = job.command
         ctx = JobContext(
