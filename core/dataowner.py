@@ -1,21 +1,22 @@
-"""Data-owner side of the Liu / FDH-OPE algorithms, plus in-process drivers for whole jobs.
+"""Data-owner side of the Liu / FDH-OPE algorithms: the owner's per-party steps.
 
 The data owner holds the secret keys: it encrypts the dataset (Liu), builds the UDM or distance matrix
 (and FDH-OPE-encrypts it for the "double-blind" variants), decrypts the per-iteration shift and tests
-convergence, and decrypts SKNN distances. The `run_*` drivers chain these with the worker phases of
-`core.algorithms` in one process, so a full job can be tested (and benchmarked) without NATS or storage.
-CKKS lives in `core.pqc_dataowner`.
+convergence, and decrypts SKNN distances. The secure k-means rounds (SKMeans, DBSKMeans) are driven
+once, by ``dataowner/drivers/secure_kmeans.py``, over a worker port (``dataowner/inprocess_port.py``
+runs the worker in this process). The single-command jobs `run_sknn` and `run_dbsnnc` chain the
+steps with the worker phases of `core.algorithms` in one process. CKKS lives in `core.pqc_dataowner`.
 
 What leaves the data owner (i.e. what the worker sees) is listed in each algorithm module's docstring.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from core.algorithms import dbskmeans, nnc, skmeans, sknn
+from core.algorithms import dbskmeans, nnc, sknn
 from core.algorithms.knn import pairwise_distances
 from core.algorithms.skmeans import check_shift, decrypt_shift
 from core.algorithms.udm import build_udm
@@ -24,7 +25,6 @@ from core.errors import CoreError
 
 __all__ = [
     "DbsnncPreparation",
-    "SecureKMeansRun",
     "build_udm",
     "check_shift",
     "decrypt_distances",
@@ -36,9 +36,7 @@ __all__ = [
     "prepare_dbskmeans",
     "prepare_dbsnnc",
     "prepare_skmeans",
-    "run_dbskmeans",
     "run_dbsnnc",
-    "run_skmeans",
     "run_sknn",
     "threshold",
 ]
@@ -145,80 +143,6 @@ def prepare_dbsnnc(
         fdhope_key=fkey,
         encrypted_data=None if key is None else liu.encrypt(key, d, rng),
     )
-
-
-@dataclass(frozen=True)
-class SecureKMeansRun:
-    """Outcome of an in-process secure k-means job."""
-
-    labels: np.ndarray
-    n_iter: int
-    converged: bool
-    centroids: np.ndarray  # final encrypted centroids (k, a, m)
-    shifts: list[np.ndarray] = field(default_factory=list)  # decrypted shift of every iteration
-    fdhope_key: fdhope.FdhopeKey | None = None
-
-
-def _run_kmeans(
-    encrypted: np.ndarray,
-    udm: np.ndarray,
-    k: int,
-    key: liu.LiuKey,
-    max_iter: int,
-    tolerance: float,
-    reencrypt: fdhope.FdhopeKey | None,
-    rng: np.random.Generator | None,
-) -> SecureKMeansRun:
-    if max_iter < 1:
-        raise CoreError(f"max_iter must be >= 1, got {max_iter}")
-    previous: np.ndarray | None = None
-    shifts: list[np.ndarray] = []
-    labels = np.empty(0, dtype=np.int64)
-    converged = False
-    it = 0
-    for it in range(1, max_iter + 1):
-        result = skmeans.encrypted_phase(encrypted, udm, k, it == 1, previous)
-        converged, plain = check_shift(key, result.shift, tolerance)
-        shifts.append(plain)
-        labels, previous = result.labels, result.centroids
-        if converged or it == max_iter:
-            break
-        sent = plain if reencrypt is None else encrypt_shift_ope(reencrypt, plain, rng)
-        udm = skmeans.plaintext_phase(udm, sent)
-    if previous is None:  # unreachable: the loop runs at least once
-        raise CoreError("no iteration ran")
-    return SecureKMeansRun(labels=labels, n_iter=it, converged=converged, centroids=previous,
-                           shifts=shifts, fdhope_key=reencrypt)
-
-
-def run_skmeans(
-    data: np.ndarray,
-    k: int,
-    key: liu.LiuKey,
-    max_iter: int = 10,
-    tolerance: float = 1e-6,
-    compact: bool = True,
-    rng: np.random.Generator | None = None,
-) -> SecureKMeansRun:
-    """Whole SKMeans job in process: encrypt, then encrypted phase / decrypt shift / plaintext phase."""
-    encrypted, udm = prepare_skmeans(data, k, key, compact, rng)
-    return _run_kmeans(encrypted, udm, k, key, max_iter, tolerance, None, rng)
-
-
-def run_dbskmeans(
-    data: np.ndarray,
-    k: int,
-    key: liu.LiuKey,
-    max_iter: int = 10,
-    tolerance: float = 1e-6,
-    compact: bool = True,
-    sensitivity: float = fdhope.DEFAULT_SENSITIVITY,
-    rng: np.random.Generator | None = None,
-    fdhope_key: fdhope.FdhopeKey | None = None,
-) -> SecureKMeansRun:
-    """Whole DBSKMeans job in process (FDH-OPE UDM, OPE-re-encrypted shift)."""
-    encrypted, udm_ope, fkey = prepare_dbskmeans(data, k, key, compact, sensitivity, rng, fdhope_key)
-    return _run_kmeans(encrypted, udm_ope, k, key, max_iter, tolerance, fkey, rng)
 
 
 def run_sknn(

@@ -5,9 +5,11 @@ The data owner holds the private TenSEAL context; the worker only ever receives
 the same *bytes in, bytes out* wrappers a process pool would use, so a driver run exercises the real
 wire path (serialisation, secret-key refusal, per-process context cache) and can count the bytes moved.
 
-Drivers: :func:`run_pqc_skmeans`, :func:`run_pqc_dbskmeans`, :func:`run_pqc_sknn`, :func:`run_pplr`
-(+ :func:`run_pplr_predict`), :func:`run_pqc_kmeans`. Each returns the result and a :class:`RunStats`
-(iterations, seconds spent in worker code vs data-owner code, bytes each way).
+Drivers: :func:`run_pqc_sknn`, :func:`run_pplr` (+ :func:`run_pplr_predict`), :func:`run_pqc_kmeans`.
+Each returns the result and a :class:`RunStats` (iterations, seconds spent in worker code vs
+data-owner code, bytes each way). SKMeans-PQC and DBSKMeans-PQC have no loop here: their rounds are
+driven once, for every secure k-means, by ``dataowner/drivers/secure_kmeans.py`` (the helpers below,
+``init_shift_matrix``, ``decrypt_shift``, ``decrypt_centroids``, are its per-party steps).
 
 Byte accounting (what would cross the network per run): "to worker" counts everything the worker must
 read for each call (including stored datasets it re-reads every round from storage, plaintext UDMs and
@@ -26,15 +28,13 @@ import numpy as np
 import tenseal as ts
 from numpy.typing import ArrayLike
 
-from core.algorithms import pplr, pqc_dbskmeans, pqc_kmeans, pqc_skmeans, pqc_sknn, udm
-from core.algorithms.convergence import is_converged
-from core.crypto import ckks, fdhope
+from core.algorithms import pplr, pqc_kmeans, pqc_sknn
+from core.crypto import ckks
 from core.errors import CoreError
 
 __all__ = [
     "PqcKMeansResult",
     "RunStats",
-    "SecureKMeansResult",
     "decrypt_centroids",
     "decrypt_model",
     "decrypt_predictions",
@@ -48,9 +48,7 @@ __all__ = [
     "init_shift_matrix",
     "run_pplr",
     "run_pplr_predict",
-    "run_pqc_dbskmeans",
     "run_pqc_kmeans",
-    "run_pqc_skmeans",
     "run_pqc_sknn",
 ]
 
@@ -197,92 +195,6 @@ def _matrix(X: ArrayLike, what: str = "X") -> np.ndarray:
     if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise CoreError(f"{what} must be a non-empty 2-D array, got shape {arr.shape}")
     return arr
-
-
-# --------------------------------------------------------------------------------------------------
-# SKMeans-PQC / DBSKMeans-PQC
-
-
-@dataclass(frozen=True)
-class SecureKMeansResult:
-    labels: np.ndarray
-    centroids: np.ndarray  # decrypted final centroids (k×a)
-    shifts: list[np.ndarray]  # decrypted shift of every iteration
-    converged: bool
-    stats: RunStats
-
-
-def _run_udm_kmeans(
-    x: np.ndarray, k: int, ctx: ts.Context | None, profile: str, max_iterations: int, tol: float,
-    round_: bool, decimals: int, worker_udm: np.ndarray,
-    reencrypt_shift: Callable[[np.ndarray], np.ndarray] | None,
-    stats: RunStats,
-) -> SecureKMeansResult:
-    n, a = x.shape
-    if not 1 <= k <= n:
-        raise CoreError(f"k must be in [1, n={n}], got {k}")
-    if max_iterations < 1:
-        raise CoreError("max_iterations must be >= 1")
-    owner, pub = _public(ctx, profile)
-    with stats.owner():
-        rows = ckks.serialize(encrypt_dataset(owner, x))
-        zeros = ckks.serialize(init_shift_matrix(owner, k, a))
-    u = worker_udm
-    centroids: list[bytes] | None = None
-    labels = np.zeros(n, dtype=np.int64)
-    shifts: list[np.ndarray] = []
-    converged = False
-    for it in range(max_iterations):
-        start = it == 0
-        sent = len(pub) * start + _nbytes(rows) + _nbytes(zeros) + _nbytes(centroids) + u.nbytes
-        labels, centroids, shift_blobs = stats.worker(
-            pqc_skmeans.encrypted_phase_bytes, pub, rows, u, k, start, centroids, zeros, sent=sent)
-        with stats.owner():
-            s = decrypt_shift(owner, ckks.deserialize(owner, shift_blobs), a, round_, decimals)
-            shifts.append(s)
-            converged = is_converged(s, tol)
-            s_wire = None if converged else (reencrypt_shift(s) if reencrypt_shift else s)
-        stats.iterations = it + 1
-        if s_wire is None:
-            stats.mark_round()
-            break
-        plaintext_phase = pqc_dbskmeans.plaintext_phase if reencrypt_shift else pqc_skmeans.plaintext_phase
-        u = stats.worker(plaintext_phase, u, s_wire, sent=u.nbytes + s_wire.nbytes)
-        stats.mark_round()
-    with stats.owner():
-        final = decrypt_centroids(owner, ckks.deserialize(owner, centroids or []), a)
-    return SecureKMeansResult(labels=labels, centroids=final, shifts=shifts, converged=converged, stats=stats)
-
-
-def run_pqc_skmeans(X: ArrayLike, k: int, *, ctx: ts.Context | None = None, profile: str = "default-128",
-                    max_iterations: int = 10, tol: float = 1e-4, round_: bool = False, decimals: int = 2
-                    ) -> SecureKMeansResult:
-    """SKMeans-PQC end to end: plaintext compact UDM, CKKS rows, stop when max |S| ≤ tol.
-
-    ``tol`` must sit above the CKKS noise floor (~1e-6 at scale 2^40); the original's 1e-6 for
-    DBSKMeans-PQC did not. Labels are those of the last encrypted phase.
-    """
-    x = _matrix(X)
-    stats = RunStats()
-    with stats.owner():
-        plain_udm = udm.build_udm(x, k)
-    return _run_udm_kmeans(x, k, ctx, profile, max_iterations, tol, round_, decimals, plain_udm, None, stats)
-
-
-def run_pqc_dbskmeans(X: ArrayLike, k: int, *, ctx: ts.Context | None = None, profile: str = "default-128",
-                      max_iterations: int = 10, tol: float = 1e-4,
-                      sensitivity: float = fdhope.DEFAULT_SENSITIVITY,
-                      rng: np.random.Generator | None = None, round_: bool = False, decimals: int = 2
-                      ) -> SecureKMeansResult:
-    """DBSKMeans-PQC end to end: FDH-OPE UDM (key from the plaintext UDM), OPE(S) each iteration."""
-    x = _matrix(X)
-    stats = RunStats()
-    with stats.owner():
-        plain_udm = udm.build_udm(x, k)
-        key = pqc_dbskmeans.generate_udm_key(plain_udm, sensitivity, rng)
-        ope_udm = pqc_dbskmeans.encrypt_udm(key, plain_udm, rng)
-    return _run_udm_kmeans(x, k, ctx, profile, max_iterations, tol, round_, decimals, ope_udm,
-                           lambda s: pqc_dbskmeans.encrypt_shift(key, s, rng), stats)
 
 
 # --------------------------------------------------------------------------------------------------

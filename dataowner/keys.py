@@ -188,6 +188,11 @@ class OwnerKeys:
                 raise KeysError(f"{self.directory / LIU_FILE}: {exc}") from None
         return self._liu
 
+    def import_liu(self, key: liu.LiuKey) -> None:
+        """Keep ``key`` as this directory's Liu key (a key made elsewhere, e.g. seeded in a test)."""
+        write_secret(self.directory / LIU_FILE, key.to_bytes())
+        self._liu = key
+
     # ----------------------------------------------------------------------------- CKKS
     def _ckks_path(self, profile: str) -> Path:
         return self.directory / f"ckks-{_check_name(profile, 'CKKS profile')}.ctx"
@@ -222,6 +227,20 @@ class OwnerKeys:
             raise KeysError(f"{path}: no CKKS {name} context (run `rory-client keygen --ckks {name}`)")
         self._ckks[name] = ctx
         return ctx
+
+    def import_ckks(self, ctx: ts.Context, profile: str = "default-128") -> None:
+        """Keep the private context ``ctx`` as this directory's ``profile`` context (made elsewhere)."""
+        if not ctx.is_private():
+            raise KeysError("the context has no secret key")
+        from core.crypto import ckks
+
+        name = ckks.get_profile(profile).name
+        data = ctx.serialize(
+            save_public_key=True, save_secret_key=True, save_galois_keys=False, save_relin_keys=True
+        )
+        write_secret(self._ckks_path(name), data)
+        self._write_manifest([*self.profiles, name])
+        self._ckks[name] = ctx
 
     def export_public(
         self,

@@ -119,12 +119,14 @@ class Driver:
                 await self.store.delete(key)
 
     # ------------------------------------------------------------------ uploads
-    async def upload_liu(self, job: Job | None, dataset_id: str, data: np.ndarray) -> tuple[int, ...]:
+    async def upload_liu(
+        self, job: Job | None, dataset_id: str, data: np.ndarray, rng: np.random.Generator | None = None
+    ) -> tuple[int, ...]:
         """Liu-encrypt ``data`` (n x a) and store it as ``encrypted<dataset_id>`` (n x a x m)."""
         from core.crypto import liu
 
         with job.owner() if job is not None else contextlib.nullcontext():
-            enc = liu.encrypt(self.keys.liu, np.asarray(data, dtype=np.float64))
+            enc = liu.encrypt(self.keys.liu, np.asarray(data, dtype=np.float64), rng)
         await self.put_matrix(job, keys.encrypted(dataset_id), enc)
         return enc.shape
 

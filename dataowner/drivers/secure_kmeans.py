@@ -7,6 +7,11 @@ encrypted shift), the owner decrypts the shift and decides convergence (max |S| 
 converged round's step 2 is skipped), then step 2 (the worker updates the UDM with the shift the
 owner hands back, sealed when double blind). Every round's state is in storage, so any worker may
 serve any round.
+
+Besides the labels, the report carries what the owner learns anyway: ``extra["shift_matrices"]``
+(every round's decrypted k x a shift) and ``extra["centroids"]`` (the final plaintext centroids,
+the first k records minus the sum of the shifts: no download). ``rng`` seeds the FDH-OPE key and
+every FDH-OPE/Liu encryption the owner makes, so a test can replay a job exactly.
 """
 
 from __future__ import annotations
@@ -90,6 +95,7 @@ class SecureKMeansDriver(Driver):
         upload: bool,
         namespace: str | None,
         progress: ProgressCallback | None,
+        rng: np.random.Generator | None = None,
     ) -> JobReport:
         """The rounds the four secure k-means protocols share."""
         x = clustering_input(data, k, max_iterations)
@@ -97,7 +103,7 @@ class SecureKMeansDriver(Driver):
         ns = self.ns(namespace)
         ds = self.dataset_id(dataset_id)
         job = self.job(scheme.op.value, ds, n, max_iterations, progress)
-        fkey = await self._uploads(job, scheme, ds, ns, x, k, upload)
+        fkey = await self._uploads(job, scheme, ds, ns, x, k, upload, rng)
         job.emit("upload", message=f"{n}x{a} encrypted, UDM uploaded")
         job.prepared()
 
@@ -111,6 +117,7 @@ class SecureKMeansDriver(Driver):
         converged = False
         refresh = scheme.refresh_udm and fkey is not None
         centroids = x[:k].copy()  # round 1 starts from the first k records; c' = c - S each round
+        shift_matrices: list[np.ndarray] = []
         it = 0
         for it in range(1, max_iterations + 1):
             with job.round():
@@ -120,6 +127,9 @@ class SecureKMeansDriver(Driver):
                 labels_task = asyncio.ensure_future(self.labels(job, r1))
                 shift = await self._decrypt_shift(job, scheme, r1.encrypted_shift_matrix_id, a)
                 size = max_abs_shift(shift)
+                with job.owner():
+                    centroids = centroids - shift
+                shift_matrices.append(shift)
                 job.report.shifts.append(size)
                 converged = size <= tolerance
                 labels = await labels_task
@@ -129,14 +139,13 @@ class SecureKMeansDriver(Driver):
                 if refresh:
                     assert fkey is not None
                     with job.owner():
-                        centroids = centroids - shift
-                        fresh = core_dbskmeans.encrypt_udm(fkey, x[:, None, :] - centroids[None, :, :])
+                        fresh = core_dbskmeans.encrypt_udm(fkey, x[:, None, :] - centroids[None, :, :], rng)
                     await self.put_matrix(job, keys.encrypted_udm(ds, ns), fresh)
                     job.emit("upload", it, size, message="fresh OPE(D - c) instead of step 2")
                     status = ClusteringStatus.WORK_IN_PROGRESS
                     continue
                 with job.owner():
-                    sealed = shift if fkey is None else core_dbskmeans.encrypt_shift(fkey, shift)
+                    sealed = shift if fkey is None else core_dbskmeans.encrypt_shift(fkey, shift, rng)
                 await job.store.put_ndarray(shift_key, sealed, num_chunks=1)
                 job.emit("step2", it, size)
                 step2 = scheme.params(
@@ -149,10 +158,20 @@ class SecureKMeansDriver(Driver):
         job.report.labels = labels
         job.report.iterations = it
         job.report.converged = converged
+        job.report.extra["shift_matrices"] = shift_matrices
+        job.report.extra["centroids"] = centroids
         return job.finish()
 
     async def _uploads(
-        self, job: Job, scheme: Scheme, ds: str, ns: str | None, x: np.ndarray, k: int, upload: bool
+        self,
+        job: Job,
+        scheme: Scheme,
+        ds: str,
+        ns: str | None,
+        x: np.ndarray,
+        k: int,
+        upload: bool,
+        rng: np.random.Generator | None,
     ) -> fdhope.FdhopeKey | None:
         """Store what the first round reads; return the FDH-OPE key of a double-blind job.
 
@@ -165,7 +184,7 @@ class SecureKMeansDriver(Driver):
         uploads: list[Awaitable[Any]] = []
         if scheme.profile is None:
             if upload:
-                uploads.append(self.upload_liu(job, ds, x))
+                uploads.append(self.upload_liu(job, ds, x, rng))
         else:
             if upload:
                 uploads.append(self.upload_ckks_rows(job, keys.encrypted(ds), x, scheme.profile))
@@ -180,8 +199,8 @@ class SecureKMeansDriver(Driver):
             uploads.append(self.put_matrix(job, keys.udm(ds, ns), udm))
         else:
             with job.owner():
-                fkey = fdhope.generate_key(udm, scheme.sensitivity)
-                sealed = core_dbskmeans.encrypt_udm(fkey, udm)
+                fkey = fdhope.generate_key(udm, scheme.sensitivity, rng)
+                sealed = core_dbskmeans.encrypt_udm(fkey, udm, rng)
                 self.keys.save_fdhope(f"{ds}-udm", fkey)
             uploads.append(self.put_matrix(job, keys.encrypted_udm(ds, ns), sealed))
         del udm

@@ -1,23 +1,41 @@
-"""DBSKMeans (FDH-OPE UDM): how its labels compare with SKMeans, and the non-homomorphic update."""
+"""DBSKMeans (FDH-OPE UDM): how its labels compare with SKMeans, and the non-homomorphic update.
+
+Whole jobs run the data-owner driver over the in-process worker (tests/core/inprocess_owner.py).
+"""
+
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core import dataowner
 from core.algorithms import dbskmeans, skmeans
 from core.crypto import fdhope, liu
+from schemas.operations import Op
+from tests.core.inprocess_owner import InProcessOwner
 
 KEY = liu.generate_key(rng=np.random.default_rng(7))
 BLOB_CENTRES = np.array([[0.0, 0.0], [50.0, 50.0], [100.0, 0.0]])
 
 
-def test_reference_two_blobs_same_as_skmeans() -> None:
+@pytest.fixture(scope="module")
+def owner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessOwner]:
+    yield InProcessOwner(Path(tmp_path_factory.mktemp("dbskmeans-owner")), liu_key=KEY)
+
+
+def test_reference_two_blobs_same_as_skmeans(owner: InProcessOwner) -> None:
     d = np.array([[0, 0], [10, 10], [1, 0], [0, 1], [9, 10], [10, 9]], dtype=float)
-    run = dataowner.run_dbskmeans(d, 2, KEY)
+    run = owner.run(Op.DBSKMEANS, d, 2)
     np.testing.assert_array_equal(run.labels, [0, 1, 0, 0, 1, 1])
     assert run.converged and run.fdhope_key is not None
-    run_full = dataowner.run_dbskmeans(d, 2, KEY, compact=False)
+    # a seeded rng gives the same FDH-OPE key again
+    seeded = [owner.run(Op.DBSKMEANS, d, 2, rng=np.random.default_rng(5)).fdhope_key for _ in range(2)]
+    assert seeded[0] is not None and seeded[1] is not None
+    assert seeded[0].to_bytes() == seeded[1].to_bytes()
+    run_full = owner.run(Op.DBSKMEANS, d, 2, compact=False)
     np.testing.assert_array_equal(run_full.labels, [0, 1, 0, 0, 1, 1])
 
 
@@ -60,13 +78,13 @@ def test_first_iteration_single_attribute_matches_skmeans(seed: int, n: int, k: 
 
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), n=st.integers(3, 40))
-def test_well_separated_clusters_match_skmeans(seed: int, n: int) -> None:
+def test_well_separated_clusters_match_skmeans(owner: InProcessOwner, seed: int, n: int) -> None:
     """a > 1 and later iterations are an approximation; on well-separated blobs it is exact."""
     rng = np.random.default_rng(seed)
     truth = np.r_[np.arange(3), rng.integers(0, 3, size=n - 3)]
     d = BLOB_CENTRES[truth] + rng.normal(size=(n, 2))
-    blind = dataowner.run_dbskmeans(d, 3, KEY, rng=rng)
-    plain = dataowner.run_skmeans(d, 3, KEY, rng=rng)
+    blind = owner.run(Op.DBSKMEANS, d, 3, rng=rng)
+    plain = owner.run(Op.SKMEANS, d, 3, rng=rng)
     np.testing.assert_array_equal(blind.labels, plain.labels)
     np.testing.assert_array_equal(blind.labels, truth)
     assert blind.converged

@@ -1,6 +1,11 @@
-"""SKMeans-PQC: reference example, corrected-rule equivalence with L1 k-means, pitfalls, wrappers."""
+"""SKMeans-PQC: reference example, corrected-rule equivalence with L1 k-means, pitfalls, wrappers.
+
+Whole jobs run the data-owner driver over the in-process worker (tests/core/inprocess_owner.py).
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +16,8 @@ from core.algorithms import pqc_skmeans, udm
 from core.algorithms.kmeans import l1_kmeans
 from core.crypto import ckks
 from core.errors import CoreError
+from schemas.operations import Op
+from tests.core.inprocess_owner import InProcessOwner
 
 REF_X = np.array([[1, 2], [1.5, 1.8], [8, 8], [9, 8.5]])
 
@@ -18,6 +25,11 @@ REF_X = np.array([[1, 2], [1.5, 1.8], [8, 8], [9, 8.5]])
 @pytest.fixture(scope="module")
 def owner() -> ts.Context:
     return ckks.create_context("default-128")
+
+
+@pytest.fixture(scope="module")
+def inproc(owner: ts.Context, tmp_path_factory: pytest.TempPathFactory) -> InProcessOwner:
+    return InProcessOwner(Path(tmp_path_factory.mktemp("pqc-skmeans-owner")), ctx=owner)
 
 
 @pytest.fixture(scope="module")
@@ -51,32 +63,34 @@ def test_reference_example_step_by_step(owner: ts.Context, worker: ts.Context) -
     np.testing.assert_allclose(do.decrypt_shift(owner, shift, a), 0.0, atol=1e-6)
 
 
-def test_reference_example_driver(owner: ts.Context) -> None:
-    res = do.run_pqc_skmeans(REF_X, 2, ctx=owner)
+def test_reference_example_driver(inproc: InProcessOwner) -> None:
+    res = inproc.run(Op.PQC_SKMEANS, REF_X, 2, tolerance=1e-4)
     np.testing.assert_array_equal(res.labels, [0, 0, 1, 1])
-    assert res.converged and res.stats.iterations == 3
+    assert res.converged and res.n_iter == 3
     np.testing.assert_allclose(res.centroids, [[1.25, 1.9], [8.5, 8.25]], atol=1e-5)
-    assert len(res.stats.rounds) == 3 and res.stats.bytes_to_worker > 0 and res.stats.bytes_from_worker > 0
+    report = res.report
+    assert len(report.rounds) == 3 and report.bytes_up > 0 and report.bytes_down > 0
+    assert report.owner_cpu_seconds > 0 and all(r["commands"] >= 1 for r in report.rounds)
 
 
-def test_udm_bug_counterexample_gives_corrected_result(owner: ts.Context) -> None:
+def test_udm_bug_counterexample_gives_corrected_result(inproc: InProcessOwner) -> None:
     # reference 2.6: the original converges to [0,1,2,1,0,0]; correct L1 k-means gives [2,1,2,1,0,0]
     D = np.array([[6.0], [15.0], [4.0], [13.0], [9.0], [10.0]])
-    res = do.run_pqc_skmeans(D, 3, ctx=owner)
+    res = inproc.run(Op.PQC_SKMEANS, D, 3, tolerance=1e-4)
     np.testing.assert_array_equal(res.labels, [2, 1, 2, 1, 0, 0])
-    assert res.stats.iterations == 3
+    assert res.n_iter == 3
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_matches_l1_kmeans(owner: ts.Context, seed: int) -> None:
+def test_matches_l1_kmeans(inproc: InProcessOwner, seed: int) -> None:
     rng = np.random.default_rng(seed)
     centres = rng.uniform(-10, 10, size=(3, 3))
     X = np.concatenate([c + rng.normal(scale=1.5, size=(20, 3)) for c in centres])
     X = X[rng.permutation(len(X))]
     ref = l1_kmeans(X, 3, max_iter=10, tolerance=1e-4)
-    res = do.run_pqc_skmeans(X, 3, ctx=owner, max_iterations=10, tol=1e-4)
+    res = inproc.run(Op.PQC_SKMEANS, X, 3, max_iterations=10, tolerance=1e-4)
     np.testing.assert_array_equal(res.labels, ref.labels)
-    assert res.stats.iterations == ref.n_iter
+    assert res.n_iter == ref.n_iter
     np.testing.assert_allclose(res.centroids, ref.centroids, atol=1e-4)
 
 

@@ -1,4 +1,10 @@
-"""SKMeans (Liu + UDM): reference examples, corrected rule, empty clusters, parity with l1_kmeans."""
+"""SKMeans (Liu + UDM): reference examples, corrected rule, empty clusters, parity with l1_kmeans.
+
+Whole jobs run the data-owner driver over the in-process worker (tests/core/inprocess_owner.py).
+"""
+
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +17,8 @@ from core.algorithms.kmeans import l1_kmeans
 from core.algorithms.udm import build_udm
 from core.crypto import liu
 from core.errors import CoreError
+from schemas.operations import Op
+from tests.core.inprocess_owner import InProcessOwner
 
 KEY = liu.generate_key(rng=np.random.default_rng(42))
 COUNTER = np.array([6, 15, 4, 13, 9, 10], dtype=float)[:, None]
@@ -44,10 +52,15 @@ def _faithful_original(d: np.ndarray, k: int, max_iter: int) -> tuple[np.ndarray
     return labels, max_iter
 
 
-def test_reference_counterexample() -> None:
+@pytest.fixture(scope="module")
+def owner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessOwner]:
+    yield InProcessOwner(Path(tmp_path_factory.mktemp("skmeans-owner")), liu_key=KEY)
+
+
+def test_reference_counterexample(owner: InProcessOwner) -> None:
     """Reference 2.6: corrected [2,1,2,1,0,0] in 3 iterations; the original gave [0,1,2,1,0,0] in 2."""
     for compact in (True, False):
-        run = dataowner.run_skmeans(COUNTER, 3, KEY, max_iter=10, tolerance=1e-9, compact=compact)
+        run = owner.run(Op.SKMEANS, COUNTER, 3, max_iterations=10, tolerance=1e-9, compact=compact)
         np.testing.assert_array_equal(run.labels, [2, 1, 2, 1, 0, 0])
         assert run.n_iter == 3 and run.converged
     labels, n_iter = _faithful_original(COUNTER, 3, 10)
@@ -55,15 +68,15 @@ def test_reference_counterexample() -> None:
     assert n_iter == 2
 
 
-def test_reference_first_iteration_shift() -> None:
-    run = dataowner.run_skmeans(COUNTER, 3, KEY, max_iter=1)
+def test_reference_first_iteration_shift(owner: InProcessOwner) -> None:
+    run = owner.run(Op.SKMEANS, COUNTER, 3, max_iterations=1)
     np.testing.assert_allclose(run.shifts[0][:, 0], [-7 / 3, 1, 0], atol=1e-9)
     assert not run.converged
 
 
-def test_reference_two_blobs_and_pqc_example() -> None:
+def test_reference_two_blobs_and_pqc_example(owner: InProcessOwner) -> None:
     d = np.array([[0, 0], [10, 10], [1, 0], [0, 1], [9, 10], [10, 9]], dtype=float)
-    run = dataowner.run_skmeans(d, 2, KEY)
+    run = owner.run(Op.SKMEANS, d, 2)
     np.testing.assert_array_equal(run.labels, [0, 1, 0, 0, 1, 1])
     assert run.n_iter == 2
     x = np.array([[1, 2], [1.5, 1.8], [8, 8], [9, 8.5]])
@@ -77,9 +90,12 @@ def test_reference_two_blobs_and_pqc_example() -> None:
     second = skmeans.encrypted_phase(enc, skmeans.plaintext_phase(u, s), 2, False, first.centroids)
     np.testing.assert_array_equal(second.labels, [0, 0, 1, 1])
     np.testing.assert_allclose(liu.decrypt(KEY, second.centroids), [[1.25, 1.9], [8.5, 8.25]], atol=1e-9)
-    run = dataowner.run_skmeans(x, 2, KEY)
+    run = owner.run(Op.SKMEANS, x, 2)
     np.testing.assert_array_equal(run.labels, [0, 0, 1, 1])
     assert run.n_iter == 3
+    np.testing.assert_allclose(run.centroids, [[1.25, 1.9], [8.5, 8.25]], atol=1e-9)
+    # per-round accounting: one entry per round, the owner's CPU apart, bytes both ways
+    assert len(run.report.rounds) == 3 and run.report.bytes_up > 0 and run.report.bytes_down > 0
 
 
 def test_empty_cluster_keeps_previous_centroid_and_does_not_leak() -> None:
@@ -124,16 +140,18 @@ def _data(seed: int, n: int, a: int, k: int) -> np.ndarray:
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 40), a=st.integers(1, 4), k=st.integers(1, 5),
        compact=st.booleans())
-def test_labels_equal_l1_kmeans(seed: int, n: int, a: int, k: int, compact: bool) -> None:
+def test_labels_equal_l1_kmeans(
+    owner: InProcessOwner, seed: int, n: int, a: int, k: int, compact: bool
+) -> None:
     k = min(k, n)
     d = _data(seed, n, a, k)
-    key = liu.generate_key(rng=np.random.default_rng(seed))
+    owner.keys.import_liu(liu.generate_key(rng=np.random.default_rng(seed)))
     ref = l1_kmeans(d, k, max_iter=8, tolerance=1e-9)
-    run = dataowner.run_skmeans(d, k, key, max_iter=8, tolerance=1e-9, compact=compact,
-                                rng=np.random.default_rng(seed + 1))
+    run = owner.run(Op.SKMEANS, d, k, max_iterations=8, tolerance=1e-9, compact=compact,
+                    rng=np.random.default_rng(seed + 1))
     np.testing.assert_array_equal(run.labels, ref.labels)
     assert run.n_iter == ref.n_iter and run.converged == ref.converged
-    np.testing.assert_allclose(liu.decrypt(key, run.centroids), ref.centroids, atol=1e-8)
+    np.testing.assert_allclose(run.centroids, ref.centroids, atol=1e-8)
 
 
 @settings(max_examples=20, deadline=None)

@@ -1,7 +1,8 @@
 """The data-owner client driving a real worker over a real nats-server and local storage.
 
-Each protocol's result must equal the core's in-process driver run with the same keys: the bus and
-storage may add latency, never change a label.
+Each protocol's result must equal the same driver run over the in-process worker port with the same
+keys (tests/core/inprocess_owner.py) or the core's in-process run: the bus and storage may add
+latency, never change a label.
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ import pytest
 
 from core import dataowner as core_owner
 from core import pqc_dataowner
+from core.algorithms.kmeans import l1_kmeans
 from dataowner.client import DataOwnerClient, NoWorkerError, WorkerError
 from dataowner.keys import OwnerKeys
 from dataowner.progress import ProgressEvent
 from schemas import keys as names
+from schemas.operations import Op
+from tests.core.inprocess_owner import InProcessOwner
 from worker.runtime.registry import default_registry
 from worker.storage import LocalStore
 
@@ -60,15 +64,19 @@ async def setup(start_worker, nats_url, tmp_path, owner):
     await store.aclose()
 
 
-async def test_skmeans_matches_the_in_process_driver(setup):
+async def test_skmeans_matches_the_in_process_driver(setup, tmp_path):
     client, worker, keys = setup
     x, _ = _blobs(1, 20)
     events: list[ProgressEvent] = []
     report = await client.skmeans(x, 3, max_iterations=10, tolerance=1e-6, progress=events.append)
-    reference = core_owner.run_skmeans(x, 3, keys.liu, max_iter=10, tolerance=1e-6)
+    reference = await InProcessOwner(tmp_path / "inproc", liu_key=keys.liu).arun(
+        Op.SKMEANS, x, 3, max_iterations=10, tolerance=1e-6
+    )
     np.testing.assert_array_equal(report.labels, reference.labels)
+    np.testing.assert_array_equal(report.labels, l1_kmeans(x, 3, max_iter=10, tolerance=1e-6).labels)
     assert report.iterations == reference.n_iter and report.converged == reference.converged
     np.testing.assert_allclose(report.shifts, [np.max(np.abs(s)) for s in reference.shifts], atol=1e-6)
+    np.testing.assert_allclose(report.extra["centroids"], reference.centroids, atol=1e-9)
     assert report.nodes == [worker.settings.node_id]
     assert len(report.per_round_seconds) == report.iterations
     assert report.worker_seconds > 0 and report.total_seconds >= sum(report.per_round_seconds)
@@ -101,15 +109,18 @@ async def test_dbskmeans_refresh_udm_does_not_drift_on_many_attributes(setup, mo
     The FDH-OPE key is drawn from a fixed seed: about one key in twenty ranks clusters badly even
     without drift (sums of OPE values only approximate L1), which is not what this test is about.
     """
-    import functools
-
     from sklearn.datasets import load_wine
 
     from core.algorithms.kmeans import l1_kmeans
     from core.crypto import fdhope
     from dataowner.metrics import adjusted_rand_index
 
-    seeded = functools.partial(fdhope.generate_key, rng=np.random.default_rng(1))
+    draw = fdhope.generate_key
+    seed = np.random.default_rng(1)
+
+    def seeded(data: np.ndarray, sensitivity: float, rng: object = None) -> fdhope.FdhopeKey:
+        return draw(data, sensitivity, seed)  # the driver passes its (here unseeded) rng
+
     monkeypatch.setattr(fdhope, "generate_key", seeded)
     client, _, _ = setup
     x = load_wine().data
@@ -133,13 +144,16 @@ async def test_sknn_matches_the_in_process_driver(setup):
     np.testing.assert_array_equal(knn.predictions, reference)
 
 
-async def test_pqc_skmeans_matches_the_in_process_driver(setup):
+async def test_pqc_skmeans_matches_the_in_process_driver(setup, tmp_path):
     client, _, keys = setup
     x, _ = _blobs(4, 8)
     report = await client.pqc_skmeans(x, 3, max_iterations=10, tolerance=1e-4)
-    reference = pqc_dataowner.run_pqc_skmeans(x, 3, ctx=keys.ckks(), max_iterations=10, tol=1e-4)
+    reference = await InProcessOwner(tmp_path / "inproc", ctx=keys.ckks()).arun(
+        Op.PQC_SKMEANS, x, 3, max_iterations=10, tolerance=1e-4
+    )
     np.testing.assert_array_equal(report.labels, reference.labels)
-    assert report.iterations == reference.stats.iterations
+    np.testing.assert_array_equal(report.labels, l1_kmeans(x, 3, max_iter=10, tolerance=1e-4).labels)
+    assert report.iterations == reference.n_iter
     assert report.converged == reference.converged
 
 

@@ -14,6 +14,7 @@ from core.algorithms import nnc as core_nnc
 from core.algorithms.kmeans import KMeans, l1_kmeans
 from schemas import keys
 from schemas.operations import Op
+from tests.core.inprocess_owner import InProcessOwner
 from tests.worker.handlers.owner import (
     COMPLETED,
     START,
@@ -61,7 +62,7 @@ async def test_large_label_vector_is_stored(start_worker, nc, local_store, make_
 
 # ------------------------------------------------------------------ SKMeans
 @pytest.mark.parametrize("compact", [False, True])
-async def test_skmeans_job_to_convergence(rig, compact):
+async def test_skmeans_job_to_convergence(rig, compact, tmp_path):
     data = blobs(45, 2, 3, seed=3)
     job = await upload_secure_kmeans(rig.store, data, 3, "ds", compact=compact)
     labels, iterations, shifts = await run_secure_kmeans(rig, job)
@@ -69,7 +70,7 @@ async def test_skmeans_job_to_convergence(rig, compact):
     assert reference.converged
     assert labels == reference.labels.tolist()
     assert iterations == reference.n_iter
-    in_process = dataowner.run_skmeans(data, 3, job.key, max_iter=10)
+    in_process = await InProcessOwner(tmp_path, liu_key=job.key).arun(Op.SKMEANS, data, 3, max_iterations=10)
     assert labels == in_process.labels.tolist() and iterations == in_process.n_iter
     # Round by round, the worker's labels are the core's labels on the same ciphertexts.
     rounds = mirror_secure_kmeans(job, shifts[:-1])

@@ -1,8 +1,9 @@
 """clustering.pqc.skmeans and clustering.pqc.dbskmeans end to end over NATS.
 
-The data owner loop mirrors ``core.pqc_dataowner`` (row-packed CKKS data, UDM, ``initsm``; per round
-step 1, decrypt the shift, stop when max |S| <= tol, else store S (DBS: OPE(S)) and call step 2), and
-the worker's results are compared with the in-process drivers.
+The raw commands here follow the data-owner driver's rounds (row-packed CKKS data, UDM, ``initsm``;
+per round step 1, decrypt the shift, stop when max |S| <= tol, else store S (DBS: OPE(S)) and call
+step 2) with the variants a V1 client sends, and the worker's results are compared with that driver
+run over the in-process worker (tests/core/inprocess_owner.py).
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from core.pqc_dataowner import (
     decrypt_shift,
     encrypt_dataset,
     init_shift_matrix,
-    run_pqc_dbskmeans,
-    run_pqc_skmeans,
 )
 from schemas import keys
+from schemas.operations import Op
+from tests.core.inprocess_owner import InProcessOwner
 from tests.worker.handlers.pqc_support import (
     PqcWorker,
     blobs,
@@ -43,6 +44,12 @@ async def worker(nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> Asy
     )
     yield w
     await stop_pqc_worker(w)
+
+
+@pytest.fixture(scope="module")
+def inproc(tmp_path_factory: pytest.TempPathFactory) -> InProcessOwner:
+    """The data-owner driver over the in-process worker, with the same owner context."""
+    return InProcessOwner(tmp_path_factory.mktemp("pqcsk-owner"), ctx=owner_context())
 
 
 async def _prepare(
@@ -93,7 +100,7 @@ async def _drive(
     return labels, shifts, max_iterations
 
 
-async def test_skmeans_pqc_reference_example(worker: PqcWorker) -> None:
+async def test_skmeans_pqc_reference_example(worker: PqcWorker, inproc: InProcessOwner) -> None:
     """Reference 6.3: labels [0,1,1,1] → [0,0,1,1], S¹ = [[0,0],[-4.6667,-4.3]], S³ = 0."""
     x = np.array([[1, 2], [1.5, 1.8], [8, 8], [9, 8.5]])
     await _prepare(worker, x, 2, "ref", keys.udm("ref"), x[:, None, :] - x[None, :, :])  # full n×n×a UDM
@@ -101,24 +108,24 @@ async def test_skmeans_pqc_reference_example(worker: PqcWorker) -> None:
     assert labels.tolist() == [0, 0, 1, 1] and rounds == 3
     assert close(shifts[0], [[0, 0], [-14 / 3 + 1e-9, -4.3]], 1e-5)
     assert close(shifts[-1], np.zeros((2, 2)), 1e-5)
-    inproc = run_pqc_skmeans(x, 2, ctx=owner_context(), tol=1e-4)
-    assert np.array_equal(labels, inproc.labels) and rounds == inproc.stats.iterations
-    for mine, theirs in zip(shifts, inproc.shifts, strict=True):
+    run = await inproc.arun(Op.PQC_SKMEANS, x, 2, tolerance=1e-4)
+    assert np.array_equal(labels, run.labels) and rounds == run.n_iter
+    for mine, theirs in zip(shifts, run.shifts, strict=True):
         assert close(mine, theirs, 1e-5)
     # the stored centroids decrypt to the in-process ones
     centj = await worker.get_ciphertexts(owner_context(), keys.centroids_current("ref"))
-    assert close(decrypt_centroids(owner_context(), centj, 2), inproc.centroids, 1e-5)
+    assert close(decrypt_centroids(owner_context(), centj, 2), run.centroids, 1e-5)
     info = await worker.store.info(keys.centroids_current("ref"))
     assert info.kind == "bytes_list" and info.num_chunks == 2 and list(info.full_shape) == [2]  # clamped to k
 
 
-async def test_skmeans_pqc_blobs_match_in_process_driver(worker: PqcWorker) -> None:
+async def test_skmeans_pqc_blobs_match_in_process_driver(worker: PqcWorker, inproc: InProcessOwner) -> None:
     x, k = blobs(24, 3, 3, seed=11), 3
     await _prepare(worker, x, k, "sb", keys.udm("sb"), udm.build_udm(x, k))  # compact n×k×a UDM
     labels, shifts, rounds = await _drive(worker, SK, x, k, "sb", tol=1e-4)
-    inproc = run_pqc_skmeans(x, k, ctx=owner_context(), tol=1e-4)
-    assert np.array_equal(labels, inproc.labels) and rounds == inproc.stats.iterations
-    assert all(close(m, t, 1e-5) for m, t in zip(shifts, inproc.shifts, strict=True))
+    run = await inproc.arun(Op.PQC_SKMEANS, x, k, tolerance=1e-4)
+    assert np.array_equal(labels, run.labels) and rounds == run.n_iter
+    assert all(close(m, t, 1e-5) for m, t in zip(shifts, run.shifts, strict=True))
 
 
 async def test_step2_without_is_zero_uses_min_error_on_the_decrypted_shift(worker: PqcWorker) -> None:
@@ -135,7 +142,9 @@ async def test_step2_without_is_zero_uses_min_error_on_the_decrypted_shift(worke
     assert err["code"] == 400 and "is_zero" in err["message"]
 
 
-async def test_dbskmeans_pqc_with_the_v1_shift_key_matches_in_process_driver(worker: PqcWorker) -> None:
+async def test_dbskmeans_pqc_with_the_v1_shift_key_matches_in_process_driver(
+    worker: PqcWorker, inproc: InProcessOwner
+) -> None:
     """Bug 9 fixed: step 2 reads the OPE shift the V1 client writes (``<P>shiftmatrixope``)."""
     x, k, seed = blobs(20, 2, 2, seed=4), 2, 21
     rng = np.random.default_rng(seed)
@@ -155,9 +164,9 @@ async def test_dbskmeans_pqc_with_the_v1_shift_key_matches_in_process_driver(wor
         shift_key=keys.shift_matrix_ope("db"),
         extra={"encrypted_udm_shape": list(info.full_shape), "encrypted_udm_dtype": "float64"},
     )
-    inproc = run_pqc_dbskmeans(x, k, ctx=owner_context(), tol=1e-4, rng=np.random.default_rng(seed))
-    assert np.array_equal(labels, inproc.labels) and rounds == inproc.stats.iterations >= 2
-    assert all(close(m, t, 1e-5) for m, t in zip(shifts, inproc.shifts, strict=True))
+    run = await inproc.arun(Op.PQC_DBSKMEANS, x, k, tolerance=1e-4, rng=np.random.default_rng(seed))
+    assert np.array_equal(labels, run.labels) and rounds == run.n_iter >= 2
+    assert all(close(m, t, 1e-5) for m, t in zip(shifts, run.shifts, strict=True))
     stored = await worker.store.info(keys.encrypted_udm("db"))
     assert list(stored.full_shape) == [20, 2, 2]
 
