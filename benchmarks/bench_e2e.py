@@ -1,17 +1,21 @@
-"""End-to-end SKMeans through NATS and storage versus the same rounds run in process by the core.
+"""End-to-end SKMeans through NATS and storage versus the same rounds with the worker in process.
 
     python benchmarks/bench_e2e.py                 # 100,000 x 8, k=5, 10 rounds (a few minutes)
     python benchmarks/bench_e2e.py --n 20000       # smaller
     python benchmarks/bench_e2e.py --in-process    # worker inside this process (pool still separate)
     python benchmarks/bench_e2e.py --store-cache-mb 0   # the worker's store exactly as the service opens it
 
-Both sides run exactly ``--rounds`` rounds (tolerance < 0: no early stop), so the totals compare the
-same work: Liu encryption + UDM, then per round the encrypted phase, the owner's decryption of the
-k x a shift and the UDM update (no step 2 after the last round, as in a real job).
+Both sides run the same driver (``dataowner/drivers/secure_kmeans.py``) for exactly ``--rounds``
+rounds (tolerance < 0: no early stop), so the totals compare the same work: Liu encryption + UDM
+and their upload, then per round the encrypted phase, the owner's decryption of the k x a shift and
+the UDM update (no step 2 after the last round, as in a real job).
 
 End to end = data-owner client (``dataowner.client``) -> embedded nats-server -> a worker process
 (``python -m worker run``, local storage in a temp dir) with its compute pool; every round the
 worker reads the encrypted data and the UDM from storage and writes the new state back.
+In process = the same client over ``dataowner.inprocess_port.InProcessPort``: the worker's
+dispatcher and handlers in this process, compute inline (no bus, no pool), local storage with the
+same read cache.
 
 Storage read cache: ``--store-cache-mb`` (default 512) wraps the worker's store in
 ``worker.storage.cache.CachedStore`` until the service does so itself (the wrapper is idempotent, so
@@ -19,7 +23,8 @@ the flag changes nothing once it does); 0 runs the worker's store exactly as the
 
 Printed: total seconds and the ratio (goal <= 1.5x), the owner's preparation, the mean round, and
 the per-round overhead split into messaging (request/reply time not spent in the worker), worker
-storage (get + put), worker queueing, and the owner's own storage + decryption between commands.
+storage (get + put), worker queueing, and the owner's own storage + decryption between commands;
+"the core" is the in-process worker's compute time (the same core functions, inline).
 """
 
 from __future__ import annotations
@@ -32,15 +37,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.algorithms import skmeans
-from core.algorithms.udm import build_udm
-from core.crypto import liu
+if TYPE_CHECKING:
+    from dataowner.job import JobReport
+    from dataowner.keys import OwnerKeys
 
 
 def make_data(n: int, a: int, k: int, seed: int = 0) -> np.ndarray:
@@ -51,25 +56,24 @@ def make_data(n: int, a: int, k: int, seed: int = 0) -> np.ndarray:
     return x
 
 
-def in_process(x: np.ndarray, k: int, key: liu.LiuKey, rounds: int) -> dict[str, Any]:
-    """The core's SKMeans loop (as ``core.dataowner.run_skmeans``), timed per round."""
-    t0 = time.perf_counter()
-    encrypted = liu.encrypt(key, x)
-    udm = build_udm(x, k)
-    prepare = time.perf_counter() - t0
-    previous = None
-    per_round = []
-    labels = np.empty(0)
-    for it in range(1, rounds + 1):
-        r0 = time.perf_counter()
-        result = skmeans.encrypted_phase(encrypted, udm, k, it == 1, previous)
-        shift = skmeans.decrypt_shift(key, result.shift)
-        labels, previous = result.labels, result.centroids
-        if it < rounds:
-            udm = skmeans.plaintext_phase(udm, shift)
-        per_round.append(time.perf_counter() - r0)
-    total = time.perf_counter() - t0
-    return {"total": total, "prepare": prepare, "rounds": per_round, "labels": labels}
+async def in_process(
+    x: np.ndarray, k: int, keys: OwnerKeys, rounds: int, data_dir: Path, num_chunks: int | None, cache_mb: int
+) -> JobReport:
+    """The same SKMeans job with the worker in this process (``InProcessPort``), warm-up first."""
+    from dataowner.client import DataOwnerClient
+    from dataowner.inprocess_port import InProcessPort
+    from worker.storage import LocalStore
+    from worker.storage.cache import with_cache
+
+    raw = LocalStore(data_dir / "inproc-storage", "rory")
+    store = with_cache(raw, max(0, cache_mb) << 20)  # the owner shares the worker's store object
+    client = DataOwnerClient(None, store, keys, port=InProcessPort(store), num_chunks=num_chunks)
+    try:
+        await client.skmeans(x[: max(k, 50)], k, max_iterations=2, tolerance=-1.0)
+        return await client.skmeans(x, k, max_iterations=rounds, tolerance=-1.0)
+    finally:
+        await client.close()
+        await raw.aclose()
 
 
 async def _probe_health_main(url: str, subject: str, interval: float = 0.005) -> None:
@@ -275,18 +279,21 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         report, keys, health = e2e["report"], e2e["keys"], sorted(e2e["health"])
-        core = in_process(x, args.k, keys.liu, args.rounds)
+        local = asyncio.run(
+            in_process(x, args.k, keys, args.rounds, data_dir, args.num_chunks, args.store_cache_mb)
+        )
 
-    same = bool(np.array_equal(core["labels"], report.labels))
+    same = bool(np.array_equal(local.labels, report.labels))
     rounds = report.rounds
     e2e_round = statistics.mean(report.per_round_seconds)
-    core_round = statistics.mean(core["rounds"])
+    local_round = statistics.mean(local.per_round_seconds)
+    core_round = statistics.mean(r["compute"] for r in local.rounds)
     messaging = statistics.mean(r["request"] - r["worker"] for r in rounds)
     storage = statistics.mean(r["storage"] for r in rounds)
     queued = statistics.mean(r["queued"] for r in rounds)
     compute = statistics.mean(r["compute"] for r in rounds)
     owner_side = statistics.mean(r["seconds"] - r["request"] for r in rounds)
-    ratio = report.total_seconds / core["total"]
+    ratio = report.total_seconds / local.total_seconds
 
     print(
         f"SKMeans {args.n} x {args.a}, k={args.k}, {args.rounds} rounds "
@@ -296,23 +303,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     print()
     print(f"{'':34}{'in-process':>12}{'end-to-end':>12}")
-    print(f"{'total (s)':34}{core['total']:12.3f}{report.total_seconds:12.3f}")
+    print(f"{'total (s)':34}{local.total_seconds:12.3f}{report.total_seconds:12.3f}")
     print(
-        f"{'prepare: encrypt + UDM [+ upload] (s)':34}{core['prepare']:12.3f}{report.prepare_seconds:12.3f}"
+        f"{'prepare: encrypt + UDM [+ upload] (s)':34}"
+        f"{local.prepare_seconds:12.3f}{report.prepare_seconds:12.3f}"
     )
-    print(f"{'mean round (ms)':34}{core_round * 1000:12.1f}{e2e_round * 1000:12.1f}")
+    print(f"{'mean round (ms)':34}{local_round * 1000:12.1f}{e2e_round * 1000:12.1f}")
     print(f"{'ratio end-to-end / in-process':34}{ratio:24.2f}x   (goal <= 1.5x)")
     print()
     print("per-round overhead of the end-to-end path (ms, mean over rounds)")
     print(f"  {'round, owner view':40}{_ms(e2e_round)}")
     print(f"  {'  worker compute (pool)':40}{_ms(compute)}")
-    print(f"  {'    of which the core (in-process round)':40}{_ms(core_round)}")
+    print(f"  {'    of which the core (in process)':40}{_ms(core_round)}")
     print(f"  {'    pool transfer + scheduling':40}{_ms(compute - core_round)}")
     print(f"  {'  worker storage get + put':40}{_ms(storage)}")
     print(f"  {'  worker queueing':40}{_ms(queued)}")
     print(f"  {'  messaging (request - worker total)':40}{_ms(messaging)}")
     print(f"  {'  owner: fetch + decrypt + upload shift':40}{_ms(owner_side)}")
-    print(f"  {'overhead vs in-process round':40}{_ms(e2e_round - core_round)}")
+    print(f"  {'overhead vs in-process round':40}{_ms(e2e_round - local_round)}")
     if health:
         p50, p99 = health[len(health) // 2], health[min(len(health) - 1, round(0.99 * (len(health) - 1)))]
         print(
