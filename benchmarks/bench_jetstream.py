@@ -47,7 +47,7 @@ def _summary(samples: list[float]) -> str:
 
 
 class Answers:
-    """Futures for Replies on ``<p>.results.*``, by command id."""
+    """Futures for Replies on ``<p>.results.>``, by command id."""
 
     def __init__(self) -> None:
         self.waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}

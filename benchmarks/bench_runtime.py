@@ -67,7 +67,7 @@ async def serve_bare(url: str, subject: str) -> None:
 
     ``<subject>``: the minimal request-reply (a tiny map, no headers, one publish).
     ``<subject>-contract``: what the contract obliges any responder to send, without our runtime: a
-    Reply-sized msgpack map with its Content-Type header, plus the copy on ``<p>.results.<job_id>``.
+    Reply-sized msgpack map with its Content-Type header, plus the copy on ``<p>.results.<node>.<job_id>``.
     """
     import msgpack
     import nats
@@ -100,7 +100,7 @@ async def serve_bare(url: str, subject: str) -> None:
 
     async def on_contract(msg):  # type: ignore[no-untyped-def]
         await nc.publish(msg.reply, reply_like, headers=headers)
-        await nc.publish(f"{PREFIX}.results.{'y' * 32}", reply_like, headers=headers)
+        await nc.publish(f"{PREFIX}.results.{NODE}.{'y' * 32}", reply_like, headers=headers)
 
     await nc.subscribe(subject, queue="bare", cb=on_minimal)
     await nc.subscribe(f"{subject}-contract", queue="bare", cb=on_contract)

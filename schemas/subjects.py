@@ -116,15 +116,32 @@ def stopped_all(prefix: str) -> str:
     return _worker(prefix, "*", "stopped")
 
 
-def results(prefix: str, job_id: str) -> str:
-    """``<p>.results.<job_id>``: every Reply of a job is also published here."""
+def _job(job_id: str) -> str:
     if not _JOB.fullmatch(job_id):
         raise ValueError(f"invalid job id {job_id!r}: 1-128 characters of A-Z a-z 0-9 _ -")
-    return f"{_prefix(prefix)}.results.{job_id}"
+    return job_id
+
+
+def results(prefix: str, node: str, job_id: str) -> str:
+    """``<p>.results.<node>.<job_id>``: every Reply of a job is also published here by the node
+    that ran it. The node token is what the per-node permissions restrict, so no node can publish a
+    result in another node's name (contract, section 1)."""
+    return f"{_prefix(prefix)}.results.{_node(node)}.{_job(job_id)}"
+
+
+def results_of_job(prefix: str, job_id: str) -> str:
+    """``<p>.results.*.<job_id>``: a Manager's subscription for one job, whichever node runs it."""
+    return f"{_prefix(prefix)}.results.*.{_job(job_id)}"
+
+
+def results_of_node(prefix: str, node: str) -> str:
+    """``<p>.results.<node>.*``: every result of one node (its publish permission; ``watch --node``)."""
+    return f"{_prefix(prefix)}.results.{_node(node)}.*"
 
 
 def results_all(prefix: str) -> str:
-    return f"{_prefix(prefix)}.results.*"
+    """``<p>.results.>``: every result of every node."""
+    return f"{_prefix(prefix)}.results.>"
 
 
 # ------------------------------------------------------------------------------- ADR-32
@@ -179,6 +196,67 @@ def jobs_pool_filter(prefix: str) -> str:
 def jobs_node_consumer(node: str) -> str:
     """Durable consumer name of a node: ``worker-<node>``."""
     return f"worker-{_node(node)}"
+
+
+def results_bucket(stream: str) -> str:
+    """KV bucket of result records for a jobs stream: ``RORY_JOBS`` -> ``RORY_RESULTS``."""
+    return _token(stream).removesuffix("_JOBS") + "_RESULTS"
+
+
+def record_key(prefix: str, source: str, command_id: str) -> str:
+    """``<p>.<node|pool>.<command id>``: key of a command's result record in the results bucket.
+
+    ``source`` is the node a command was addressed to (``<p>.jobs.<node>.<op>``), or ``pool``. Keying
+    by it lets the per-node permissions give each node its own records and the pool's only.
+    """
+    return f"{_prefix(prefix)}.{_node(source)}.{_job(command_id)}"
+
+
+def record_keys(prefix: str, source: str) -> str:
+    """``<p>.<node|pool>.*``: every record key of one node (or of the pool)."""
+    return f"{_prefix(prefix)}.{_node(source)}.*"
+
+
+def kv_subject(bucket: str, key: str) -> str:
+    """``$KV.<bucket>.<key>``: where a KV record (or a key pattern's records) is written."""
+    return f"$KV.{_token(bucket)}.{key}"
+
+
+def kv_direct_get(bucket: str, key: str) -> str:
+    """``$JS.API.DIRECT.GET.KV_<bucket>.$KV.<bucket>.<key>``: a direct get of one key's last value.
+
+    This form names the key in the subject (a lookup by sequence, ``...KV_<bucket>`` with a body,
+    does not), so permissions on it restrict which records a user can read.
+    """
+    return f"$JS.API.DIRECT.GET.KV_{_token(bucket)}.{kv_subject(bucket, key)}"
+
+
+def dlq_subject(prefix: str, source: str, op: str) -> str:
+    """``<p>.dlq.<node|pool>.<op>``: where a dead command is kept (stream RORY_DLQ)."""
+    if not is_valid_op(op):
+        op = "unknown"
+    return f"{_prefix(prefix)}.dlq.{_node(source)}.{op}"
+
+
+def dlq_source_all(prefix: str, source: str) -> str:
+    """``<p>.dlq.<node|pool>.>``: the dead letters of one node (or of the pool)."""
+    return f"{_prefix(prefix)}.dlq.{_node(source)}.>"
+
+
+def dlq_stream_subjects(prefix: str) -> list[str]:
+    return [f"{_prefix(prefix)}.dlq.>"]
+
+
+def dlq_movers_queue(prefix: str) -> str:
+    """Queue group of the dead-letter movers: one of them handles each advisory."""
+    return f"{_prefix(prefix)}.dlq-movers"
+
+
+def max_deliveries_advisory(stream: str, consumer: str = "*") -> str:
+    """``$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.<consumer>`` (``*``: every consumer)."""
+    if consumer != "*":
+        consumer = _token(consumer)
+    return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{_token(stream)}.{consumer}"
 
 
 # ------------------------------------------------------------------------------- reverse parsing
@@ -251,6 +329,10 @@ __all__ = [
     "SERVICE_NAME",
     "CommandSubject",
     "OpExtractor",
+    "dlq_movers_queue",
+    "dlq_source_all",
+    "dlq_stream_subjects",
+    "dlq_subject",
     "health",
     "heartbeat",
     "heartbeat_all",
@@ -262,6 +344,9 @@ __all__ = [
     "jobs_pool",
     "jobs_pool_filter",
     "jobs_stream_subjects",
+    "kv_direct_get",
+    "kv_subject",
+    "max_deliveries_advisory",
     "node_cmd",
     "node_cmd_all",
     "node_queue",
@@ -269,8 +354,13 @@ __all__ = [
     "pool_cmd",
     "pool_cmd_all",
     "pool_queue",
+    "record_key",
+    "record_keys",
     "results",
     "results_all",
+    "results_bucket",
+    "results_of_job",
+    "results_of_node",
     "srv",
     "srv_subjects",
     "started",

@@ -31,11 +31,10 @@ if __package__ in (None, ""):  # run as `python scripts/nats_auth.py`: make the 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from schemas import subjects
-from worker.runtime.jetstream import results_bucket
 from worker.settings import Settings
 
 DLQ_STREAM = Settings.model_fields["jetstream_dlq_stream"].default
-RESULTS_BUCKET = results_bucket(subjects.JOBS_STREAM)
+RESULTS_BUCKET = subjects.results_bucket(subjects.JOBS_STREAM)
 
 ACCOUNT = "RORY"
 MANAGER = "manager"
@@ -78,31 +77,42 @@ def generate_user(name: str) -> NkeyUser:
 def worker_permissions(node_id: str, prefix: str = "rory") -> dict[str, list[str]]:
     """Exactly the subjects node ``node_id`` uses (contract, section 1); replies use allow_responses.
 
-    Built with ``schemas.subjects`` so a renamed subject changes the permissions too.
+    Built with ``schemas.subjects`` so a renamed subject changes the permissions too. A node reaches
+    only its own subjects and the shared pool's, never another node's (docs/security.md):
+
+    * results only under its own token, ``<p>.results.<node>.*``, so it cannot forge another's;
+    * JetStream: its own durable ``worker-<node>`` and the pool durable; no stream-wide message access
+      (``$JS.API.STREAM.MSG.GET``/``DELETE``, ``$JS.API.DIRECT.GET.<stream>``), no consumer creation,
+      so it can neither read nor delete another node's queued commands. Its dead letters are published
+      from the message it holds (``<p>.dlq.<node>.>``, ``<p>.dlq.pool.>``); the MAX_DELIVERIES
+      mover, which needs stream-wide access, runs under the manager (see ``manager_permissions``);
+    * result records only under ``<p>.<node>.*`` and ``<p>.pool.*`` of the results bucket, written
+      through ``$KV.<bucket>.<key>`` and read by direct get on the key (the subject names the key).
     """
+    if node_id == subjects.JOBS_POOL_TOKEN:
+        raise ValueError(f"node id {node_id!r} is reserved: it would share the pool's subjects and records")
     consumers = [subjects.jobs_node_consumer(node_id), subjects.JOBS_POOL_CONSUMER]
     stream = subjects.JOBS_STREAM
+    own_records = [subjects.record_keys(prefix, source) for source in (node_id, subjects.JOBS_POOL_TOKEN)]
     publish = [
         subjects.heartbeat(prefix, node_id),
         subjects.started(prefix, node_id),
         subjects.stopped(prefix, node_id),
         subjects.health(prefix, node_id),  # the container HEALTHCHECK asks with the node's own user
-        subjects.results_all(prefix),
+        subjects.results_of_node(prefix, node_id),
         # JetStream intake (RORY_JOBS_MODE=jetstream): this node's durable and the shared pool durable only.
         "$JS.API.INFO",
         f"$JS.API.STREAM.INFO.{stream}",
         *[f"$JS.API.CONSUMER.INFO.{stream}.{name}" for name in consumers],
         *[f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}" for name in consumers],
         *[f"$JS.ACK.{stream}.{name}.>" for name in consumers],
-        # dead letters, result records (KV) and the dead-letter mover (docs/reliability.md)
+        # dead letters (published from the message held) and result records (KV), docs/reliability.md
         f"$JS.API.STREAM.INFO.{DLQ_STREAM}",
         f"$JS.API.STREAM.INFO.KV_{RESULTS_BUCKET}",
-        f"{prefix}.dlq.{node_id}.>",
-        f"{prefix}.dlq.pool.>",
-        f"$KV.{RESULTS_BUCKET}.{prefix}.>",
-        f"$JS.API.DIRECT.GET.KV_{RESULTS_BUCKET}.>",
-        f"$JS.API.STREAM.MSG.GET.{stream}",
-        f"$JS.API.STREAM.MSG.DELETE.{stream}",
+        subjects.dlq_source_all(prefix, node_id),
+        subjects.dlq_source_all(prefix, subjects.JOBS_POOL_TOKEN),
+        *[subjects.kv_subject(RESULTS_BUCKET, keys) for keys in own_records],
+        *[subjects.kv_direct_get(RESULTS_BUCKET, keys) for keys in own_records],
     ]
     subscribe = [
         subjects.node_cmd_all(prefix, node_id),
@@ -112,16 +122,23 @@ def worker_permissions(node_id: str, prefix: str = "rory") -> dict[str, list[str
         f"$SRV.*.{subjects.SERVICE_NAME}",
         f"$SRV.*.{subjects.SERVICE_NAME}.*",
         f"{inbox_prefix(node_id)}.>",
-        *[f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{name}" for name in consumers],
     ]
     return {"publish": publish, "subscribe": subscribe}
 
 
 def manager_permissions(prefix: str = "rory") -> dict[str, list[str]]:
-    """The manager drives every node, reads results and heartbeats, and administers the jobs stream."""
+    """The manager drives every node, reads results and heartbeats, and administers the jobs stream.
+
+    It also runs the dead-letter mover (``worker.runtime.jetstream.DeadLetterMover``): the
+    MAX_DELIVERIES advisories of the jobs stream and stream-wide message access (``$JS.API.>``).
+    """
     return {
         "publish": [f"{prefix}.>", "$SRV.>", "$JS.API.>"],
-        "subscribe": [f"{prefix}.>", "_INBOX.>"],
+        "subscribe": [
+            f"{prefix}.>",
+            "_INBOX.>",
+            subjects.max_deliveries_advisory(subjects.JOBS_STREAM),
+        ],
     }
 
 
@@ -203,8 +220,11 @@ EXAMPLE_HEADER = (
     "and include the generated accounts.conf instead (see docs/deployment.md, 'Permissions').",
     "",
     "Each worker user may only take its own node's commands and health requests, the shared pool",
-    "commands and $SRV discovery, and may only publish its own heartbeats/announcements, results and",
-    "its own JetStream pulls/acks; replies go back through allow_responses.",
+    "commands and $SRV discovery, and may only publish its own heartbeats/announcements, its own",
+    "results (<p>.results.<node>.*), its own JetStream pulls/acks, dead letters and result records",
+    "(<p>.<node>.* and <p>.pool.*); it has no stream-wide message access, so it cannot read, answer",
+    "or delete another node's queued commands. Replies go back through allow_responses. The manager",
+    "runs the dead-letter mover for the MAX_DELIVERIES advisories.",
 )
 
 

@@ -247,14 +247,18 @@ async def watch(
     duration: float | None = None,
     out: TextIO = sys.stdout,
 ) -> int:
-    """Print heartbeats and announcements (and Replies with ``results``) as JSON lines."""
+    """Print heartbeats and announcements (and Replies with ``results``) as JSON lines.
+
+    Replies are those on ``<p>.results.<node>.<job_id>``: every node's (``<p>.results.>``), or with
+    ``node`` only that node's (``<p>.results.<node>.*``).
+    """
     wanted = [
         f"{prefix}.worker.{node}.heartbeat",
         f"{prefix}.worker.{node}.started",
         f"{prefix}.worker.{node}.stopped",
     ]
     if results:
-        wanted.append(subjects.results_all(prefix))
+        wanted.append(subjects.results_all(prefix) if node == "*" else subjects.results_of_node(prefix, node))
     done = asyncio.Event()
     seen = 0
 
@@ -278,6 +282,40 @@ async def watch(
     finally:
         for sub in subs:
             await sub.unsubscribe()
+    return EXIT_OK
+
+
+async def dlq_mover(
+    nc: Client,
+    prefix: str,
+    *,
+    stream: str = subjects.JOBS_STREAM,
+    dlq_stream: str = "RORY_DLQ",
+    duration: float | None = None,
+    out: TextIO = sys.stdout,
+) -> int:
+    """Run the dead-letter mover under this connection's identity (a Manager/operator, never a node).
+
+    It moves the commands the server stopped redelivering (MAX_DELIVERIES advisories of ``stream``)
+    to ``dlq_stream`` and answers them with ``500 MAX_DELIVERIES`` on
+    ``<p>.results.dlq-mover.<job_id>``; it needs stream-wide message access, which the per-node
+    credentials deliberately lack (docs/reliability.md, "Dead letters"). Runs for ``duration``
+    seconds, or until cancelled.
+    """
+    from worker.runtime.jetstream import DeadLetterMover
+
+    mover = DeadLetterMover(nc, prefix=prefix, stream=stream, dlq_stream=dlq_stream)
+    await mover.start()
+    await nc.flush()
+    print(f"moving abandoned commands of {stream} to {dlq_stream}", file=out, flush=True)
+    try:
+        if duration is None:
+            await asyncio.Event().wait()  # until cancelled (SIGINT/SIGTERM)
+        else:
+            await asyncio.sleep(duration)
+    finally:
+        await mover.close()
+        print(f"moved {mover.moved} command(s)", file=out, flush=True)
     return EXIT_OK
 
 
@@ -341,4 +379,4 @@ async def req(
     return EXIT_OK if reply.get("ok") else EXIT_ERROR_REPLY
 
 
-__all__ = ["gather", "health", "info", "load_params", "ls", "req", "stats", "watch"]
+__all__ = ["dlq_mover", "gather", "health", "info", "load_params", "ls", "req", "stats", "watch"]

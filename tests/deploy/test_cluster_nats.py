@@ -110,7 +110,7 @@ async def test_node_user_allowed_subjects_raise_no_violation(auth_cluster):
             subjects.heartbeat(P, "rory-worker-1"),
             subjects.started(P, "rory-worker-1"),
             subjects.stopped(P, "rory-worker-1"),
-            subjects.results(P, "job-1"),
+            subjects.results(P, "rory-worker-1", "job-1"),
         ):
             await nc.publish(subject, b"{}")
         await nc.flush()

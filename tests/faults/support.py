@@ -67,7 +67,7 @@ async def publish(nc: Client, settings: Settings, body: dict[str, Any], *, node:
 
 
 async def results(nc: Client, settings: Settings) -> Collector:
-    """Collects every Reply on ``<p>.results.*``."""
+    """Collects every Reply on ``<p>.results.>`` (every node's)."""
     return await Collector.on(nc, subjects.results_all(settings.rory_subject_prefix))
 
 

@@ -57,7 +57,7 @@ async def _settle(nc) -> None:
 async def test_worker_serves_the_manager_without_violations(secured) -> None:
     manager = await _as(secured, MANAGER)
     try:
-        results = await Collector.on(manager, subjects.results(P, "job-ok"))
+        results = await Collector.on(manager, subjects.results_of_job(P, "job-ok"))
         subject = subjects.node_cmd(P, "node-a", "test.echo")
         reply = await manager.request(subject, codec.encode(command("test.echo", job_id="job-ok")), timeout=5)
         assert codec.decode(reply.data)["ok"]
@@ -84,7 +84,8 @@ async def test_other_node_cannot_send_commands_or_read_results(secured) -> None:
 
     try:
         await intruder.subscribe(subjects.results_all(P), cb=steal)
-        await intruder.subscribe(f"{P}.results.>", cb=steal)
+        await intruder.subscribe(f"{P}.results.*", cb=steal)
+        await intruder.subscribe(subjects.results_of_node(P, "node-a"), cb=steal)
         await intruder.subscribe(f"{inbox_prefix('node-a')}.>", cb=steal)  # node-a's reply inbox
         await intruder.subscribe("_INBOX.>", cb=steal)  # the manager's reply inbox
         await intruder.subscribe(subjects.heartbeat_all(P), cb=steal)
@@ -102,7 +103,14 @@ async def test_other_node_cannot_send_commands_or_read_results(secured) -> None:
             await intruder.publish(subject, codec.encode(command("test.echo", job_id="job-x")))
         await _settle(intruder)
         violations = "\n".join(v.lower() for v in errors.violations())
-        for denied in ("results.*", "results.>", "_inbox_node-a.>", "_inbox.>", "worker.*.heartbeat"):
+        for denied in (
+            "results.*",
+            "results.>",
+            "results.node-a.*",
+            "_inbox_node-a.>",
+            "_inbox.>",
+            "worker.*.heartbeat",
+        ):
             assert (
                 f'subscription to "{P}.{denied}"' in violations or f'subscription to "{denied}"' in violations
             ), (
@@ -143,20 +151,27 @@ async def test_per_node_inbox_prefix_is_required_for_requests(secured) -> None:
         await default_inbox.close()
 
 
-async def test_results_can_be_published_by_any_worker(secured) -> None:
-    """Documented limitation (docs/security.md): ``<p>.results.<job_id>`` carries no node token, so every
-    worker user may publish on ``<p>.results.*`` and could forge another node's result notification.
-    Managers must treat the request-reply answer (only the responder can use the reply subject, via
-    ``allow_responses``) or a result they can verify in storage as authoritative, not ``results.*``."""
+async def test_a_node_publishes_results_only_in_its_own_name(secured) -> None:
+    """``<p>.results.<node>.<job_id>`` (contract, section 1): a node user may publish results under its
+    own node token only, so it cannot forge another node's result, nor use the old node-less
+    ``<p>.results.<job_id>``. The Manager, subscribed to ``<p>.results.*.<job_id>``, receives only the
+    genuine one."""
     errors, manager_errors = ErrorLog(), ErrorLog()
     other = await _as(secured, "node-b", errors)
     manager = await _as(secured, MANAGER, manager_errors)
     try:
-        results = await Collector.on(manager, subjects.results(P, "job-y"))
+        results = await Collector.on(manager, subjects.results_of_job(P, "job-y"))
+        everything = await Collector.on(manager, subjects.results_all(P))
+        await other.publish(subjects.results(P, "node-a", "job-y"), codec.encode({"forged": True}))
+        await other.publish(f"{P}.results.job-y", codec.encode({"forged": "v1"}))
+        await _settle(other)
+        violations = "\n".join(v.lower() for v in errors.violations())
+        assert f'publish to "{P}.results.node-a.job-y"' in violations, violations
+        assert f'publish to "{P}.results.job-y"' in violations, violations
         # Core NATS is at-most-once: under heavy machine load a single message was (rarely) not seen
         # within the wait, so publish until one arrives; what matters is that nothing refuses it.
         for _ in range(10):
-            await other.publish(subjects.results(P, "job-y"), codec.encode({"forged": True}))
+            await other.publish(subjects.results(P, "node-b", "job-y"), codec.encode({"own": True}))
             await _settle(other)
             if results.bodies:
                 break
@@ -166,8 +181,10 @@ async def test_results_can_be_published_by_any_worker(secured) -> None:
             raise AssertionError(
                 f"{error}; node-b: {errors.errors}; manager: {manager_errors.errors}"
             ) from None
-        assert bodies[0] == {"forged": True}
-        assert errors.violations() == []
+        assert all(body == {"own": True} for body in bodies), bodies
+        assert {m.subject for m in results.messages} == {subjects.results(P, "node-b", "job-y")}
+        assert all(body == {"own": True} for body in everything.bodies), everything.bodies
+        assert len(errors.violations()) == 2, errors.violations()  # the own-name publishes passed
     finally:
         await other.close()
         await manager.close()

@@ -14,7 +14,9 @@ Topology (created when ``JETSTREAM_ENSURE=true``, only verified otherwise):
   durable ``pool`` filters ``<p>.jobs.pool.>`` (a node may not be called ``pool``);
 * stream ``JETSTREAM_DLQ_STREAM`` (RORY_DLQ): limits retention on ``<p>.dlq.>``;
 * KV bucket ``<stream minus _JOBS>_RESULTS`` (RORY_RESULTS): one record per successful command, key
-  ``<p>.<command id>``, value the msgpack Reply, TTL :data:`RESULTS_TTL`.
+  ``<p>.<node|pool>.<command id>`` (the node the command was addressed to, or ``pool``), value the
+  msgpack Reply, TTL ``JETSTREAM_RESULT_TTL``. Keying by node lets each node's credentials reach its
+  own records and the pool's only (scripts/nats_auth.py).
 
 Flow of one message:
 
@@ -29,19 +31,25 @@ Flow of one message:
    one, else it is nak'd at once for another worker; since requests are for one message or answered
    at once, it cannot come back into the request it came from.
 2. **Answered already?** The results record is looked up first: a redelivery (an ack lost in a crash,
-   a Manager re-publishing after the duplicate window) is answered from it without recomputing.
+   a Manager re-publishing after the duplicate window) is answered from it without recomputing, if
+   the record is this command's (``op``, ``in_reply_to``, ``job_id`` and, for a node's command, its
+   ``node_id`` match).
    A second delivery of a command this worker is running joins the running one.
 3. **Run** through :meth:`Dispatcher.run` (same validation, deadline, stats as core commands), with
    ``in_progress`` every third of the ack wait so a long job is not redelivered.
 4. **Settle:** success -> create the record (the first run to finish wins; a later duplicate answers
-   with the recorded Reply), publish the Reply on ``<p>.results.<job_id>``, ack. 4xx (the command
+   with the recorded Reply), publish the Reply on ``<p>.results.<node>.<job_id>``, ack. 4xx (the command
    can never succeed) -> error Reply, ``term``. 5xx (the worker or its environment failed: storage
    503, deadline 504, BUSY, crashed compute process, internal error) -> ``nak`` with a growing,
    bounded delay; on the last run (``JETSTREAM_MAX_DELIVER``) -> copy to the DLQ with the reason,
    error Reply, ``term``. The consumers allow one delivery more than that: it never runs the command,
    it dead-letters a command whose every run ended without an answer (each worker died), so such a
-   command is settled by the next worker that comes up. If even that delivery goes unanswered, the
-   server's MAX_DELIVERIES advisory lets any running worker move the command to the DLQ.
+   command is settled by the next worker that comes up. Every dead letter is published from the
+   message the worker holds, then ``term``ed: a node needs no stream-wide message access. If even
+   the extra delivery goes unanswered, the server's MAX_DELIVERIES advisory lets a
+   :class:`DeadLetterMover` move the command to the DLQ; that reads and deletes by stream sequence,
+   so it runs under an operator/Manager identity, or in a worker whose identity administers
+   JetStream (``JETSTREAM_ENSURE=true``), never under a node's own credentials.
 
 Stop: no new pulls; messages still arriving for the outstanding request are handed back; in-flight
 jobs get the grace period, the rest are cancelled and handed back. A hand-back while our own pull is
@@ -58,7 +66,8 @@ import json
 import logging
 import math
 import time
-from collections.abc import Awaitable, Mapping
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,13 +93,18 @@ from nats.js.kv import KeyValue
 from schemas import codec, subjects
 from worker.errors import Busy, Conflict, RoryError
 from worker.runtime.connection import NatsUnavailable
-from worker.runtime.dispatch import ERROR_CODE_HEADER, ERROR_HEADER, Dispatcher, Rejected
+from worker.runtime.dispatch import (
+    ERROR_CODE_HEADER,
+    ERROR_HEADER,
+    Dispatcher,
+    Rejected,
+    error_headers,
+)
 from worker.settings import Settings
 
 log = logging.getLogger("rory.worker.jetstream")
 
 DUPLICATE_WINDOW = 120.0  # s: a re-publish with the same Nats-Msg-Id inside this window is dropped
-RESULTS_TTL = 24 * 3600.0  # s: how long a result record answers redeliveries and re-publishes
 DLQ_MAX_AGE = 30 * 24 * 3600.0  # s: dead letters are kept this long
 PULL_EXPIRES = 1.0  # s: life of one pull request (how long a reservation may sit idle)
 PULL_MARGIN = 1.0  # s: a pull with no answer this long after ``expires`` is given up (server gone)
@@ -126,25 +140,11 @@ class MaxDeliveries(RoryError):
 
 
 # ----------------------------------------------------------------------------- names and helpers
-def results_bucket(stream: str) -> str:
-    """KV bucket of result records for a jobs stream: ``RORY_JOBS`` -> ``RORY_RESULTS``."""
-    return stream.removesuffix("_JOBS") + "_RESULTS"
-
-
-def dlq_subject(prefix: str, source: str, op: str) -> str:
-    """``<p>.dlq.<node|pool>.<op>``: where a dead command is kept (stream RORY_DLQ)."""
-    if not subjects.is_valid_op(op):
-        op = "unknown"
-    return f"{prefix}.dlq.{source}.{op}"
-
-
-def dlq_stream_subjects(prefix: str) -> list[str]:
-    return [f"{prefix}.dlq.>"]
-
-
-def record_key(prefix: str, command_id: str) -> str:
-    """Key of a command's result record in the results bucket."""
-    return f"{prefix}.{command_id}"
+# The names live in schemas/subjects.py (one source of truth, shared with scripts/nats_auth.py).
+results_bucket = subjects.results_bucket
+dlq_subject = subjects.dlq_subject
+dlq_stream_subjects = subjects.dlq_stream_subjects
+record_key = subjects.record_key
 
 
 def nak_delay(deliveries: int, ack_wait: float, *, cap: float = NAK_MAX_DELAY) -> float:
@@ -229,7 +229,7 @@ class Topology:
         return cls(
             stream=settings.jetstream_stream,
             dlq_stream=settings.jetstream_dlq_stream,
-            bucket=results_bucket(settings.jetstream_stream),
+            bucket=subjects.results_bucket(settings.jetstream_stream),
             prefix=prefix,
             consumers=(
                 ConsumerSpec(
@@ -349,7 +349,7 @@ async def ensure_topology(
         StreamConfig(
             name=topology.dlq_stream,
             description="Rory commands that could not be completed",
-            subjects=dlq_stream_subjects(prefix),
+            subjects=subjects.dlq_stream_subjects(prefix),
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
             duplicate_window=DUPLICATE_WINDOW,
@@ -360,7 +360,7 @@ async def ensure_topology(
     limits: dict[str, ConsumerLimits] = {}
     for spec in topology.consumers:
         limits[spec.name] = await _ensure_consumer(js, topology.stream, spec, settings)
-    kv = await _ensure_bucket(js, topology.bucket, ensure)
+    kv = await _ensure_bucket(js, topology.bucket, ensure, settings.jetstream_result_ttl)
     return limits, kv
 
 
@@ -414,19 +414,22 @@ async def _ensure_consumer(
     return _limits(info)
 
 
-async def _ensure_bucket(js: JetStreamContext, bucket: str, ensure: bool) -> KeyValue:
+async def _ensure_bucket(js: JetStreamContext, bucket: str, ensure: bool, ttl: float) -> KeyValue:
     try:
-        return await _api(f"bucket {bucket}", js.key_value(bucket))
+        kv = await _api(f"bucket {bucket}", js.key_value(bucket))
     except nats.js.errors.BucketNotFoundError:
         if not ensure:
             raise JetStreamUnavailable(
                 f"results bucket {bucket} does not exist and JETSTREAM_ENSURE=false"
             ) from None
+    else:
+        await _ensure_ttl(js, bucket, ttl, ensure)
+        return kv
     config = KeyValueConfig(
         bucket=bucket,
-        description="Rory result records (msgpack Replies by command id)",
+        description="Rory result records (msgpack Replies by node and command id)",
         history=1,
-        ttl=RESULTS_TTL,
+        ttl=ttl,
         storage=StorageType.FILE,
         direct=True,  # lookups by direct get: answered by the stream, not queued behind the JS API
     )
@@ -434,6 +437,220 @@ async def _ensure_bucket(js: JetStreamContext, bucket: str, ensure: bool) -> Key
         return await _api(f"create bucket {bucket}", js.create_key_value(config=config))
     except nats.js.errors.BadRequestError:
         return await _api(f"bucket {bucket}", js.key_value(bucket))  # created concurrently
+
+
+async def _ensure_ttl(js: JetStreamContext, bucket: str, ttl: float, ensure: bool) -> None:
+    """Bring an existing bucket's record lifetime to JETSTREAM_RESULT_TTL (ensure), or say it differs."""
+    stream = f"KV_{bucket}"
+    try:
+        info = await js.stream_info(stream)
+        current = float(info.config.max_age or 0.0)
+        if math.isclose(current, ttl, rel_tol=1e-6):
+            return
+        if not ensure:
+            log.warning(
+                "result records live longer or shorter than JETSTREAM_RESULT_TTL; using the bucket's",
+                extra={"bucket": bucket, "ttl": current, "jetstream_result_ttl": ttl},
+            )
+            return
+        await js.update_stream(config=info.config.evolve(max_age=ttl))
+        log.info("result record TTL updated", extra={"bucket": bucket, "from": current, "to": ttl})
+    except Exception as error:  # the bucket works with its old TTL; not a reason to refuse to start
+        log.warning(
+            "result record TTL not checked or updated", extra={"bucket": bucket, "error": repr(error)}
+        )
+
+
+# ----------------------------------------------------------------------------- dead letters
+MOVER_ID = "dlq-mover"  # node token of the Replies a stand-alone mover publishes
+
+
+def dlq_headers(
+    headers: Mapping[str, str] | None,
+    error: Mapping[str, Any],
+    *,
+    subject: str,
+    stream: str,
+    stream_seq: int,
+    deliveries: int,
+    consumer: str,
+    node: str,
+) -> dict[str, str]:
+    """Headers of a DLQ copy: the command's own (minus ``Nats-*``) plus where it came from and why."""
+    out = {_key(k): str(v) for k, v in (headers or {}).items() if not _key(k).startswith("Nats-")}
+    if headers and headers.get(MSG_ID):
+        out[DLQ_MSG_ID] = str(headers[MSG_ID])
+    out.update(
+        {
+            DLQ_REASON: _one_line(f"{error['code']} {error['type']}: {error['message']}"),
+            DLQ_CODE: str(error["code"]),
+            DLQ_TYPE: str(error["type"]),
+            DLQ_SUBJECT: subject,
+            DLQ_STREAM: stream,
+            DLQ_SEQUENCE: str(stream_seq),
+            DLQ_DELIVERIES: str(deliveries),
+            DLQ_CONSUMER: consumer,
+            DLQ_NODE: node,
+            MSG_ID: f"{stream}-{stream_seq}",  # two movers of one message store it once
+        }
+    )
+    return out
+
+
+ReplyFactory = Callable[[RoryError, str, Any], dict[str, Any]]
+
+
+class DeadLetterMover:
+    """Moves a command the server stopped redelivering (MAX_DELIVERIES advisory) to the DLQ.
+
+    Such a command is held by nobody, so the mover reads it by stream sequence
+    (``$JS.API.STREAM.MSG.GET.<stream>``), copies it to ``<p>.dlq.<node|pool>.<op>`` as
+    ``500 MAX_DELIVERIES``, publishes an error Reply on ``<p>.results.<node_id>.<job_id>`` and deletes
+    it (``$JS.API.STREAM.MSG.DELETE.<stream>``). That is stream-wide message access: with it a node
+    could read, answer or delete every other node's queued commands, so the per-node credentials of
+    ``scripts/nats_auth.py`` do not have it. The mover runs under an operator/Manager identity (the
+    generated ``manager`` user may), or inside a worker whose identity administers JetStream
+    (``JETSTREAM_ENSURE=true``). Movers share the queue group ``<p>.dlq-movers``.
+
+    ``consumers``: the consumers whose advisories to handle (``*``: all of the stream's).
+    ``reply``: builds the error Reply (a worker passes its dispatcher's, so the error is counted).
+    """
+
+    def __init__(
+        self,
+        nc: Client,
+        *,
+        prefix: str,
+        stream: str = subjects.JOBS_STREAM,
+        dlq_stream: str = Settings.model_fields["jetstream_dlq_stream"].default,
+        node_id: str = MOVER_ID,
+        consumers: Sequence[str] = ("*",),
+        max_message_bytes: int = 1024 * 1024,
+        reply: ReplyFactory | None = None,
+    ) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream(timeout=5.0)
+        self.prefix = prefix
+        self.stream = stream
+        self.dlq_stream = dlq_stream
+        self.node_id = node_id
+        self.consumers = tuple(consumers)
+        self.max_message_bytes = max_message_bytes
+        self._reply = reply or self._default_reply
+        self._subs: list[Subscription] = []
+        self.moved = 0
+
+    async def start(self) -> None:
+        for consumer in self.consumers:
+            self._subs.append(
+                await self.nc.subscribe(
+                    subjects.max_deliveries_advisory(self.stream, consumer),
+                    queue=subjects.dlq_movers_queue(self.prefix),
+                    cb=self.on_advisory,
+                )
+            )
+
+    async def close(self) -> None:
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        self._subs.clear()
+
+    def _default_reply(self, error: RoryError, op: str, decoded: Any) -> dict[str, Any]:
+        ident = job = ""
+        if isinstance(decoded, dict):
+            raw_id, raw_job = decoded.get("id"), decoded.get("job_id")
+            ident = raw_id if isinstance(raw_id, str) and subjects.is_valid_job_id(raw_id) else ""
+            job = raw_job if isinstance(raw_job, str) and subjects.is_valid_job_id(raw_job) else ident
+        return {
+            "v": 1,
+            "id": uuid.uuid4().hex,
+            "in_reply_to": ident,
+            "job_id": job,
+            "op": op[:128],
+            "node_id": self.node_id,
+            "ok": False,
+            "error": _error_info(error),
+            "timings": dict.fromkeys(("queued", "storage_get", "compute", "storage_put", "total"), 0.0),
+        }
+
+    def _source(self, subject: str, consumer: str) -> tuple[str, str]:
+        """(node or ``pool``, op) of a command subject; from the consumer name if it is not ours."""
+        parsed = subjects.parse_command_subject(self.prefix, subject)
+        if parsed is not None and parsed.via in ("jobs-node", "jobs-pool"):
+            return parsed.node or subjects.JOBS_POOL_TOKEN, parsed.op
+        if consumer == subjects.JOBS_POOL_CONSUMER:
+            return subjects.JOBS_POOL_TOKEN, "unknown"
+        node = consumer.removeprefix("worker-")
+        valid = node != consumer and subjects.is_valid_job_id(node) and len(node) <= 64
+        return (node if valid else "unknown"), "unknown"
+
+    async def on_advisory(self, msg: Msg) -> None:
+        """The server stopped redelivering a command nobody answered: move it to the DLQ."""
+        try:
+            advisory = json.loads(msg.data)
+            stream_seq = int(advisory["stream_seq"])
+            deliveries = int(advisory.get("deliveries") or 0)
+            consumer = str(advisory.get("consumer") or "")
+            if advisory.get("stream") not in (None, self.stream):
+                return
+        except Exception:
+            return
+        try:
+            raw = await self.js.get_msg(self.stream, stream_seq)
+        except nats.js.errors.NotFoundError:
+            return  # answered or moved meanwhile
+        except Exception as error:
+            log.warning("dead command not read", extra={"seq": stream_seq, "error": repr(error)})
+            return
+        error = MaxDeliveries(
+            f"delivered {deliveries} times without an answer (workers stopped or crashed while running it)"
+        )
+        subject = raw.subject or ""
+        source, op = self._source(subject, consumer)
+        headers = dlq_headers(
+            raw.headers,
+            _error_info(error),
+            subject=subject,
+            stream=self.stream,
+            stream_seq=stream_seq,
+            deliveries=deliveries,
+            consumer=consumer,
+            node=self.node_id,
+        )
+        try:
+            await self.js.publish(
+                subjects.dlq_subject(self.prefix, source, op),
+                raw.data or b"",
+                headers=headers,
+                stream=self.dlq_stream,
+                timeout=5.0,
+            )
+        except Exception as error_:
+            log.error("dead letter not stored", extra={"subject": subject, "error": repr(error_)})
+            return
+        self.moved += 1
+        log.warning(
+            "abandoned command dead-lettered",
+            extra={"subject": subject, "seq": stream_seq, "deliveries": deliveries},
+        )
+        try:
+            decoded = codec.decode(
+                raw.data or b"", json_mode=codec.is_json(raw.headers), max_bytes=self.max_message_bytes
+            )
+        except Exception:
+            decoded = None
+        reply = self._reply(error, op, decoded)
+        job_id = reply.get("job_id") or ""
+        if job_id:
+            data = codec.encode(reply)
+            out = {codec.CONTENT_TYPE: codec.MSGPACK, **error_headers(reply)}
+            try:
+                await self.nc.publish(subjects.results(self.prefix, self.node_id, job_id), data, headers=out)
+            except Exception as error_:
+                log.error("result not published", extra={"job_id": job_id, "error": repr(error_)})
+        with contextlib.suppress(Exception):
+            await self.js.delete_msg(self.stream, stream_seq)
 
 
 # ----------------------------------------------------------------------------- slots
@@ -693,11 +910,11 @@ class JetStreamIntake:
         self.stopping = False
         self._stop = asyncio.Event()
         self._pullers: list[_Puller] = []
-        self._advisory_subs: list[Subscription] = []
+        self._mover: DeadLetterMover | None = None
         self._running: dict[str, _Running] = {}
         self._jobs: set[asyncio.Task[None]] = set()
         self._aux: set[asyncio.Task[None]] = set()
-        self._results_prefix = subjects.results(self.prefix, "x")[:-1]
+        self._results_prefix = subjects.results(self.prefix, self.node_id, "x")[:-1]
         self.counters: dict[str, int] = dict.fromkeys(
             (
                 "received",
@@ -721,13 +938,21 @@ class JetStreamIntake:
         self.dispatcher.on_release = self.broker.notify
         self.dispatcher.reclaim = self.broker.reclaim
         stream = self.topology.stream
-        for spec in self.topology.consumers:
-            advisory = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{spec.name}"
-            self._advisory_subs.append(
-                await self.nc.subscribe(
-                    advisory, queue=f"{self.prefix}.dlq-movers", cb=self._on_max_deliveries
-                )
+        if self.settings.jetstream_ensure:
+            # Moving an abandoned command needs stream-wide message access, which only an identity
+            # that administers JetStream has (JETSTREAM_ENSURE=true); with a node's own credentials
+            # (JETSTREAM_ENSURE=false) an operator/Manager runs the DeadLetterMover instead.
+            self._mover = DeadLetterMover(
+                self.nc,
+                prefix=self.prefix,
+                stream=stream,
+                dlq_stream=self.topology.dlq_stream,
+                node_id=self.node_id,
+                consumers=[spec.name for spec in self.topology.consumers],
+                max_message_bytes=self.settings.max_message_bytes,
+                reply=self._mover_reply,
             )
+            await self._mover.start()
         for spec in self.topology.consumers:
             puller = _Puller(self, spec)
             await puller.start()
@@ -786,10 +1011,11 @@ class JetStreamIntake:
 
     async def close(self) -> None:
         """Unsubscribe the pull inboxes and advisories (call before draining the connection)."""
-        for sub in [*(p.sub for p in self._pullers if p.sub is not None), *self._advisory_subs]:
+        for sub in [p.sub for p in self._pullers if p.sub is not None]:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
-        self._advisory_subs.clear()
+        if self._mover is not None:
+            await self._mover.close()
         if self.dispatcher.on_release == self.broker.notify:
             self.dispatcher.on_release = None
             self.dispatcher.reclaim = None
@@ -890,7 +1116,7 @@ class JetStreamIntake:
     async def _serve(self, state: _Running) -> None:
         job = state.job
         command = job.command
-        key = record_key(self.prefix, command.id)
+        key = subjects.record_key(self.prefix, state.spec.source, command.id)
         keep_alive = asyncio.get_running_loop().create_task(self._keep_alive(state))
         holding = True  # the admitted job's slot, until run() or release() gives it back
         try:
@@ -960,13 +1186,40 @@ class JetStreamIntake:
             return None
         return entry.value or None
 
-    async def _answer_from_record(self, state: _Running, data: bytes) -> None:
+    def _record_mismatch(self, state: _Running, data: bytes) -> str | None:
+        """Why a stored record is not the answer to this command, or None when it is.
+
+        It must be a Reply to this very command: same ``op``, ``in_reply_to`` = the command's id,
+        ``job_id`` = the command's job, and for a node's own command (not the pool's) written by
+        this node. So a record that is not this command's is never sent as its answer.
+        """
         command = state.job.command
         try:
             stored = codec.decode(data, json_mode=False, max_bytes=max(len(data), 1))
         except Exception:
-            stored = None
-        if not isinstance(stored, dict) or stored.get("op") != command.op:
+            return "undecodable"
+        if not isinstance(stored, dict):
+            return "not a Reply"
+        expected = {
+            "op": command.op,
+            "in_reply_to": command.id,
+            "job_id": command.job_id or command.id,
+        }
+        if state.spec.source != subjects.JOBS_POOL_TOKEN:
+            expected["node_id"] = self.node_id
+        for field_name, value in expected.items():
+            if stored.get(field_name) != value:
+                return field_name
+        return None
+
+    async def _answer_from_record(self, state: _Running, data: bytes) -> None:
+        command = state.job.command
+        mismatch = self._record_mismatch(state, data)
+        if mismatch is not None:
+            log.warning(
+                "the result record does not match the command; not answering from it",
+                extra={"id": command.id, "job_id": command.job_id, "field": mismatch},
+            )
             conflict = Conflict(
                 f"command id {command.id!r} was already used for another command; use a new id"
             )
@@ -993,7 +1246,9 @@ class JetStreamIntake:
         data, headers = self._encode(reply)
         if ERROR_CODE_HEADER not in headers:
             try:
-                earlier = await self._record(record_key(self.prefix, command.id), data)
+                earlier = await self._record(
+                    subjects.record_key(self.prefix, state.spec.source, command.id), data
+                )
             except Exception as error:
                 log.warning(
                     "result record not stored; the command will run again", extra={"error": repr(error)}
@@ -1004,7 +1259,13 @@ class JetStreamIntake:
                 return
             if earlier is not None:  # another run recorded first: answer with its result
                 self.counters["lost_record_race"] += 1
-                data, headers = earlier, {codec.CONTENT_TYPE: codec.MSGPACK}
+                if self._record_mismatch(state, earlier) is None:
+                    data, headers = earlier, {codec.CONTENT_TYPE: codec.MSGPACK}
+                else:  # not this command's record: never answer with it; our own result stands
+                    log.warning(
+                        "the existing result record is not this command's; answering with our own result",
+                        extra={"id": command.id, "job_id": job_id},
+                    )
             state.closing = True
             await self._publish_result(job_id, data, headers)
             await self._ack_all(state)
@@ -1111,29 +1372,24 @@ class JetStreamIntake:
         spec: ConsumerSpec,
         error: dict[str, Any],
     ) -> bool:
-        """Copy a command to ``<p>.dlq.<node|pool>.<op>`` with the reason; True once the DLQ has it."""
+        """Copy a command to ``<p>.dlq.<node|pool>.<op>`` with the reason; True once the DLQ has it.
+
+        The copy is made from the message this worker holds, so no stream-wide access is needed.
+        """
         op = subject[len(spec.op_prefix) :] if subject.startswith(spec.op_prefix) else "unknown"
-        out = {_key(k): str(v) for k, v in (headers or {}).items() if not _key(k).startswith("Nats-")}
-        if headers and headers.get(MSG_ID):
-            out[DLQ_MSG_ID] = str(headers[MSG_ID])
-        stream = self.topology.stream
-        out.update(
-            {
-                DLQ_REASON: _one_line(f"{error['code']} {error['type']}: {error['message']}"),
-                DLQ_CODE: str(error["code"]),
-                DLQ_TYPE: str(error["type"]),
-                DLQ_SUBJECT: subject,
-                DLQ_STREAM: stream,
-                DLQ_SEQUENCE: str(stream_seq),
-                DLQ_DELIVERIES: str(deliveries),
-                DLQ_CONSUMER: spec.name,
-                DLQ_NODE: self.node_id,
-                MSG_ID: f"{stream}-{stream_seq}",  # two movers of one message store it once
-            }
+        out = dlq_headers(
+            headers,
+            error,
+            subject=subject,
+            stream=self.topology.stream,
+            stream_seq=stream_seq,
+            deliveries=deliveries,
+            consumer=spec.name,
+            node=self.node_id,
         )
         try:
             await self.js.publish(
-                dlq_subject(self.prefix, spec.source, op),
+                subjects.dlq_subject(self.prefix, spec.source, op),
                 data or b"",
                 headers=out,
                 stream=self.topology.dlq_stream,
@@ -1154,57 +1410,10 @@ class JetStreamIntake:
         )
         return True
 
-    async def _on_max_deliveries(self, msg: Msg) -> None:
-        """The server stopped redelivering a command nobody answered: move it to the DLQ."""
-        try:
-            advisory = json.loads(msg.data)
-            stream_seq = int(advisory["stream_seq"])
-            deliveries = int(advisory.get("deliveries") or 0)
-            spec = next(s for s in self.topology.consumers if s.name == advisory.get("consumer"))
-        except Exception:
-            return
-        stream = self.topology.stream
-        try:
-            raw = await self.js.get_msg(stream, stream_seq)
-        except nats.js.errors.NotFoundError:
-            return  # answered or moved meanwhile
-        except Exception as error:
-            log.warning("dead command not read", extra={"seq": stream_seq, "error": repr(error)})
-            return
-        error = _error_info(
-            MaxDeliveries(
-                f"delivered {deliveries} times without an answer "
-                "(workers stopped or crashed while running it)"
-            )
-        )
-        subject = raw.subject or ""
-        if not await self._dead_letter(
-            subject,
-            raw.data or b"",
-            raw.headers,
-            stream_seq=stream_seq,
-            deliveries=deliveries,
-            spec=spec,
-            error=error,
-        ):
-            return
-        op = subject[len(spec.op_prefix) :] if subject.startswith(spec.op_prefix) else ""
-        try:
-            decoded = codec.decode(
-                raw.data or b"",
-                json_mode=codec.is_json(raw.headers),
-                max_bytes=self.settings.max_message_bytes,
-            )
-        except Exception:
-            decoded = None
-        reply = self.dispatcher.reject(
-            MaxDeliveries(error["message"]), op=op or "unknown", received=time.perf_counter(), data=decoded
-        )
-        if reply.get("job_id"):
-            data, headers = self._encode(reply)
-            await self._publish_result(reply["job_id"], data, headers)
-        with contextlib.suppress(Exception):
-            await self.js.delete_msg(stream, stream_seq)
+    def _mover_reply(self, error: RoryError, op: str, decoded: Any) -> dict[str, Any]:
+        """The error Reply of a command the mover dead-lettered (counted here and on its endpoint)."""
+        self.counters["dead_lettered"] += 1
+        return self.dispatcher.reject(error, op=op, received=time.perf_counter(), data=decoded)
 
     # ------------------------------------------------------------------ outputs
     def _encode(self, reply: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
@@ -1326,13 +1535,15 @@ __all__ = [
     "DLQ_SUBJECT",
     "DLQ_TYPE",
     "DUPLICATE_WINDOW",
-    "RESULTS_TTL",
+    "MOVER_ID",
     "ConsumerSpec",
+    "DeadLetterMover",
     "JetStreamIntake",
     "JetStreamUnavailable",
     "MaxDeliveries",
     "SlotBroker",
     "Topology",
+    "dlq_headers",
     "dlq_subject",
     "ensure_topology",
     "nak_delay",

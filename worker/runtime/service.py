@@ -138,7 +138,8 @@ class WorkerService:
         self._intake: JetStreamIntake | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._ops = subjects.OpExtractor(self.prefix, self.node_id)
-        self._results_prefix = subjects.results(self.prefix, "x")[:-1]  # job ids are validated on intake
+        # <p>.results.<node>.: job ids are validated on intake
+        self._results_prefix = subjects.results(self.prefix, self.node_id, "x")[:-1]
         self._started_at = 0.0
         self._stopping = False
         self._stopped = asyncio.Event()
@@ -419,7 +420,8 @@ class WorkerService:
         await self._send(reply_to, reply, job.json_mode)
 
     async def _send(self, reply_to: str, reply: dict[str, Any], json_mode: bool) -> None:
-        """Publish a Reply to the requester (its encoding) and to ``<p>.results.<job_id>`` (msgpack)."""
+        """Publish a Reply to the requester (its encoding) and to ``<p>.results.<node>.<job_id>``
+        (msgpack)."""
         nc = self.nc
         assert nc is not None and self.dispatcher is not None
         max_payload = nc.max_payload or self.settings.max_message_bytes

@@ -2,7 +2,7 @@
 
 Each test has its own streams, bucket and subject prefix. Executions and results are counted from
 storage (``tests/faults/ops.py`` marks every run and every stored result), deliveries from the
-server's consumer state, answers from ``<p>.results.*``.
+server's consumer state, answers from ``<p>.results.>``.
 """
 
 from __future__ import annotations
@@ -34,7 +34,13 @@ from tests.faults.support import (
 from tests.ops import command as op_command
 from worker.embedded import EmbeddedNats
 from worker.runtime import jetstream
-from worker.runtime.jetstream import JetStreamUnavailable, nak_delay, record_key, subject_covers
+from worker.runtime.jetstream import (
+    DeadLetterMover,
+    JetStreamUnavailable,
+    nak_delay,
+    record_key,
+    subject_covers,
+)
 
 
 async def _consumer(nc: Client, settings, name: str):
@@ -83,7 +89,8 @@ async def test_topology_is_created_and_core_paths_keep_working(workers: Workers,
         assert consumer.config.max_deliver == settings.jetstream_max_deliver + 1  # +1: the reaper delivery
     dlq = await js.stream_info(settings.jetstream_dlq_stream)
     assert dlq.config.subjects == [f"{prefix}.dlq.>"]
-    await js.key_value(jetstream.results_bucket(settings.jetstream_stream))
+    kv = await js.key_value(jetstream.results_bucket(settings.jetstream_stream))
+    assert (await kv.status()).ttl == settings.jetstream_result_ttl  # JETSTREAM_RESULT_TTL
 
     # health, $SRV and core request-reply stay on in JetStream mode
     msg = await nc.request(subjects.health(prefix, settings.node_id), b"", timeout=2)
@@ -100,6 +107,20 @@ async def test_topology_is_created_and_core_paths_keep_working(workers: Workers,
         timeout=5,
     )
     assert codec.decode(reply.data, json_mode=False)["result"]["message"] == "hi"
+
+
+async def test_the_result_ttl_setting_is_applied_to_an_existing_bucket(workers: Workers, nc: Client) -> None:
+    settings = workers.settings(jetstream_result_ttl=600.0)
+    await workers.start(settings)
+    kv = await nc.jetstream().key_value(jetstream.results_bucket(settings.jetstream_stream))
+    assert (await kv.status()).ttl == 600.0
+    # a second instance of the node, verify-only (its consumers exist)
+    await workers.start(
+        peer(settings, node_id=settings.node_id, jetstream_result_ttl=900.0, jetstream_ensure=False)
+    )
+    assert (await kv.status()).ttl == 600.0  # verify-only: the bucket's own TTL stays
+    await workers.start(peer(settings, jetstream_result_ttl=900.0))
+    assert (await kv.status()).ttl == 900.0
 
 
 async def test_verify_only_mode(workers: Workers) -> None:
@@ -153,7 +174,11 @@ async def _exists(js, stream: str, consumer: str) -> bool:
 
 
 def _restricted_config(settings, password: str) -> str:
-    """An accounts config: ``admin`` may do anything, ``worker`` only what docs/reliability.md lists."""
+    """An accounts config: ``admin`` may do anything, ``worker`` only what docs/reliability.md lists.
+
+    No stream-wide message access (``$JS.API.STREAM.MSG.GET``/``DELETE``), no advisories: results,
+    records and dead letters under the node's own token (and the pool's) only.
+    """
     p, node = settings.rory_subject_prefix, settings.node_id
     stream, dlq = settings.jetstream_stream, settings.jetstream_dlq_stream
     bucket = jetstream.results_bucket(stream)
@@ -162,7 +187,7 @@ def _restricted_config(settings, password: str) -> str:
         f"{p}.worker.{node}.heartbeat",
         f"{p}.worker.{node}.started",
         f"{p}.worker.{node}.stopped",
-        f"{p}.results.*",
+        f"{p}.results.{node}.*",
         f"$JS.API.STREAM.INFO.{stream}",
         f"$JS.API.STREAM.INFO.{dlq}",
         f"$JS.API.STREAM.INFO.KV_{bucket}",
@@ -171,10 +196,10 @@ def _restricted_config(settings, password: str) -> str:
         *[f"$JS.ACK.{stream}.{c}.>" for c in consumers],
         f"{p}.dlq.{node}.>",
         f"{p}.dlq.pool.>",
-        f"$KV.{bucket}.{p}.>",
-        f"$JS.API.DIRECT.GET.KV_{bucket}.>",
-        f"$JS.API.STREAM.MSG.GET.{stream}",
-        f"$JS.API.STREAM.MSG.DELETE.{stream}",
+        f"$KV.{bucket}.{p}.{node}.*",
+        f"$KV.{bucket}.{p}.pool.*",
+        f"$JS.API.DIRECT.GET.KV_{bucket}.$KV.{bucket}.{p}.{node}.*",
+        f"$JS.API.DIRECT.GET.KV_{bucket}.$KV.{bucket}.{p}.pool.*",
     ]
     subscribe = [
         f"{p}.worker.{node}.cmd.>",
@@ -182,7 +207,6 @@ def _restricted_config(settings, password: str) -> str:
         f"{p}.pool.cmd.>",
         "$SRV.>",
         f"_INBOX_{node}.>",
-        *[f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{c}" for c in consumers],
     ]
 
     def allow(items: list[str]) -> str:
@@ -211,6 +235,12 @@ async def test_a_restricted_worker_serves_with_the_documented_permissions(tmp_pa
     settings = group.settings(jetstream_ack_wait=1.5, jetstream_max_deliver=2)
     config = tmp_path / "auth.conf"
     config.write_text(_restricted_config(settings, password))
+    violations: list[str] = []
+
+    async def on_error(error: Exception) -> None:
+        if "permissions violation" in str(error).lower():
+            violations.append(str(error))
+
     async with EmbeddedNats(tmp_path / "auth-nats", extra_args=["-c", str(config)]) as server:
         admin = {"nats_urls": [server.url], "nats_user": "admin", "nats_password": password}
         restricted = settings.model_copy(
@@ -223,17 +253,23 @@ async def test_a_restricted_worker_serves_with_the_documented_permissions(tmp_pa
             }
         )
         client = await nats.connect(server.url, user="admin", password=password)
+        mover = DeadLetterMover(
+            client,
+            prefix=settings.rory_subject_prefix,
+            stream=settings.jetstream_stream,
+            dlq_stream=settings.jetstream_dlq_stream,
+        )
         try:
             provisioner = await group.start(settings.model_copy(update=admin))  # creates everything
             await provisioner.stop(grace=0)
-            worker = await group.start(restricted)
+            worker = await group.start(restricted, error_cb=on_error)
             collector = await results(client, settings)
             good, again = command("perm"), None
             await publish(client, settings, good, node=settings.node_id)
             await collector.wait(1)
             again = dict(good)  # answered from the record (direct get) under the restricted user
             await client.jetstream().publish(
-                subjects.jobs_pool(settings.rory_subject_prefix, "fault.work"),
+                subjects.jobs_node(settings.rory_subject_prefix, settings.node_id, "fault.work"),
                 codec.encode(again),
                 headers={"Nats-Msg-Id": good["id"] + "-2"},
             )
@@ -245,18 +281,29 @@ async def test_a_restricted_worker_serves_with_the_documented_permissions(tmp_pa
             assert [r["ok"] for r in replies] == [True, True, False]
             assert replies[0] == replies[1]
             assert worker._intake is not None and worker._intake.counters["dead_lettered"] == 1
-            # the advisory mover, under the same restrictions
+            assert worker._intake.counters["answered_from_record"] == 1
+            # The advisory mover needs stream-wide access: it runs under the admin identity, not the
+            # worker's (which does not even subscribe to the advisories with JETSTREAM_ENSURE=false).
+            await mover.start()
             await worker.stop(grace=0)
             await publish(client, settings, command("permghost"))
             thief = await client.jetstream().pull_subscribe_bind("pool", settings.jetstream_stream)
             for _ in range(3):  # every delivery the server will make (2 runs + 1), never acked
                 await thief.fetch(1, timeout=3)
             await thief.unsubscribe()
-            await group.start(restricted)
+            await group.start(restricted, error_cb=on_error)
             replies = await collector.wait(4, timeout=10)
             assert replies[3]["error"]["type"] == "MAX_DELIVERIES"
+            assert replies[3]["node_id"] == jetstream.MOVER_ID
+            assert collector.messages[3].subject.startswith(
+                f"{settings.rory_subject_prefix}.results.dlq-mover."
+            )
             assert len(await dead_letters(client.jetstream(), settings)) == 2
+            assert mover.moved == 1
+            await wait_for(_empty(client.jetstream(), settings.jetstream_stream), 3)
+            assert violations == []
         finally:
+            await mover.close()
             await group.close()
             await client.close()
 
@@ -272,14 +319,15 @@ async def test_job_runs_once_is_recorded_and_acked(workers: Workers, nc: Client)
     (reply,) = await collector.wait(1)
     Reply.model_validate(reply)
     assert reply["ok"] and reply["in_reply_to"] == body["id"] and reply["result"]["sum"] == 4.0
-    assert collector.messages[0].subject == subjects.results(settings.rory_subject_prefix, body["id"])
+    prefix = settings.rory_subject_prefix
+    assert collector.messages[0].subject == subjects.results(prefix, settings.node_id, body["id"])
     store = workers.store(settings)
     assert len(await balls(store, "happy", "run")) == 1
     assert len(await balls(store, "happy", "result")) == 1
     js = nc.jetstream()
     await wait_for(_empty(js, settings.jetstream_stream), 3)
     kv = await js.key_value(jetstream.results_bucket(settings.jetstream_stream))
-    entry = await kv.get(record_key(settings.rory_subject_prefix, body["id"]))
+    entry = await kv.get(record_key(prefix, settings.node_id, body["id"]))  # keyed by the addressee
     assert codec.decode(entry.value, json_mode=False)["id"] == reply["id"]
     assert worker._intake is not None and worker._intake.counters["acked"] == 1
 
@@ -340,20 +388,22 @@ async def test_a_second_delivery_joins_the_running_command(workers: Workers, nc:
 
 
 async def test_concurrent_duplicates_on_two_workers_record_one_result(workers: Workers, nc: Client) -> None:
+    """Two instances of one node (one durable, one record key ``<p>.<node>.<id>``) each run a copy."""
     settings = workers.settings(worker_capacity=1)
     a = await workers.start(settings)
-    b = await workers.start(peer(settings))
+    b = await workers.start(peer(settings, node_id=settings.node_id))
     collector = await results(nc, settings)
     body = command("race", seconds=0.5)
-    await _publish_copy(nc, settings, body, a.node_id, "a")
-    await _publish_copy(nc, settings, body, b.node_id, "b")
+    await _publish_copy(nc, settings, body, settings.node_id, "a")
+    await _publish_copy(nc, settings, body, settings.node_id, "b")
     first, second = await collector.wait(2, timeout=5)
     assert first == second  # the later run answers with the recorded result
     assert len(await balls(workers.store(settings), "race", "run")) == 2
     lost = sum(w._intake.counters["lost_record_race"] for w in (a, b))
     assert lost == 1
     kv = await nc.jetstream().key_value(jetstream.results_bucket(settings.jetstream_stream))
-    assert len(await kv.history(record_key(settings.rory_subject_prefix, body["id"]))) == 1
+    key = record_key(settings.rory_subject_prefix, settings.node_id, body["id"])
+    assert len(await kv.history(key)) == 1
 
 
 async def test_a_reused_command_id_for_another_op_is_a_conflict(workers: Workers, nc: Client) -> None:
@@ -371,6 +421,54 @@ async def test_a_reused_command_id_for_another_op_is_a_conflict(workers: Workers
     )
     replies = await collector.wait(2)
     assert replies[1]["error"]["code"] == 409
+
+
+async def _forge_record(nc: Client, settings, source: str, body: dict, **fields) -> None:
+    """Store a result record for ``body`` under ``source``'s key, with ``fields`` changed."""
+    record = {
+        "v": 1,
+        "id": uuid.uuid4().hex,
+        "in_reply_to": body["id"],
+        "job_id": body.get("job_id") or body["id"],
+        "op": body["op"],
+        "node_id": source,
+        "ok": True,
+        "result": {"forged": True},
+        "timings": dict.fromkeys(("queued", "storage_get", "compute", "storage_put", "total"), 0.0),
+    }
+    record.update(fields)
+    kv = await nc.jetstream().key_value(jetstream.results_bucket(settings.jetstream_stream))
+    await kv.put(record_key(settings.rory_subject_prefix, source, body["id"]), codec.encode(record))
+
+
+async def test_a_record_that_is_not_the_commands_own_is_never_the_answer(
+    workers: Workers, nc: Client
+) -> None:
+    """Answering from a record checks ``in_reply_to``, ``job_id`` and, for a node's command, ``node_id``."""
+    settings = workers.settings()
+    worker = await workers.start(settings)
+    collector = await results(nc, settings)
+    node = settings.node_id
+    cases = [
+        (node, {"node_id": "someone-else"}),  # a node's command: only its own node's record counts
+        (node, {"in_reply_to": "another-command"}),
+        (None, {"job_id": "another-job"}),
+        (None, {"in_reply_to": "another-command"}),
+    ]
+    for target, fields in cases:
+        body = command("forged")
+        await _forge_record(nc, settings, target or "pool", body, **fields)
+        await publish(nc, settings, body, node=target)
+    replies = await collector.wait(len(cases), timeout=8)
+    assert all(reply["error"]["code"] == 409 for reply in replies), replies
+    assert not any("forged" in (reply.get("result") or {}) for reply in replies)
+    assert worker._intake is not None and worker._intake.counters["answered_from_record"] == 0
+    # A pool record from whichever node ran it is the answer (node_id is not checked for the pool).
+    body = command("pooled")
+    await _forge_record(nc, settings, "pool", body, node_id="another-node")
+    await publish(nc, settings, body)
+    (reply,) = (await collector.wait(len(cases) + 1))[-1:]
+    assert reply["ok"] and reply["result"] == {"forged": True}
 
 
 # ----------------------------------------------------------------------------- invalid and poison

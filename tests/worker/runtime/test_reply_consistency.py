@@ -1,4 +1,4 @@
-"""The requester and ``<p>.results.<job_id>`` always see the same outcome of a command."""
+"""The requester and ``<p>.results.<node>.<job_id>`` always see the same outcome of a command."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ async def test_json_reply_that_cannot_be_encoded_is_an_error_on_the_results_subj
     registry.register(Operation("test.binary", NoParams, _binary_result, "returns bytes"))
     worker = await start_worker(registry=registry)
     body = command("test.binary", job_id="job-bin")
-    results = await Collector.on(nc, subjects.results(worker.prefix, "job-bin"))
+    results = await Collector.on(nc, subjects.results(worker.prefix, worker.node_id, "job-bin"))
     reply, msg = await request(nc, subjects.pool_cmd(worker.prefix, "test.binary"), body, json_mode=True)
     Reply.model_validate(reply)
     assert reply["ok"] is False and reply["error"]["code"] == 500

@@ -30,7 +30,7 @@ def node_subject(worker, op: str) -> str:
 
 async def test_command_reply_and_results_copy(start_worker, nc) -> None:
     worker = await start_worker()
-    results = await Collector.on(nc, subjects.results(worker.prefix, "job-42"))
+    results = await Collector.on(nc, subjects.results(worker.prefix, worker.node_id, "job-42"))
     body = command("test.echo", {"message": "hi", "n": 3}, job_id="job-42")
     reply, msg = await request(nc, node_subject(worker, "test.echo"), body)
     Reply.model_validate(reply)
@@ -51,7 +51,7 @@ async def test_command_reply_and_results_copy(start_worker, nc) -> None:
 async def test_json_request_gets_json_reply(start_worker, nc) -> None:
     worker = await start_worker()
     body = command("test.echo", {"message": "json"})
-    results = await Collector.on(nc, subjects.results(worker.prefix, body["id"]))
+    results = await Collector.on(nc, subjects.results_of_job(worker.prefix, body["id"]))
     reply, msg = await request(nc, subjects.pool_cmd(worker.prefix, "test.echo"), body, json_mode=True)
     assert msg.headers[codec.CONTENT_TYPE] == codec.JSON
     assert json.loads(msg.data)["result"]["message"] == "json"
