@@ -62,7 +62,7 @@ async def test_sigkilled_worker_job_is_finished_by_another_worker_once(
         await asyncio.sleep(settings.jetstream_ack_wait + 0.5)
         assert len(collector.bodies) == 1  # one answer
         kv = await nc.jetstream().key_value(jetstream.results_bucket(settings.jetstream_stream))
-        history = await kv.history(jetstream.record_key(settings.rory_subject_prefix, body["id"]))
+        history = await kv.history(jetstream.record_key(settings.rory_subject_prefix, "pool", body["id"]))
         assert len(history) == 1
     finally:
         await doomed.stop()
