@@ -100,6 +100,7 @@ class CircuitBreaker:
         self._state = BreakerState.CLOSED
         self._failures = 0
         self._last_error: str | None = None
+        self._opened_at = 0.0
         self._prober: asyncio.Task[None] | None = None
 
     def attach_probe(self, probe: Probe) -> None:
@@ -115,8 +116,15 @@ class CircuitBreaker:
         return self._state is BreakerState.OPEN
 
     def admit(self, what: str) -> None:
-        """Raise a retryable 503 at once while the breaker is open."""
+        """Raise a retryable 503 at once while the breaker is open.
+
+        Without a probe, a real attempt is let through once per ``probe_interval`` instead (half-open
+        by time), so a breaker can never stay open for good.
+        """
         if self._state is BreakerState.OPEN:
+            if self._probe is None and time.monotonic() - self._opened_at >= self.probe_interval:
+                self._opened_at = time.monotonic()
+                return
             raise StorageUnavailable(
                 f"{what}: storage is unavailable (circuit open after: {self._last_error})"
             )
@@ -133,6 +141,7 @@ class CircuitBreaker:
         self._last_error = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
         if self._state is BreakerState.CLOSED and self._failures >= self.failure_threshold:
             self._state = BreakerState.OPEN
+            self._opened_at = time.monotonic()
             log.warning(
                 "storage failed %d times in a row; circuit open, answering 503 at once: %s",
                 self._failures,

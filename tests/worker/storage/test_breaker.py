@@ -86,3 +86,14 @@ async def test_answers_from_storage_keep_the_breaker_closed(tmp_path: Path) -> N
     np.testing.assert_array_equal(await store.get_ndarray("present"), np.arange(4.0))
     assert not breaker.is_open
     await store.aclose()
+
+
+async def test_without_a_probe_one_attempt_goes_through_per_interval() -> None:
+    breaker = CircuitBreaker(failure_threshold=1, probe_interval=0.05)
+    breaker.failed("down")
+    with pytest.raises(StorageUnavailable):
+        breaker.admit("get x")
+    await asyncio.sleep(0.06)
+    breaker.admit("get x")  # the trial attempt (half-open by time)
+    breaker.succeeded()
+    assert not breaker.is_open
