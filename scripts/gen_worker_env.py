@@ -120,6 +120,7 @@ SECTIONS: dict[str, list[str]] = {
         "jetstream_ensure",
         "jetstream_ack_wait",
         "jetstream_max_deliver",
+        "jetstream_replicas",
         "jetstream_result_ttl",
         "max_object_bytes",
     ],

@@ -277,6 +277,12 @@ class Settings(BaseSettings):
     jetstream_max_deliver: int = Field(
         5, ge=1, le=1000, description="Deliveries of one command before it goes to the DLQ."
     )
+    jetstream_replicas: int = Field(
+        1,
+        ge=1,
+        le=5,
+        description="Replicas of RORY_JOBS, RORY_DLQ and the results bucket when created (3 on a cluster).",
+    )
     jetstream_result_ttl: float = Field(
         24 * 3600.0,
         gt=0,

@@ -341,6 +341,7 @@ async def ensure_topology(
             storage=StorageType.FILE,
             duplicate_window=DUPLICATE_WINDOW,
             max_msg_size=settings.max_message_bytes,
+            num_replicas=settings.jetstream_replicas,
         ),
         ensure,
     )
@@ -354,13 +355,16 @@ async def ensure_topology(
             storage=StorageType.FILE,
             duplicate_window=DUPLICATE_WINDOW,
             max_age=DLQ_MAX_AGE,
+            num_replicas=settings.jetstream_replicas,
         ),
         ensure,
     )
     limits: dict[str, ConsumerLimits] = {}
     for spec in topology.consumers:
         limits[spec.name] = await _ensure_consumer(js, topology.stream, spec, settings)
-    kv = await _ensure_bucket(js, topology.bucket, ensure, settings.jetstream_result_ttl)
+    kv = await _ensure_bucket(
+        js, topology.bucket, ensure, settings.jetstream_result_ttl, settings.jetstream_replicas
+    )
     return limits, kv
 
 
@@ -414,7 +418,9 @@ async def _ensure_consumer(
     return _limits(info)
 
 
-async def _ensure_bucket(js: JetStreamContext, bucket: str, ensure: bool, ttl: float) -> KeyValue:
+async def _ensure_bucket(
+    js: JetStreamContext, bucket: str, ensure: bool, ttl: float, replicas: int = 1
+) -> KeyValue:
     try:
         kv = await _api(f"bucket {bucket}", js.key_value(bucket))
     except nats.js.errors.BucketNotFoundError:
@@ -431,6 +437,7 @@ async def _ensure_bucket(js: JetStreamContext, bucket: str, ensure: bool, ttl: f
         history=1,
         ttl=ttl,
         storage=StorageType.FILE,
+        replicas=replicas,
         direct=True,  # lookups by direct get: answered by the stream, not queued behind the JS API
     )
     try:
