@@ -21,7 +21,7 @@ from typing import Any
 from worker import inspect as inspect_cmds
 from worker.settings import Settings, SettingsError, load_settings
 
-COMMANDS = ("run", "ls", "info", "stats", "health", "watch", "req")
+COMMANDS = ("run", "ls", "info", "stats", "health", "watch", "req", "dlq-mover")
 EXIT_SETTINGS = 2
 EXIT_UNAVAILABLE = 1
 
@@ -86,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--msgpack", action="store_true", help="ask for the msgpack encoding")
     p = inspection("watch", "print heartbeats and started/stopped announcements")
     p.add_argument("--node", default="*", help="only this node")
-    p.add_argument("--results", action="store_true", help="also print Replies on <p>.results.*")
+    p.add_argument("--results", action="store_true", help="also print Replies on <p>.results.<node>.<job_id>")
     p.add_argument("--count", type=int, default=None, help="stop after this many messages")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p = inspection("req", "send one command and print its Reply as JSON")
@@ -98,6 +98,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--job-id", default=None)
     p.add_argument("--deadline", type=float, default=None, help="deadline_s of the command")
     p.add_argument("--json", action="store_true", help="send JSON (Content-Type: application/json)")
+    p = inspection(
+        "dlq-mover",
+        "move commands the server stopped redelivering to the DLQ (run as the manager, not a node)",
+    )
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     return parser
 
 
@@ -123,8 +128,8 @@ def _load_operations(specs: Sequence[str]) -> list[Callable[[Any], None]]:
 
 async def _run(args: argparse.Namespace) -> int:
     from worker.embedded import EmbeddedNats
+    from worker.handlers import default_registry
     from worker.runtime.logs import setup_logging
-    from worker.runtime.registry import default_registry
     from worker.runtime.service import WorkerService
 
     overrides: dict[str, Any] = {}
@@ -223,6 +228,14 @@ async def _inspect(args: argparse.Namespace) -> int:
                 deadline_s=args.deadline,
                 json_mode=args.json,
                 timeout=args.timeout or 60.0,
+            )
+        if args.command == "dlq-mover":
+            return await inspect_cmds.dlq_mover(
+                nc,
+                prefix,
+                stream=settings.jetstream_stream,
+                dlq_stream=settings.jetstream_dlq_stream,
+                duration=args.duration,
             )
         raise SettingsError(f"unknown command {args.command!r}")
     finally:

@@ -201,3 +201,11 @@ async def test_health_command_fails_for_a_degraded_worker(start_worker, nc):
     out = io.StringIO()
     assert await inspect.health(nc, worker.prefix, worker.node_id, out=out) == inspect.EXIT_UNHEALTHY
     assert json.loads(out.getvalue())["status"] == "degraded"
+
+
+async def test_dlq_mover_command_runs_for_its_duration(nats_url, tmp_path) -> None:
+    code, out, err = await _run_cli(
+        "dlq-mover", "--server", nats_url, "--duration", "0.3", env=_env(), timeout=60
+    )
+    assert code == 0, err
+    assert "moving abandoned commands of RORY_JOBS to RORY_DLQ" in out
