@@ -216,6 +216,7 @@ def parse_list(text: str | None, allowed: tuple[str, ...] | list[str], what: str
 
 
 async def _start_in_process(data_dir: Path, node: str, url: str, keys_path: Path, storage: str) -> Any:
+    from worker.handlers import default_registry
     from worker.runtime.service import WorkerService
     from worker.settings import load_settings
 
@@ -229,7 +230,7 @@ async def _start_in_process(data_dir: Path, node: str, url: str, keys_path: Path
     settings = load_settings(
         **{k.lower(): v for k, v in env.items() if k.isupper() and k.lower() in _SETTING_NAMES}
     )
-    service = WorkerService(settings)
+    service = WorkerService(settings, default_registry())
     await service.start()
     return service
 

@@ -49,10 +49,10 @@ class InProcessPort:
         node_id: str = "inprocess",
         **settings_overrides: Any,
     ) -> None:
+        from worker.handlers import default_registry
         from worker.runtime.context import Resources
         from worker.runtime.discovery import Discovery
         from worker.runtime.dispatch import Dispatcher
-        from worker.runtime.registry import default_registry
         from worker.settings import load_settings
 
         values: dict[str, Any] = {"node_id": node_id, "worker_capacity": 64}

@@ -21,7 +21,7 @@ from dataowner.progress import ProgressEvent
 from schemas import keys as names
 from schemas.operations import Op
 from tests.core.inprocess_owner import InProcessOwner
-from worker.runtime.registry import default_registry
+from worker.handlers import default_registry
 from worker.storage import LocalStore
 
 

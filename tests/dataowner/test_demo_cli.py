@@ -131,7 +131,7 @@ async def test_cli_run_against_a_worker(start_worker, nats_url, tmp_path):
     owns its event loop)."""
     import asyncio
 
-    from worker.runtime.registry import default_registry
+    from worker.handlers import default_registry
     from worker.storage import LocalStore
 
     data = tmp_path / "d"
@@ -174,7 +174,7 @@ async def test_cli_run_classification(start_worker, nats_url, tmp_path, capsys):
     import asyncio
     import json
 
-    from worker.runtime.registry import default_registry
+    from worker.handlers import default_registry
     from worker.storage import LocalStore
 
     data = tmp_path / "d"

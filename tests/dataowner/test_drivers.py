@@ -18,7 +18,7 @@ from dataowner.inprocess_port import InProcessPort
 from dataowner.keys import OwnerKeys
 from dataowner.progress import ProgressEvent
 from schemas.operations import KMeansParams, KMeansResult
-from worker.runtime.registry import default_registry
+from worker.handlers import default_registry
 from worker.storage import LocalStore
 
 

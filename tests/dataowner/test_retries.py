@@ -23,7 +23,7 @@ from schemas.errors import StorageUnavailable
 from schemas.operations import Op, Params, Result
 from tests.conftest import settings_for
 from tests.faults.support import js_settings
-from worker.runtime.registry import default_registry
+from worker.handlers import default_registry
 from worker.storage import LocalStore
 
 K = 3

@@ -19,7 +19,7 @@ ENV_DEV = REPO / "config" / ".env.dev"
 ENV_MICTLANX = REPO / "config" / ".env.mictlanx.dev"
 WORKERS = ("rory-worker-0", "rory-worker-1")
 MICTLANX_SERVICES = {
-    # service -> image from the original deployment (shared/reference/mictlanx.md, section 5.1)
+    # service -> image from the original deployment (docs/original-rory.md, MictlanX deployment)
     "mictlanx-router-0": "nachocode/mictlanx:router-0.1.0a5",
     "mictlanx-rm-0": "nachocode/mictlanx:rm-0.1.0a3",
     "mictlanx-peer-0": "nachocode/mictlanx:peer-0.1.0a2",

@@ -1,9 +1,9 @@
 """The complete field set of the original Rory client's request for each operation (issue 12).
 
-Taken from /work/shared/reference/rory-worker-protocol.md sections 4 and 5 (the V1 header names in
-snake_case, as the V2 worker spelt them), with the values a Manager ported from that client sends for
-a small dataset: ``N`` records of ``A`` attributes, Liu ciphertexts of ``M`` components, ``K``
-clusters. The storage keys follow Rory's naming (schemas/keys.py) for the roots below, so
+The V1 header names in snake_case, as the V2 worker spelt them (docs/original-rory.md, Requests),
+with the values a Manager ported from that client sends for a small dataset: ``N`` records of
+``A`` attributes, Liu ciphertexts of ``M`` components, ``K`` clusters. The storage keys follow
+Rory's naming (schemas/keys.py) for the roots below, so
 tests/worker/handlers/test_legacy_fields.py can upload matching objects and run the commands.
 ``clustering.pqc.kmeans`` has no original; its set is every field the operation has.
 """

@@ -1,4 +1,4 @@
-"""The project's own code never evaluates or unpickles data (rory-worker-protocol.md section 10: the
+"""The project's own code never evaluates or unpickles data (docs/original-rory.md: the
 original ``eval``'d shape headers and tags and ``pickle.loads``'d ciphertext chunks).
 
 An AST scan (not a grep: comments and docstrings that *mention* pickle are fine) of ``worker/``,

@@ -6,7 +6,7 @@ SKNN round, as the data owner drives it:
   distance per (record, model row). EUCLIDEAN is computed homomorphically (Liu ciphertext product,
   n_rec x n_model x m^2) and decrypts to the true squared distance; MANHATHAN is the original's
   component-wise |.| (n_rec x n_model x m), an approximation flagged ``exact: false``. The reply names
-  the real dtype of what was stored (the original always said float32: reference bug 13);
+  the real dtype of what was stored (the original always said float32: docs/original-rory.md);
 * the owner decrypts, takes the argmin per record and stores ``distancesindex<R>``;
 * step 2 maps those indices to the model labels ``<M>labels``.
 
@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
-from typing import Any
 
 from schemas import keys
 from schemas.operations import DistancesResult, KnnParams, LabelsResult, Op, SknnParams
@@ -34,25 +32,24 @@ from worker.handlers.common import (
     labels_payload,
     put_all,
     result_chunks,
+    with_claims_checked,
 )
+from worker.runtime.context import JobContext
 from worker.runtime.registry import Operation
+from worker.storage.base import BallInfo
 
 __all__ = ["OPERATIONS", "knn", "sknn"]
 
 
-def _elapsed(started: float) -> float:
-    return time.perf_counter() - started
-
-
-def _shape(info: Any) -> tuple[int, ...]:
+def _shape(info: BallInfo) -> tuple[int, ...]:
     return tuple(int(d) for d in info.full_shape or ())
 
 
-def _metric(ctx: Any, p: KnnParams | SknnParams) -> str:
+def _metric(ctx: JobContext, p: KnnParams | SknnParams) -> str:
     return str((p.distance or ctx.settings.distance).value)
 
 
-def _check_labels_info(info: Any, n_model: int, declared: list[int] | None) -> None:
+def _check_labels_info(info: BallInfo, n_model: int, declared: list[int] | None) -> None:
     """Model labels: n numbers stored as 1 x n (Rory) or n; a declared shape must match modulo 1s."""
     check_numeric(info, info.ball_id, ndim=(1, 2))
     stored = _shape(info)
@@ -65,9 +62,8 @@ def _check_labels_info(info: Any, n_model: int, declared: list[int] | None) -> N
 
 
 # ------------------------------------------------------------------ KNN
-async def knn(ctx: Any, p: KnnParams) -> LabelsResult:
+async def knn(ctx: JobContext, p: KnnParams) -> LabelsResult:
     """Plaintext 1-NN: each record of ``R`` takes the label of its nearest row of the model ``M``."""
-    started = time.perf_counter()
     labels_key = keys.labels(p.model_id)
     model_info, labels_info, records_info = await asyncio.gather(
         ctx.store.info(p.model_id), ctx.store.info(labels_key), ctx.store.info(p.records_test_id)
@@ -83,11 +79,11 @@ async def knn(ctx: Any, p: KnnParams) -> LabelsResult:
     labels = check_integral(labels.reshape(-1), labels_key)
     predicted = await ctx.compute(jobs.knn_predict, model, labels, records, _metric(ctx, p))
     payload = await labels_payload(ctx, predicted, keys.label_vector(p.records_test_id, p.namespace))
-    return LabelsResult(**payload, service_time=_elapsed(started))
+    return LabelsResult(**payload)
 
 
 # ------------------------------------------------------------------ SKNN
-def _check_ciphertexts(info: Any, p: SknnParams) -> tuple[int, int, int]:
+def _check_ciphertexts(info: BallInfo, p: SknnParams) -> tuple[int, int, int]:
     check_numeric(info, info.ball_id, ndim=3)
     n, a, m = _shape(info)
     if "m" in p.model_fields_set and m != p.m:
@@ -95,8 +91,7 @@ def _check_ciphertexts(info: Any, p: SknnParams) -> tuple[int, int, int]:
     return n, a, m
 
 
-async def _sknn_distances(ctx: Any, p: SknnParams) -> DistancesResult:
-    started = time.perf_counter()
+async def _sknn_distances(ctx: JobContext, p: SknnParams) -> DistancesResult:
     model_key = p.encrypted_model_id or keys.encrypted(p.model_id)
     records_key = p.encrypted_records_id or keys.encrypted(p.records_test_id)
     model_info, records_info = await asyncio.gather(
@@ -125,12 +120,10 @@ async def _sknn_distances(ctx: Any, p: SknnParams) -> DistancesResult:
         distances_dtype=str(values.dtype),
         exact=exact,
         distance=metric,
-        service_time=_elapsed(started),
     )
 
 
-async def _sknn_labels(ctx: Any, p: SknnParams) -> LabelsResult:
-    started = time.perf_counter()
+async def _sknn_labels(ctx: JobContext, p: SknnParams) -> LabelsResult:
     labels_key = keys.labels(p.model_id)
     index_key = keys.distances_index(p.records_test_id, p.namespace)
     labels_info, index_info = await asyncio.gather(ctx.store.info(labels_key), ctx.store.info(index_key))
@@ -144,22 +137,21 @@ async def _sknn_labels(ctx: Any, p: SknnParams) -> LabelsResult:
         raise ValidationFailed(f"{index_key}: indices must lie in [0, {n_model}) (the model rows)")
     # A gather of n ints: cheaper than a trip to the compute pool.
     payload = await labels_payload(ctx, labels[index], keys.label_vector(p.records_test_id, p.namespace))
-    return LabelsResult(**payload, service_time=_elapsed(started))
+    return LabelsResult(**payload)
 
 
-async def sknn(ctx: Any, p: SknnParams) -> DistancesResult | LabelsResult:
+async def sknn(ctx: JobContext, p: SknnParams) -> DistancesResult | LabelsResult:
     """SKNN step 1 (encrypted distances) or step 2 (nearest indices -> labels)."""
     if p.step_index == 1:
         return await _sknn_distances(ctx, p)
     return await _sknn_labels(ctx, p)
 
 
-OPERATIONS: list[Operation] = [
+OPERATIONS: list[Operation] = with_claims_checked([
     Operation(Op.KNN_PREDICT.value, KnnParams, knn, "Plaintext 1-nearest-neighbour classification."),
     Operation(
         Op.SKNN_PREDICT.value, SknnParams, sknn,
         "Secure 1-NN over Liu ciphertexts (step 1 distances / step 2 labels).",
         {"steps": "2", "scheme": "liu"},
     ),
-]
-
+])

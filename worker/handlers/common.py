@@ -11,22 +11,27 @@ repeats live here so their semantics are the same everywhere:
 * :func:`put_all`: the write discipline (see its docstring for the exact guarantee); every object it
   writes carries :data:`WRITER_TAG` (the operation) and :data:`WRITE_TOKEN_TAG` (this write);
 * :func:`check_owned_outputs`: a caller-named output may only replace what the same operation wrote;
-* :func:`run_step`: the step-1 / step-2 dispatch of two-step operations.
+* :func:`with_claims_checked`: every Rory handler first checks the command's legacy storage claims.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel
 
 from worker.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, ValidationFailed
+from worker.runtime.context import JobContext
+from worker.runtime.registry import Handler, Operation, Result
+from worker.storage.base import BallInfo
 
 __all__ = [
     "WRITER_TAG",
@@ -45,13 +50,10 @@ __all__ = [
     "plan_labels",
     "put_all",
     "result_chunks",
-    "run_step",
+    "with_claims_checked",
 ]
 
 log = logging.getLogger(__name__)
-
-R1 = TypeVar("R1")
-R2 = TypeVar("R2")
 
 # A label vector larger than this fraction of MAX_MESSAGE_BYTES is stored instead of sent inline:
 # the rest of the reply, the envelope and JSON's larger encoding must still fit in one message.
@@ -65,26 +67,8 @@ WRITER_TAG = "rory_writer"
 WRITE_TOKEN_TAG = "rory_write"
 
 
-# ------------------------------------------------------------------ dispatch
-async def run_step(
-    ctx: Any,
-    params: Any,
-    step1: Callable[..., Awaitable[R1]],
-    step2: Callable[..., Awaitable[R2]],
-    **options: Any,
-) -> R1 | R2:
-    """Run phase 1 or 2 of a two-step operation, as ``params.step_index`` says.
-
-    ``StepIndex`` admits only 1 and 2 (the wire model rejects anything else), so "not 1" is step 2.
-    ``options`` go to the chosen step unchanged (e.g. ``double_blind``).
-    """
-    if params.step_index == 1:
-        return await step1(ctx, params, **options)
-    return await step2(ctx, params, **options)
-
-
 # ------------------------------------------------------------------ sizing
-def result_chunks(ctx: Any, params: Any) -> int:
+def result_chunks(ctx: JobContext, params: BaseModel) -> int:
     """Chunks for result objects: the command's ``num_chunks`` or the NUM_CHUNKS setting."""
     requested = getattr(params, "num_chunks", None)
     return int(requested) if requested else int(ctx.settings.num_chunks)
@@ -118,7 +102,7 @@ def _encoded_size(values: np.ndarray) -> int:
     return max(json_size, 9 * n + 5)
 
 
-def _inline_limit(ctx: Any) -> int:
+def _inline_limit(ctx: JobContext) -> int:
     return int(ctx.settings.max_message_bytes) // LABELS_INLINE_FRACTION
 
 
@@ -132,14 +116,14 @@ class Write:
     """
 
     key: str
-    value: Any
+    value: np.ndarray | Sequence[bytes]
     kind: Literal["ndarray", "blob", "bytes_list", "bytes"] = "ndarray"
     num_chunks: int = 1
     shape: Sequence[int] | None = None
     tags: dict[str, str] | None = field(default=None)
 
 
-def plan_labels(ctx: Any, labels: np.ndarray, key: str) -> tuple[dict[str, Any], Write | None]:
+def plan_labels(ctx: JobContext, labels: np.ndarray, key: str) -> tuple[dict[str, Any], Write | None]:
     """Decide how a label vector travels; return the payload and the write it needs (if stored).
 
     Use this instead of :func:`labels_payload` when the handler also writes state, so the label
@@ -151,7 +135,7 @@ def plan_labels(ctx: Any, labels: np.ndarray, key: str) -> tuple[dict[str, Any],
     return {"label_vector_id": key}, Write(key, np.array(array, dtype=np.int64), "ndarray", num_chunks=1)
 
 
-async def labels_payload(ctx: Any, labels: np.ndarray, key: str) -> dict[str, Any]:
+async def labels_payload(ctx: JobContext, labels: np.ndarray, key: str) -> dict[str, Any]:
     """``{"label_vector": [...]}``, or ``{"label_vector_id": key}`` after storing the labels there
     (an int64 ndarray, one chunk) when the vector would exceed ~1/4 of MAX_MESSAGE_BYTES."""
     payload, write = plan_labels(ctx, labels, key)
@@ -162,8 +146,8 @@ async def labels_payload(ctx: Any, labels: np.ndarray, key: str) -> dict[str, An
 
 # ------------------------------------------------------------------ validation
 async def check_shape(
-    ctx: Any, ball_id: str, declared: Sequence[int] | None, *, allow_prefix: bool = False
-) -> Any:
+    ctx: JobContext, ball_id: str, declared: Sequence[int] | None, *, allow_prefix: bool = False
+) -> BallInfo:
     """Return the stored object's BallInfo; 422 when a declared shape disagrees with it.
 
     ``allow_prefix`` accepts a declared shape that is a leading prefix of the stored one (Rory's newest
@@ -182,7 +166,7 @@ async def check_shape(
     return info
 
 
-def check_dtype(info: Any, declared: str | None) -> None:
+def check_dtype(info: BallInfo, declared: str | None) -> None:
     """422 when a declared dtype disagrees with the stored object's dtype."""
     if declared is not None and str(_dtype_of(info, info.ball_id)) != str(np.dtype(declared)):
         raise ValidationFailed(
@@ -190,7 +174,7 @@ def check_dtype(info: Any, declared: str | None) -> None:
         )
 
 
-async def check_storage_claims(ctx: Any, params: Any) -> None:
+async def check_storage_claims(ctx: JobContext, params: BaseModel) -> None:
     """Compare what a command's legacy fields declare (``Params.storage_claims``, schemas/operations.py)
     with storage: 422 naming the field, the declared and the stored value when they disagree, 404 when
     the object is missing. worker/runtime/registry.py runs it before the handler, so a command that
@@ -208,7 +192,7 @@ async def check_storage_claims(ctx: Any, params: Any) -> None:
             raise ValidationFailed(f"params.{field}: {error.message}") from None
 
 
-def check_allocation(ctx: Any, shape: Sequence[int], itemsize: int, what: str) -> None:
+def check_allocation(ctx: JobContext, shape: Sequence[int], itemsize: int, what: str) -> None:
     """400 PAYLOAD_TOO_LARGE when an array a handler is about to *derive* (e.g. an n_records x n_model
     distance matrix from two inputs that each fit) would exceed MAX_OBJECT_BYTES.
 
@@ -232,7 +216,7 @@ def check_k(k: int, n: int) -> None:
         raise BadRequest(f"k={k} is larger than the number of records ({n})")
 
 
-def _dtype_of(obj: Any, name: str) -> np.dtype:
+def _dtype_of(obj: np.ndarray | BallInfo, name: str) -> np.dtype:
     if hasattr(obj, "dtype"):
         return np.dtype(obj.dtype)
     if getattr(obj, "kind", "ndarray") == "bytes_list" or obj.full_dtype is None:
@@ -243,7 +227,7 @@ def _dtype_of(obj: Any, name: str) -> np.dtype:
         raise ValidationFailed(f"{name}: unknown dtype {obj.full_dtype!r} in storage") from None
 
 
-def check_numeric(obj: Any, name: str, *, ndim: int | Sequence[int] | None = None) -> None:
+def check_numeric(obj: np.ndarray | BallInfo, name: str, *, ndim: int | Sequence[int] | None = None) -> None:
     """422 unless ``obj`` (an ndarray or a BallInfo) holds real numbers (ints or floats) of ``ndim``."""
     dtype = _dtype_of(obj, name)
     if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)):
@@ -267,20 +251,20 @@ def check_integral(array: np.ndarray, name: str) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ reads
-async def fetch_arrays(ctx: Any, *keys: str) -> list[np.ndarray]:
+async def fetch_arrays(ctx: JobContext, *keys: str) -> list[np.ndarray]:
     """Download several ndarrays concurrently (the store's errors propagate: 404, 422, 503)."""
     return list(await asyncio.gather(*(ctx.store.get_ndarray(key) for key in keys)))
 
 
 # ------------------------------------------------------------------ ownership
-async def _info_or_none(ctx: Any, key: str) -> Any:
+async def _info_or_none(ctx: JobContext, key: str) -> BallInfo | None:
     try:
         return await ctx.store.info(key)
     except NotFound:
         return None
 
 
-async def check_owned_outputs(ctx: Any, *names: str) -> None:
+async def check_owned_outputs(ctx: JobContext, *names: str) -> None:
     """409 CONFLICT unless every output the *command* named is absent or was written by this operation.
 
     For outputs whose key the caller chooses freely (``weights_id``, ``bias_id``): without this, naming
@@ -304,7 +288,7 @@ async def check_owned_outputs(ctx: Any, *names: str) -> None:
 
 
 # ------------------------------------------------------------------ writes
-async def _write(ctx: Any, write: Write, stamp: dict[str, str]) -> None:
+async def _write(ctx: JobContext, write: Write, stamp: dict[str, str]) -> None:
     store = ctx.store
     tags = {**(write.tags or {}), **stamp}
     if write.kind == "ndarray":
@@ -320,7 +304,7 @@ async def _write(ctx: Any, write: Write, stamp: dict[str, str]) -> None:
         raise ValueError(f"unknown write kind {write.kind!r}")
 
 
-async def _discard(ctx: Any, keys: Sequence[str], token: str) -> None:
+async def _discard(ctx: JobContext, keys: Sequence[str], token: str) -> None:
     """Best-effort delete of the objects this ``put_all`` call wrote; failures are logged, not raised.
 
     Only a visible object carrying this call's token is deleted: the key may meanwhile hold another
@@ -342,7 +326,7 @@ async def _discard(ctx: Any, keys: Sequence[str], token: str) -> None:
             log.warning("could not remove %s after a failed step: %s", key, error)
 
 
-async def put_all(ctx: Any, writes: Sequence[Write]) -> None:
+async def put_all(ctx: JobContext, writes: Sequence[Write]) -> None:
     """Store ``writes`` so that a failed step does not leave a mix of old and new state behind.
 
     Procedure:
@@ -394,3 +378,19 @@ async def put_all(ctx: Any, writes: Sequence[Write]) -> None:
         except BaseException:
             await _discard(ctx, fresh_keys, token)
             raise
+
+
+# ------------------------------------------------------------------ registration
+def _claims_checked(handler: Handler) -> Handler:
+    @functools.wraps(handler)
+    async def checked(ctx: JobContext, params: BaseModel) -> Result:
+        await check_storage_claims(ctx, params)
+        return await handler(ctx, params)
+
+    return checked
+
+
+def with_claims_checked(operations: Iterable[Operation]) -> list[Operation]:
+    """``operations`` whose handlers first run :func:`check_storage_claims`: a declared shape or dtype
+    that disagrees with storage is a 422 before the handler reads or writes anything."""
+    return [replace(operation, handler=_claims_checked(operation.handler)) for operation in operations]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from typing import Any
 
 import numpy as np
 
@@ -28,19 +27,21 @@ from worker.handlers.common import (
     fetch_arrays,
     put_all,
     result_chunks,
+    with_claims_checked,
 )
+from worker.runtime.context import JobContext
 from worker.runtime.registry import Operation
+from worker.storage.base import BallInfo
 
 __all__ = ["OPERATIONS", "lr_predict", "lr_train"]
 
 
-def _shape(info: Any) -> tuple[int, ...]:
+def _shape(info: BallInfo) -> tuple[int, ...]:
     return tuple(int(d) for d in info.full_shape or ())
 
 
-async def lr_train(ctx: Any, p: LrTrainParams) -> TrainResult:
+async def lr_train(ctx: JobContext, p: LrTrainParams) -> TrainResult:
     """Train on X (n x a) and y (n labels in {0, 1}); store weights and bias."""
-    started = time.perf_counter()
     x_key, y_key = p.plaintext_matrix_train_id, p.plaintext_label_vector_train_id
     if len({x_key, y_key, p.weights_id, p.bias_id}) != 4:
         # The model is written over weights_id and bias_id: naming an input there destroys it.
@@ -75,13 +76,11 @@ async def lr_train(ctx: Any, p: LrTrainParams) -> TrainResult:
     return TrainResult(
         train_time=train_time,
         algorithm="LOGISTIC_REGRESSION_TRAIN",
-        service_time=time.perf_counter() - started,
     )
 
 
-async def lr_predict(ctx: Any, p: LrPredictParams) -> LrPredictResult:
+async def lr_predict(ctx: JobContext, p: LrPredictParams) -> LrPredictResult:
     """Predict classes for X_test with stored weights and bias; store them under ``<test>predictions``."""
-    started = time.perf_counter()
     x_key = p.plaintext_matrix_test_id
     x_info, w_info, b_info = await asyncio.gather(
         ctx.store.info(x_key), ctx.store.info(p.weights_id), ctx.store.info(p.bias_id)
@@ -106,11 +105,10 @@ async def lr_predict(ctx: Any, p: LrPredictParams) -> LrPredictResult:
     return LrPredictResult(
         predictions_id=predictions_key,
         predict_time=predict_time,
-        service_time=time.perf_counter() - started,
     )
 
 
-OPERATIONS: list[Operation] = [
+OPERATIONS: list[Operation] = with_claims_checked([
     Operation(Op.LR_TRAIN.value, LrTrainParams, lr_train, "Plaintext logistic regression training."),
     Operation(Op.LR_PREDICT.value, LrPredictParams, lr_predict, "Plaintext logistic regression prediction."),
-]
+])

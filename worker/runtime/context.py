@@ -14,7 +14,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import numpy as np
+
 from worker.errors import DeadlineExceeded
+from worker.storage.base import Allocator, BallInfo, ForwardingStore, ObjectStore
 
 if TYPE_CHECKING:
     from schemas.envelopes import Command
@@ -23,20 +26,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-# Store methods by the stage they are timed into; anything else passes through untimed.
-GET_METHODS = frozenset(
-    {
-        "get_ndarray",
-        "fetch_ndarray",
-        "get_bytes_list",
-        "get_blob",
-        "get_bytes",
-        "info",
-        "exists",
-        "list_balls",
-    }
-)
-PUT_METHODS = frozenset({"put_ndarray", "put_blob", "put_bytes_list", "put_bytes", "delete"})
+# The store methods by the stage they are timed into (what :class:`TimedStore` overrides).
+GET_METHODS = frozenset({"get_ndarray", "fetch_ndarray", "get_bytes_list", "info", "exists", "list_balls"})
+PUT_METHODS = frozenset({"put_ndarray", "put_blob", "put_bytes_list", "delete"})
 
 
 class StageMeter:
@@ -66,44 +58,54 @@ class StageMeter:
         return self.total
 
 
-class TimedStore:
-    """Proxy over the object store timing reads into ``storage_get`` and writes into ``storage_put``."""
+class TimedStore(ForwardingStore):
+    """The object store a handler sees: reads are timed into ``storage_get``, writes and deletes into
+    ``storage_put``; ``ping``, ``aclose`` and attributes outside the interface pass through untimed."""
 
-    __slots__ = ("_get", "_put", "_store")
-
-    def __init__(self, store: Any, get_meter: StageMeter, put_meter: StageMeter) -> None:
-        self._store = store
+    def __init__(self, store: ObjectStore, get_meter: StageMeter, put_meter: StageMeter) -> None:
+        self.inner = store
+        self.backend = getattr(store, "backend", type(store).__name__)
         self._get = get_meter
         self._put = put_meter
 
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._store, name)
-        if name.startswith("get") or name in GET_METHODS:
-            meter = self._get
-        elif name.startswith("put") or name in PUT_METHODS:
-            meter = self._put
-        else:
-            return attr
-        if not callable(attr):
-            return attr
+    async def _timed(self, meter: StageMeter, call: Awaitable[T]) -> T:
+        meter.enter()
+        try:
+            return await call
+        finally:
+            meter.exit()
 
-        async def timed(*args: Any, **kwargs: Any) -> Any:
-            meter.enter()
-            try:
-                result = attr(*args, **kwargs)
-                if inspect.isawaitable(result):
-                    result = await result
-                return result
-            finally:
-                meter.exit()
+    async def put_ndarray(self, *args: Any, **kwargs: Any) -> BallInfo:
+        return await self._timed(self._put, self.inner.put_ndarray(*args, **kwargs))
 
-        timed.__name__ = name
-        return timed
+    async def put_blob(self, *args: Any, **kwargs: Any) -> BallInfo:
+        return await self._timed(self._put, self.inner.put_blob(*args, **kwargs))
 
-    @property
-    def inner(self) -> Any:
-        """The wrapped store (untimed)."""
-        return self._store
+    async def put_bytes_list(self, *args: Any, **kwargs: Any) -> BallInfo:
+        return await self._timed(self._put, self.inner.put_bytes_list(*args, **kwargs))
+
+    async def delete(self, ball_id: str) -> int:
+        return await self._timed(self._put, self.inner.delete(ball_id))
+
+    async def get_ndarray(self, ball_id: str) -> np.ndarray:
+        return await self._timed(self._get, self.inner.get_ndarray(ball_id))
+
+    async def fetch_ndarray(
+        self, ball_id: str, *, allocate: Allocator | None = None
+    ) -> tuple[np.ndarray, BallInfo | None]:
+        return await self._timed(self._get, self.inner.fetch_ndarray(ball_id, allocate=allocate))
+
+    async def get_bytes_list(self, ball_id: str) -> list[bytes]:
+        return await self._timed(self._get, self.inner.get_bytes_list(ball_id))
+
+    async def info(self, ball_id: str) -> BallInfo:
+        return await self._timed(self._get, self.inner.info(ball_id))
+
+    async def exists(self, ball_id: str) -> bool:
+        return await self._timed(self._get, self.inner.exists(ball_id))
+
+    async def list_balls(self) -> list[str]:
+        return await self._timed(self._get, self.inner.list_balls())
 
 
 class Resources(dict[str, Any]):
@@ -165,7 +167,7 @@ class JobContext:
         settings: Settings,
         command: Command,
         node_id: str,
-        store: Any,
+        store: ObjectStore,
         pool: ComputePool | None,
         resources: Resources,
         deadline: float | None = None,
@@ -177,7 +179,7 @@ class JobContext:
         self._get = StageMeter()
         self._put = StageMeter()
         self._compute = StageMeter()
-        self.store = TimedStore(store, self._get, self._put)
+        self.store: ObjectStore = TimedStore(store, self._get, self._put)
         self._pool = pool
         self.resources = resources
         self._deadline = deadline  # loop.time() based, None = no deadline

@@ -343,9 +343,15 @@ class Dispatcher:
         return reply
 
     async def _invoke(self, job: Job, ctx: JobContext) -> dict[str, Any]:
+        started = time.perf_counter()
         value = await job.operation.handler(ctx, job.params)
         if isinstance(value, BaseModel):
-            return value.model_dump(mode="json")
+            result = value.model_dump(mode="json")
+            # Filled here once for every handler: the worker's wall time for the command, from the
+            # handler's start (its storage-claims check included) to its result.
+            if "service_time" in type(value).model_fields:
+                result["service_time"] = time.perf_counter() - started
+            return result
         if isinstance(value, Mapping):
             return dict(value)
         raise Internal(f"handler of {job.operation.name} returned {type(value).__name__}, not a map")

@@ -5,13 +5,15 @@ an async handler ``(ctx, params) -> BaseModel | dict``. Handlers raise typed err
 (``worker/errors.py``); the runtime maps them to error Replies once.
 
 A Rory operation is bound to its contract spec (``schemas.operations.OPERATIONS``) when it is
-registered: its params model must be the spec's, its description is the spec's, and the legacy fields
-the spec's model checks against storage are checked before the handler runs.
+registered: its params model must be the spec's and its description is the spec's.
+
+This module knows no handler: the handlers package registers its operations into a registry it is
+given (``worker.handlers.register_all``) and builds the default one (``worker.handlers.default_registry``,
+which it also installs here for :func:`default_registry` when it is imported).
 """
 
 from __future__ import annotations
 
-import functools
 import inspect
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -74,25 +76,15 @@ class Operation:
 def bind_spec(operation: Operation) -> Operation:
     """Bind an operation named like one of the contract's to that spec (others are returned as they are).
 
-    The params model must be the spec's (TypeError otherwise), the description becomes the spec's, and
-    the handler first checks the command's legacy storage claims
-    (:func:`worker.handlers.common.check_storage_claims`): a declared shape or dtype that disagrees
-    with storage is a 422 before the handler reads or writes anything.
+    The params model must be the spec's (TypeError otherwise) and the description becomes the spec's.
+    (The handlers check the command's legacy storage claims themselves: ``worker.handlers.common``
+    ``with_claims_checked``.)
     """
     spec = SPECS.get(operation.name)
     if spec is None or operation.spec is not None:
         return operation
-    from worker.handlers.common import check_storage_claims  # numpy: only for Rory operations
-
-    handler = operation.handler
-
-    @functools.wraps(handler)
-    async def checked(ctx: JobContext, params: Any) -> Result:
-        await check_storage_claims(ctx, params)
-        return await handler(ctx, params)
-
     # replace() runs __post_init__ again, which refuses a params model other than the spec's.
-    return replace(operation, handler=checked, description=spec.description, spec=spec)
+    return replace(operation, description=spec.description, spec=spec)
 
 
 def format_params_error(error: ValidationError, limit: int = 5) -> str:
@@ -166,13 +158,25 @@ class Registry:
         return len(self._ops)
 
 
-def default_registry() -> Registry:
-    """Every Rory operation (``worker.handlers.register_all``)."""
-    from worker.handlers import register_all
+_default_factory: Callable[[], Registry] | None = None
 
-    registry = Registry()
-    register_all(registry)
-    return registry
+
+def set_default_registry(factory: Callable[[], Registry]) -> None:
+    """Install what :func:`default_registry` builds (``worker.handlers`` installs its own on import)."""
+    global _default_factory
+    _default_factory = factory
+
+
+def default_registry() -> Registry:
+    """The registry a service builds when it is given none: the installed factory's.
+
+    Prefer building it explicitly (``worker.handlers.default_registry()``) and passing it on.
+    """
+    if _default_factory is None:
+        raise RuntimeError(
+            "no default registry installed: import worker.handlers (its default_registry) or pass a Registry"
+        )
+    return _default_factory()
 
 
 __all__ = [
@@ -183,4 +187,5 @@ __all__ = [
     "bind_spec",
     "default_registry",
     "format_params_error",
+    "set_default_registry",
 ]

@@ -23,7 +23,7 @@ RESERVED_BUCKETS = frozenset({"data"})
 
 
 def sanitize(name: str) -> str:
-    """MictlanX's ``Utils.sanitize_str`` rules (mictlanx.md 1.6), re-implemented.
+    """MictlanX's ``Utils.sanitize_str`` rules (docs/original-rory.md), re-implemented.
 
     Keep ``[A-Za-z0-9_-]``; collapse runs of 2+ ``-``/``_`` into ``-``; strip one leading and one
     trailing ``-``; anything that is then not ``alnum ([-_]? alnum)*`` becomes ``""``.

@@ -9,8 +9,9 @@ from pydantic import BaseModel, Field
 
 from tests.ops import MemoryStore, NoParams, noop
 from worker.errors import BadRequest
+from worker.handlers import default_registry
 from worker.runtime.context import Resources, StageMeter, TimedStore
-from worker.runtime.registry import Operation, Registry, default_registry
+from worker.runtime.registry import Operation, Registry
 
 
 async def test_stage_meter_counts_overlapping_calls_once() -> None:

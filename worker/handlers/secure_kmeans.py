@@ -1,0 +1,349 @@
+"""Secure k-means rounds, written once: SKMeans / DBSKMeans (Liu) and their CKKS ("PQC") variants.
+
+The four operations share the protocol and differ only in how the data is encrypted. A
+:class:`Scheme` says what differs (how the encrypted dataset and the centroids are stored and checked,
+which compute-pool function runs each step, how step 2 judges convergence without ``is_zero``); the
+step logic below (key names, the resume rule, the write order, the results) exists only here.
+``worker.handlers.clustering`` binds it to the Liu schemes, ``worker.handlers.pqc`` to the CKKS ones.
+
+A round, as the data owner drives it:
+
+* step 1 reads the encrypted dataset, the UDM and, after the first round, the previous centroids
+  ``<P>centj`` (the original V1 worker read ``<P>centi`` here: docs/original-rory.md); it writes
+  ``<P>centi`` (the centroids this round started from), ``<P>encryptedshiftmatrix`` and, last,
+  ``<P>centj`` (the new centroids), so a step that fails half-way can simply be retried: until
+  ``centj`` is replaced the inputs are unchanged, and if a delete-then-put backend lost ``centj`` in
+  the failure, ``centi`` holds exactly the centroids the step started from and the retry resumes from
+  it (:func:`previous_centroids_info`);
+* step 2 reads the UDM and the owner's decrypted (double-blind: FDH-OPE re-encrypted) shift.
+  ``is_zero`` true -> COMPLETED without touching storage; false -> update the UDM -> WORK_IN_PROGRESS;
+  absent -> the scheme's worker-side rule (:meth:`Scheme.converged`). Step 2 overwrites one object,
+  the UDM: atomic on the local backend; on MictlanX (delete-then-put) a write that fails after all
+  retries loses it, and the owner must upload the UDM again (it can: U = D - c). docs/reliability.md
+  states the same for every operation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, TypeVar
+
+import numpy as np
+
+from schemas import keys
+from schemas.operations import ClusteringStatus, DbsKMeansParams, SecureKMeansParams, Step1Result, Step2Result
+from worker.errors import BadRequest, NotFound, ValidationFailed
+from worker.handlers.common import (
+    Write,
+    check_dtype,
+    check_numeric,
+    plan_labels,
+    put_all,
+    result_chunks,
+)
+from worker.runtime.context import JobContext
+from worker.storage.base import BallInfo
+
+__all__ = [
+    "Phase1",
+    "Scheme",
+    "Together",
+    "check_declared_matrix",
+    "check_declared_udm",
+    "check_udm",
+    "gathered",
+    "previous_centroids_info",
+    "run",
+    "shape_of",
+    "step1",
+    "step2",
+    "udm_key",
+]
+
+#: How a scheme awaits several storage calls at once; results in order, the first failure raised.
+Together = Callable[..., Awaitable[list[Any]]]
+#: What one scheme's step 1 produces per centroid set and shift: an ndarray (Liu) or ciphertexts (CKKS).
+S = TypeVar("S")
+#: The key material a scheme's step 1 needs (CKKS: the public keys; Liu: nothing).
+M = TypeVar("M")
+
+
+async def gathered(*calls: Awaitable[Any]) -> list[Any]:
+    """``asyncio.gather`` as a list: the default :data:`Together`."""
+    return list(await asyncio.gather(*calls))
+
+
+@dataclass(frozen=True)
+class Phase1(Generic[S]):
+    """The encrypted phase's output: labels, the centroids it started from, the new ones, the shift."""
+
+    labels: np.ndarray
+    centi: S
+    centj: S
+    shift: S
+
+
+def shape_of(info: BallInfo) -> tuple[int, ...]:
+    """The stored logical shape (empty when the object has none)."""
+    return tuple(int(d) for d in info.full_shape or ())
+
+
+def udm_key(p: SecureKMeansParams, double_blind: bool) -> str:
+    """``<P>encryptedudm`` (FDH-OPE, double-blind) or ``<P>udm`` (namespaced: ``schemas.keys``)."""
+    root, ns = p.plaintext_matrix_id, p.namespace
+    return keys.encrypted_udm(root, ns) if double_blind else keys.udm(root, ns)
+
+
+def check_udm(info: BallInfo, k: int, *, n: int | None = None, a: int | None = None) -> tuple[int, int, int]:
+    """422 unless the UDM is n x n x a (as the owner uploads it) or n x k' x a with k' >= k (after an
+    update); ``n`` and ``a`` are checked when the caller knows them from another object."""
+    check_numeric(info, info.ball_id, ndim=3)
+    rows, cols, attrs = shape_of(info)
+    if (n is not None and rows != n) or (a is not None and attrs != a) or cols < k:
+        fits = f"{rows if n is None else n} records, {attrs if a is None else a} attributes, k={k}"
+        raise ValidationFailed(f"{info.ball_id}: UDM shape {[rows, cols, attrs]} does not fit {fits}")
+    return rows, cols, attrs
+
+
+def check_declared_udm(info: BallInfo, p: SecureKMeansParams) -> None:
+    """DBSKMeans commands may declare the encrypted UDM's shape and dtype: 422 when storage disagrees."""
+    if isinstance(p, DbsKMeansParams):
+        stored = list(shape_of(info))
+        if p.encrypted_udm_shape is not None and stored != list(p.encrypted_udm_shape):
+            raise ValidationFailed(
+                f"{info.ball_id}: declared shape {p.encrypted_udm_shape} but storage holds {stored}"
+            )
+        check_dtype(info, p.encrypted_udm_dtype)
+
+
+def check_declared_matrix(p: SecureKMeansParams, key: str, n: int, a: int) -> None:
+    """A declared ``encrypted_matrix_shape`` starts with the records and attributes the UDM has."""
+    declared = p.encrypted_matrix_shape
+    if declared is not None and (declared[0] != n or (len(declared) > 1 and declared[1] != a)):
+        raise ValidationFailed(
+            f"{key}: declared shape {list(declared)} but the data has {n} records, {a} attributes"
+        )
+
+
+async def previous_centroids_info(ctx: JobContext, root: str, ns: str | None) -> BallInfo:
+    """Where this round's starting centroids are: ``<P>centj``, or ``<P>centi`` after a failed step 1.
+
+    Step 1 writes ``centi`` (= the centroids it started from) before ``centj``. On a backend whose
+    overwrite is delete-then-put (MictlanX), a step that failed on that last write leaves ``centj``
+    deleted and ``centi`` holding exactly the centroids the step started from, so the retry reads
+    them there and recomputes the same round. Nothing else deletes ``centj``.
+    """
+    current = keys.centroids_current(root, ns)
+    try:
+        return await ctx.store.info(current)
+    except NotFound:
+        try:
+            info = await ctx.store.info(keys.centroids_previous(root, ns))
+        except NotFound:
+            raise NotFound(
+                f"no previous centroids {current!r}: send clustering_status=START (1) for the first round"
+            ) from None
+        ctx.log.warning("resuming a failed step 1 from %s (%s is missing)", info.ball_id, current)
+        return info
+
+
+class Scheme(ABC, Generic[S, M]):
+    """What one ciphertext family changes in a secure k-means round.
+
+    ``double_blind``: the UDM is FDH-OPE-encrypted (``<P>encryptedudm``) and so is the shift step 2
+    receives. ``together`` awaits several storage calls at once. ``udm_update`` is the compute-pool
+    function of step 2 (``U' = U[:, :k] + S``; worker/handlers/jobs.py or pqc_jobs.py).
+    """
+
+    #: Step-1 results of double-blind rounds also report the encrypted UDM's shape and dtype.
+    reports_udm_in_step1: ClassVar[bool] = False
+    #: Step 2 of a double-blind round looks for ``<P>shiftmatrixope`` when no id is given.
+    ope_shift_fallback: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        op: str,
+        *,
+        double_blind: bool,
+        together: Together = gathered,
+        udm_update: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    ) -> None:
+        self.op = op
+        self.double_blind = double_blind
+        self.together = together
+        self.udm_update = udm_update
+
+    # -------------------------------------------------------------- step 1 (scheme-specific parts)
+    @abstractmethod
+    async def material(self, ctx: JobContext) -> M:
+        """Key material step 1 needs, loaded before anything is read (a missing key fails first)."""
+
+    def state_inputs(self, p: SecureKMeansParams) -> list[str]:
+        """Other stored inputs of step 1 (CKKS: the owner's encrypted zero shift)."""
+        return []
+
+    @abstractmethod
+    async def encrypted_info(self, ctx: JobContext, p: SecureKMeansParams, key: str) -> BallInfo:
+        """The encrypted dataset's info (checked against a declared shape where the scheme can)."""
+
+    @abstractmethod
+    def check_step1(
+        self, p: SecureKMeansParams, encrypted: BallInfo, udm: BallInfo, state: Sequence[BallInfo]
+    ) -> int:
+        """Validate step 1's stored inputs against each other and the command; return n (records).
+
+        ``state``: the infos of :meth:`state_inputs`, then the previous centroids' (not at START).
+        """
+
+    @abstractmethod
+    async def encrypted_phase(
+        self,
+        ctx: JobContext,
+        p: SecureKMeansParams,
+        material: M,
+        inputs: Sequence[str],
+        infos: Sequence[BallInfo],
+        n: int,
+        start: bool,
+    ) -> Phase1[S]:
+        """Download ``inputs`` (dataset, UDM, :meth:`state_inputs`, previous centroids unless START;
+        ``infos`` describe them, as checked) and run the encrypted phase in the compute pool."""
+
+    @abstractmethod
+    def state_write(self, key: str, value: S, chunks: int, k: int) -> Write:
+        """How a centroid set or shift (k items) is stored."""
+
+    # -------------------------------------------------------------- step 2 (scheme-specific parts)
+    #: Whether :meth:`converged` can judge a round; when not, step 2 without ``is_zero`` is a 400
+    #: before anything is read.
+    judges_convergence: ClassVar[bool] = True
+
+    @abstractmethod
+    async def converged(
+        self, ctx: JobContext, p: SecureKMeansParams, shift_key: str
+    ) -> tuple[bool, np.ndarray | None]:
+        """The worker-side rule when the command has no ``is_zero``; also returns the shift when it
+        had to download it (so step 2 does not read it twice)."""
+
+
+async def step1(ctx: JobContext, p: SecureKMeansParams, scheme: Scheme[S, M]) -> Step1Result:
+    """The encrypted phase of a round (see the module docstring for the keys and the write order)."""
+    material = await scheme.material(ctx)
+    root, ns = p.plaintext_matrix_id, p.namespace
+    start = p.clustering_status == ClusteringStatus.START
+    enc_key = p.encrypted_matrix_id or keys.encrypted(root)
+    matrix_key = udm_key(p, scheme.double_blind)
+    state_keys = scheme.state_inputs(p)
+    centi_key, centj_key = keys.centroids_previous(root, ns), keys.centroids_current(root, ns)
+
+    lookups: list[Awaitable[BallInfo]] = [
+        scheme.encrypted_info(ctx, p, enc_key),
+        ctx.store.info(matrix_key),
+        *(ctx.store.info(key) for key in state_keys),
+    ]
+    if not start:
+        lookups.append(previous_centroids_info(ctx, root, ns))
+    infos: list[BallInfo] = await scheme.together(*lookups)
+    n = scheme.check_step1(p, infos[0], infos[1], infos[2:])
+    source_key = centj_key if start else infos[-1].ball_id
+    inputs = [enc_key, matrix_key, *state_keys, *([] if start else [source_key])]
+    phase = await scheme.encrypted_phase(ctx, p, material, inputs, infos, n, start)
+
+    chunks = result_chunks(ctx, p)
+    shift_key = keys.encrypted_shift_matrix(root, ns)
+    payload, label_write = plan_labels(ctx, phase.labels, keys.label_vector(root, ns))
+    writes = [
+        # Skipped when resuming from centi: it already holds exactly these centroids.
+        *([] if source_key == centi_key else [scheme.state_write(centi_key, phase.centi, chunks, p.k)]),
+        scheme.state_write(shift_key, phase.shift, chunks, p.k),
+        *([label_write] if label_write else []),
+        # Last: it is this step's input on the next round, so until it lands a retry is exact.
+        scheme.state_write(centj_key, phase.centj, chunks, p.k),
+    ]
+    await put_all(ctx, writes)
+    extra: dict[str, Any] = {}
+    if scheme.double_blind and scheme.reports_udm_in_step1:
+        extra = {"encrypted_udm_shape": list(shape_of(infos[1])), "encrypted_udm_dtype": infos[1].full_dtype}
+    return Step1Result(**payload, **extra, n_iterations=p.iterations + 1, encrypted_shift_matrix_id=shift_key)
+
+
+async def _shift_key(ctx: JobContext, p: SecureKMeansParams, scheme: Scheme[Any, Any]) -> str:
+    """Explicit ids win. Default ``<P>shiftmatrix``; for the double-blind CKKS variant
+    ``<P>shiftmatrixope`` first when it exists (what the V1 client writes; docs/original-rory.md)."""
+    root, ns = p.plaintext_matrix_id, p.namespace
+    if isinstance(p, DbsKMeansParams) and p.shift_matrix_ope_id:
+        return p.shift_matrix_ope_id
+    if p.shift_matrix_id:
+        return p.shift_matrix_id
+    if scheme.double_blind and scheme.ope_shift_fallback:
+        ope = keys.shift_matrix_ope(root, ns)
+        if await ctx.store.exists(ope):
+            return ope
+    return keys.shift_matrix(root, ns)
+
+
+def _step2_result(
+    status: ClusteringStatus, double_blind: bool, shape: Sequence[int] | None = None, dtype: str | None = None
+) -> Step2Result:
+    extra: dict[str, Any] = {}
+    if shape is not None:
+        if double_blind:
+            extra = {"encrypted_udm_shape": list(shape), "encrypted_udm_dtype": str(dtype)}
+        else:
+            extra = {"udm_shape": list(shape)}
+    return Step2Result(clustering_status=status, **extra)
+
+
+async def step2(ctx: JobContext, p: SecureKMeansParams, scheme: Scheme[Any, Any]) -> Step2Result:
+    """The plaintext phase: no key material (the shift arrives decrypted, or OPE-encrypted)."""
+    if p.is_zero:
+        return _step2_result(ClusteringStatus.COMPLETED, scheme.double_blind)
+    if p.is_zero is None and not scheme.judges_convergence:
+        raise BadRequest(
+            f"is_zero is required for {scheme.op} step 2: the worker cannot judge convergence "
+            "from an FDH-OPE-encrypted shift (the data owner decides on the decrypted CKKS shift)"
+        )
+    matrix_key, shift_key = udm_key(p, scheme.double_blind), await _shift_key(ctx, p, scheme)
+    udm_info, shift_info = await scheme.together(ctx.store.info(matrix_key), ctx.store.info(shift_key))
+    check_numeric(shift_info, shift_key, ndim=2)
+    k, a = shape_of(shift_info)
+    if "k" in p.model_fields_set and k != p.k:
+        raise ValidationFailed(f"{shift_key}: the shift matrix has {k} rows but k={p.k}")
+    check_numeric(udm_info, matrix_key, ndim=3)
+    n, _, udm_a = shape_of(udm_info)
+    if udm_a != a:
+        raise ValidationFailed(
+            f"{shift_key}: the shift matrix has {a} attributes, the UDM {matrix_key} has {udm_a}"
+        )
+    check_udm(udm_info, k, n=n, a=a)
+    check_declared_udm(udm_info, p)
+    check_declared_matrix(p, matrix_key, n, a)
+
+    shift: np.ndarray | None = None
+    if p.is_zero is None:
+        done, shift = await scheme.converged(ctx, p, shift_key)
+        if done:
+            return _step2_result(
+                ClusteringStatus.COMPLETED, scheme.double_blind, shape_of(udm_info), udm_info.full_dtype
+            )
+    if shift is None:
+        reads = (ctx.store.get_ndarray(matrix_key), ctx.store.get_ndarray(shift_key))
+        udm, shift = await scheme.together(*reads)
+    else:
+        udm = await ctx.store.get_ndarray(matrix_key)
+    updated = await ctx.compute(scheme.udm_update, udm, shift)
+    await put_all(ctx, [Write(matrix_key, updated, num_chunks=max(1, min(result_chunks(ctx, p), n)))])
+    return _step2_result(
+        ClusteringStatus.WORK_IN_PROGRESS, scheme.double_blind, updated.shape, str(updated.dtype)
+    )
+
+
+async def run(ctx: JobContext, p: SecureKMeansParams, scheme: Scheme[Any, Any]) -> Step1Result | Step2Result:
+    """Step 1 or step 2, as ``p.step_index`` says (the wire model admits only 1 and 2)."""
+    if p.step_index == 1:
+        return await step1(ctx, p, scheme)
+    return await step2(ctx, p, scheme)
+
