@@ -10,7 +10,7 @@ plaintext UDM update, index → label mapping) run without it.
 Ciphertext objects are storage byte lists (msgpack arrays of serialized TenSEAL vectors, never
 pickle). Loop bounds always come from the stored objects, never from the caller's declared shapes,
 which are only checked (422 on disagreement). Result lists are split into ``min(num_chunks, items)``
-chunks (the original's splitter hung when chunks > items: reference bug 11).
+chunks (the original's splitter hung when chunks > items: docs/original-rory.md).
 
 Key names follow ``schemas.keys`` (Rory's concatenations; state keys take the ``namespace`` prefix).
 What the worker learns in each protocol is documented in ``docs/privacy.md``.
@@ -23,14 +23,13 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from schemas import keys
 from schemas.operations import (
-    ClusteringStatus,
     DbsKMeansParams,
     DistanceName,
     LabelsResult,
@@ -49,24 +48,30 @@ from schemas.operations import (
     Step2Result,
 )
 from worker.errors import BadRequest, CorruptObject, UnsupportedOperation, ValidationFailed
-from worker.handlers import pqc_jobs
-from worker.handlers.clustering import previous_centroids_info
+from worker.handlers import pqc_jobs, secure_kmeans
 from worker.handlers.common import (
     Write,
     check_allocation,
-    check_dtype,
     check_integral,
     check_k,
     check_numeric,
     labels_payload,
-    plan_labels,
     put_all,
     result_chunks,
-    run_step,
+    with_claims_checked,
+)
+from worker.handlers.secure_kmeans import (
+    Phase1,
+    Scheme,
+    check_declared_matrix,
+    check_declared_udm,
+    check_udm,
+    shape_of,
 )
 from worker.keys import PublicKeys, compute_with_keys, public_keys
 from worker.runtime.context import JobContext
 from worker.runtime.registry import Operation
+from worker.storage.base import BallInfo
 
 __all__ = [
     "COMMAND_TAG",
@@ -146,12 +151,40 @@ def _ciphertext_write(
     return Write(key, items, "bytes", num_chunks=chunks, shape=list(shape), tags=tags)
 
 
+async def _together(*calls: Awaitable[Any]) -> list[Any]:
+    """Await ``calls`` concurrently, results in order; the first failure cancels the others.
+
+    Unlike ``asyncio.gather``, nothing is left running when this returns or raises: a part still in a
+    compute slot when a sibling fails is cancelled (the pool kills and restarts that slot, so it is
+    free again) and awaited, so a failed command does not keep slots busy after its capacity is
+    released. The first error is raised as itself (not as an ExceptionGroup), like gather does.
+    """
+    tasks: list[asyncio.Task[Any]] = []
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks.extend(group.create_task(_awaited(call)) for call in calls)
+    except BaseExceptionGroup as grouped:
+        raise _first_error(grouped) from None
+    return [task.result() for task in tasks]
+
+
+async def _awaited(call: Awaitable[Any]) -> Any:
+    return await call
+
+
+def _first_error(grouped: BaseExceptionGroup[Any]) -> BaseException:
+    error: BaseException = grouped
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
+
+
 async def _infos(ctx: JobContext, *names: str) -> list[Any]:
-    return list(await asyncio.gather(*(ctx.store.info(name) for name in names)))
+    return await _together(*(ctx.store.info(name) for name in names))
 
 
 async def _lists(ctx: JobContext, *names: str) -> list[list[bytes]]:
-    return list(await asyncio.gather(*(ctx.store.get_bytes_list(name) for name in names)))
+    return await _together(*(ctx.store.get_bytes_list(name) for name in names))
 
 
 async def _keys(ctx: JobContext, operation: str, *, relin: bool = False, galois: bool = False) -> PublicKeys:
@@ -176,188 +209,109 @@ async def _fan_out(
     ctx: JobContext, material: PublicKeys, fn: Callable[..., Any], ranges: list[tuple[int, int]],
     args: Callable[[int, int], tuple[Any, ...]],
 ) -> list[Any]:
-    """Run ``fn(keys, *args(lo, hi))`` for every range concurrently in the pool; results in order."""
-    calls = (compute_with_keys(ctx, material, fn, *args(lo, hi)) for lo, hi in ranges)
-    return list(await asyncio.gather(*calls))
+    """Run ``fn(keys, *args(lo, hi))`` for every range concurrently in the pool; results in order.
+
+    When one part fails the others are cancelled at once (their slots killed and restarted) before
+    the error propagates: see :func:`_together`.
+    """
+    return await _together(*(compute_with_keys(ctx, material, fn, *args(lo, hi)) for lo, hi in ranges))
 
 
 # ------------------------------------------------------------------ SKMeans-PQC / DBSKMeans-PQC
-def _udm_key(p: SecureKMeansParams, double_blind: bool) -> str:
-    root, ns = p.plaintext_matrix_id, p.namespace
-    return keys.encrypted_udm(root, ns) if double_blind else keys.udm(root, ns)
+class CkksScheme(Scheme[list[bytes], PublicKeys]):
+    """CKKS row ciphertexts: one ciphertext per record, centroids and shift k ciphertexts each; step 1
+    also reads the owner's encrypted zero shift ``<P>initshiftmatrix``. The round's logic is
+    ``worker.handlers.secure_kmeans``; step 2 without ``is_zero`` decides on the decrypted shift."""
 
+    reports_udm_in_step1 = True
+    #: DBSKMeans-PQC step 2 reads ``<P>shiftmatrixope`` when it exists: what the V1 client writes
+    #: (docs/original-rory.md).
+    ope_shift_fallback = True
 
-def _check_udm(info: Any, k: int) -> tuple[int, int, int]:
-    """A UDM is n x n x a (as uploaded) or n x k' x a with k' >= k (after an update)."""
-    check_numeric(info, info.ball_id, ndim=3)
-    n, cols, a = _shape(info) or (0, 0, 0)
-    check_k(k, n)
-    if cols < k:
-        raise ValidationFailed(f"{info.ball_id}: UDM shape {[n, cols, a]} has fewer than k={k} columns")
-    return n, cols, a
+    async def material(self, ctx: JobContext) -> PublicKeys:
+        return await _keys(ctx, self.op)
 
+    def state_inputs(self, p: SecureKMeansParams) -> list[str]:
+        return [keys.init_shift_matrix(p.plaintext_matrix_id, p.namespace)]
 
-def _check_dbs_udm(info: Any, p: SecureKMeansParams) -> None:
-    if isinstance(p, DbsKMeansParams):
-        stored = list(_shape(info) or ())
-        if p.encrypted_udm_shape is not None and stored != list(p.encrypted_udm_shape):
-            raise ValidationFailed(
-                f"{info.ball_id}: declared shape {p.encrypted_udm_shape} but storage holds {stored}"
-            )
-        check_dtype(info, p.encrypted_udm_dtype)
+    async def encrypted_info(self, ctx: JobContext, p: SecureKMeansParams, key: str) -> BallInfo:
+        return await ctx.store.info(key)
 
+    def check_step1(
+        self, p: SecureKMeansParams, encrypted: BallInfo, udm: BallInfo, state: Sequence[BallInfo]
+    ) -> int:
+        enc_shape = _ciphertext_info(encrypted)
+        check_numeric(udm, udm.ball_id, ndim=3)
+        n, _, a = shape_of(udm)
+        check_k(p.k, n)
+        check_udm(udm, p.k)
+        check_declared_udm(udm, p)
+        check_declared_matrix(p, encrypted.ball_id, n, a)
+        for info in state:  # the zero shift, then the previous centroids (none at START)
+            shape = _ciphertext_info(info)
+            if shape is not None and shape and shape[0] != p.k:
+                raise ValidationFailed(f"{info.ball_id}: holds {shape[0]} ciphertexts, expected k={p.k}")
+        if enc_shape is not None and enc_shape and enc_shape[0] != n:
+            raise ValidationFailed(f"{encrypted.ball_id}: {enc_shape[0]} records but the UDM has {n}")
+        return n
 
-def _check_declared_matrix(p: SecureKMeansParams, key: str, n: int, a: int) -> None:
-    declared = p.encrypted_matrix_shape
-    if declared is not None and (declared[0] != n or (len(declared) > 1 and declared[1] != a)):
-        raise ValidationFailed(
-            f"{key}: declared shape {list(declared)} but the data has {n} records, {a} attributes"
+    async def encrypted_phase(
+        self, ctx: JobContext, p: SecureKMeansParams, material: PublicKeys, inputs: Sequence[str],
+        infos: Sequence[BallInfo], n: int, start: bool,
+    ) -> Phase1[list[bytes]]:
+        enc_key, udm_key, *states = inputs
+        fetched = await _together(
+            ctx.store.get_bytes_list(enc_key),
+            ctx.store.get_ndarray(udm_key),
+            *(ctx.store.get_bytes_list(name) for name in states),
         )
-
-
-async def _pqc_step1(ctx: JobContext, p: SecureKMeansParams, double_blind: bool) -> Step1Result:
-    started = time.perf_counter()
-    op = Op.PQC_DBSKMEANS.value if double_blind else Op.PQC_SKMEANS.value
-    material = await _keys(ctx, op)
-    root, ns = p.plaintext_matrix_id, p.namespace
-    enc_key = p.encrypted_matrix_id or keys.encrypted(root)
-    udm_key = _udm_key(p, double_blind)
-    zeros_key = keys.init_shift_matrix(root, ns)
-    previous_key = keys.centroids_current(root, ns)
-    start = p.clustering_status == ClusteringStatus.START
-
-    lookups = [ctx.store.info(enc_key), ctx.store.info(udm_key), ctx.store.info(zeros_key)]
-    if not start:  # <P>centj, or <P>centi when a failed step 1 lost centj (see previous_centroids_info)
-        lookups.append(previous_centroids_info(ctx, root, ns))
-    infos = list(await asyncio.gather(*lookups))
-    source_key = previous_key if start else infos[3].ball_id
-    names = [enc_key, udm_key, zeros_key, *([] if start else [source_key])]
-    enc_shape = _ciphertext_info(infos[0])
-    n, _, a = _check_udm(infos[1], p.k)
-    _check_dbs_udm(infos[1], p)
-    _check_declared_matrix(p, enc_key, n, a)
-    for info in infos[2:]:
-        shape = _ciphertext_info(info)
-        if shape is not None and shape and shape[0] != p.k:
-            raise ValidationFailed(f"{info.ball_id}: holds {shape[0]} ciphertexts, expected k={p.k}")
-    if enc_shape is not None and enc_shape and enc_shape[0] != n:
-        raise ValidationFailed(f"{enc_key}: {enc_shape[0]} records but the UDM has {n}")
-
-    fetched = await asyncio.gather(
-        ctx.store.get_bytes_list(enc_key),
-        ctx.store.get_ndarray(udm_key),
-        *(ctx.store.get_bytes_list(name) for name in names[2:]),
-    )
-    rows, udm, zeros = fetched[0], fetched[1], fetched[2]
-    previous = None if start else fetched[3]
-    if _check_rows(enc_key, rows, enc_shape) != n:
-        raise ValidationFailed(f"{enc_key}: {len(rows)} records but the UDM has {n}")
-    for key, items in ((zeros_key, zeros), (source_key, previous)):
-        if items is not None and len(items) != p.k:
-            raise ValidationFailed(f"{key}: holds {len(items)} ciphertexts, expected k={p.k}")
-
-    labels, centj, shift = await compute_with_keys(
-        ctx, material, pqc_jobs.skmeans_step1, rows, udm, p.k, start, previous, zeros
-    )
-    centi = list(rows[: p.k]) if start else list(previous or [])
-
-    chunks = result_chunks(ctx, p)
-    shift_key = keys.encrypted_shift_matrix(root, ns)
-    payload, label_write = plan_labels(ctx, labels, keys.label_vector(root, ns))
-    centi_key = keys.centroids_previous(root, ns)
-    writes = [
-        # Skipped when resuming from centi: it already holds exactly these centroids.
-        *([] if source_key == centi_key else [_ciphertext_write(centi_key, centi, chunks, [p.k])]),
-        _ciphertext_write(shift_key, shift, chunks, [p.k]),
-        *([label_write] if label_write else []),
-        # Last: it is this step's input on the next round, so until it lands a retry is exact.
-        _ciphertext_write(previous_key, centj, chunks, [p.k]),
-    ]
-    await put_all(ctx, writes)
-    extra: dict[str, Any] = {}
-    if double_blind:
-        extra = {
-            "encrypted_udm_shape": list(_shape(infos[1]) or ()),
-            "encrypted_udm_dtype": infos[1].full_dtype,
-        }
-    return Step1Result(
-        **payload,
-        **extra,
-        n_iterations=p.iterations + 1,
-        encrypted_shift_matrix_id=shift_key,
-        service_time=_elapsed(started),
-    )
-
-
-async def _shift_key(ctx: JobContext, p: SecureKMeansParams, double_blind: bool) -> str:
-    """Explicit ids win. DBSKMeans-PQC default: ``<P>shiftmatrixope`` (what the V1 client writes; the
-    original worker looked for ``<P>-shift-matrix-ope``: bug 9), else ``<P>shiftmatrix`` (newest clients)."""
-    root, ns = p.plaintext_matrix_id, p.namespace
-    if isinstance(p, DbsKMeansParams) and p.shift_matrix_ope_id:
-        return p.shift_matrix_ope_id
-    if p.shift_matrix_id:
-        return p.shift_matrix_id
-    if double_blind and await ctx.store.exists(keys.shift_matrix_ope(root, ns)):
-        return keys.shift_matrix_ope(root, ns)
-    return keys.shift_matrix(root, ns)
-
-
-def _step2_result(status: ClusteringStatus, started: float, double_blind: bool, info: Any = None,
-                  shape: Sequence[int] | None = None, dtype: str | None = None) -> Step2Result:
-    extra: dict[str, Any] = {}
-    if info is not None:
-        shape, dtype = _shape(info), info.full_dtype
-    if shape is not None:
-        extra = ({"encrypted_udm_shape": list(shape), "encrypted_udm_dtype": str(dtype)} if double_blind
-                 else {"udm_shape": list(shape)})
-    return Step2Result(clustering_status=status, service_time=_elapsed(started), **extra)
-
-
-async def _pqc_step2(ctx: JobContext, p: SecureKMeansParams, double_blind: bool) -> Step2Result:
-    """Plaintext phase: no key material needed (the shift arrives decrypted, or OPE-encrypted)."""
-    started = time.perf_counter()
-    if p.is_zero:
-        return _step2_result(ClusteringStatus.COMPLETED, started, double_blind)
-    if p.is_zero is None and double_blind:
-        raise BadRequest(
-            "is_zero is required for clustering.pqc.dbskmeans step 2: the worker cannot judge convergence "
-            "from an FDH-OPE-encrypted shift (the data owner decides on the decrypted CKKS shift)"
+        rows, udm, zeros = fetched[0], fetched[1], fetched[2]
+        previous = None if start else fetched[3]
+        if _check_rows(enc_key, rows, _shape(infos[0])) != n:
+            raise ValidationFailed(f"{enc_key}: {len(rows)} records but the UDM has {n}")
+        for key, items in zip(states, fetched[2:], strict=True):
+            if len(items) != p.k:
+                raise ValidationFailed(f"{key}: holds {len(items)} ciphertexts, expected k={p.k}")
+        labels, centj, shift = await compute_with_keys(
+            ctx, material, pqc_jobs.skmeans_step1, rows, udm, p.k, start, previous, zeros
         )
-    udm_key, shift_key = _udm_key(p, double_blind), await _shift_key(ctx, p, double_blind)
-    udm_info, shift_info = await asyncio.gather(ctx.store.info(udm_key), ctx.store.info(shift_key))
-    check_numeric(shift_info, shift_key, ndim=2)
-    k, a = _shape(shift_info) or (0, 0)
-    if "k" in p.model_fields_set and k != p.k:
-        raise ValidationFailed(f"{shift_key}: the shift matrix has {k} rows but k={p.k}")
-    n, _, udm_a = _check_udm(udm_info, k)
-    if udm_a != a:
-        raise ValidationFailed(f"{shift_key}: the shift has {a} attributes, the UDM {udm_a}")
-    _check_dbs_udm(udm_info, p)
-    _check_declared_matrix(p, udm_key, n, a)
+        centi = list(rows[: p.k]) if start else list(previous or [])
+        return Phase1(labels, centi, centj, shift)
 
-    if p.is_zero is None:
-        # V1-compatible worker-side rule. CKKS centroids cannot be compared by the worker (it has no
-        # secret key), but the owner's decrypted shift is here: converged when max |S| <= MIN_ERROR.
+    def state_write(self, key: str, value: list[bytes], chunks: int, k: int) -> Write:
+        return _ciphertext_write(key, value, chunks, [k])
+
+    async def converged(
+        self, ctx: JobContext, p: SecureKMeansParams, shift_key: str
+    ) -> tuple[bool, np.ndarray | None]:
+        """V1-compatible worker-side rule. CKKS centroids cannot be compared by the worker (it has no
+        secret key), but the owner's decrypted shift is here: converged when max |S| <= MIN_ERROR."""
         shift = await ctx.store.get_ndarray(shift_key)
-        if float(np.max(np.abs(shift), initial=0.0)) <= ctx.settings.min_error:
-            return _step2_result(ClusteringStatus.COMPLETED, started, double_blind, udm_info)
-        udm = await ctx.store.get_ndarray(udm_key)
-    else:
-        udm, shift = await asyncio.gather(ctx.store.get_ndarray(udm_key), ctx.store.get_ndarray(shift_key))
-    updated = await ctx.compute(pqc_jobs.udm_update, udm, shift)
-    await put_all(ctx, [Write(udm_key, updated, num_chunks=max(1, min(result_chunks(ctx, p), n)))])
-    return _step2_result(ClusteringStatus.WORK_IN_PROGRESS, started, double_blind,
-                         shape=updated.shape, dtype=str(updated.dtype))
+        return float(np.max(np.abs(shift), initial=0.0)) <= ctx.settings.min_error, shift
+
+
+class DoubleBlindCkksScheme(CkksScheme):
+    """DBSKMeans-PQC: the shift arrives FDH-OPE-encrypted, so only the owner can judge convergence."""
+
+    judges_convergence = False
+
+
+PQC_SKMEANS = CkksScheme(
+    Op.PQC_SKMEANS.value, double_blind=False, together=_together, udm_update=pqc_jobs.udm_update
+)
+PQC_DBSKMEANS = DoubleBlindCkksScheme(
+    Op.PQC_DBSKMEANS.value, double_blind=True, together=_together, udm_update=pqc_jobs.udm_update
+)
 
 
 async def pqc_skmeans(ctx: JobContext, p: SecureKMeansParams) -> Step1Result | Step2Result:
     """SKMeans-PQC: CKKS row ciphertexts, plaintext UDM ``<P>udm``."""
-    return await run_step(ctx, p, _pqc_step1, _pqc_step2, double_blind=False)
+    return await secure_kmeans.run(ctx, p, PQC_SKMEANS)
 
 
 async def pqc_dbskmeans(ctx: JobContext, p: DbsKMeansParams) -> Step1Result | Step2Result:
     """DBSKMeans-PQC: CKKS row ciphertexts, FDH-OPE UDM ``<P>encryptedudm``, OPE-encrypted shift."""
-    return await run_step(ctx, p, _pqc_step1, _pqc_step2, double_blind=True)
+    return await secure_kmeans.run(ctx, p, PQC_DBSKMEANS)
 
 
 # ------------------------------------------------------------------ SKNN-PQC
@@ -441,14 +395,14 @@ async def _sknn_labels(ctx: JobContext, p: PqcSknnParams) -> LabelsResult:
     started = time.perf_counter()
     labels_key = keys.labels(p.model_id)
     index_key = keys.distances_index(p.records_test_id, p.namespace)
-    labels_info, index_info = await asyncio.gather(ctx.store.info(labels_key), ctx.store.info(index_key))
+    labels_info, index_info = await _together(ctx.store.info(labels_key), ctx.store.info(index_key))
     check_numeric(labels_info, labels_key)
     check_numeric(index_info, index_key)
     stored = list(_shape(labels_info) or ())
     declared = p.model_labels_shape
     if declared is not None and math.prod(declared) != math.prod(stored):
         raise ValidationFailed(f"{labels_key}: declared shape {list(declared)} but storage holds {stored}")
-    model_labels, index = await asyncio.gather(
+    model_labels, index = await _together(
         ctx.store.get_ndarray(labels_key), ctx.store.get_ndarray(index_key)
     )
     flat_labels = model_labels.reshape(-1)
@@ -505,7 +459,7 @@ async def _recover_staged(ctx: JobContext, p: PplrTrainParams) -> str | None:
     targets were never touched: it is discarded.
     """
     staged_w, staged_b = keys.staged(p.encrypted_weights_id), keys.staged(p.encrypted_bias_id)
-    tags_w, tags_b = await asyncio.gather(_tags(ctx, staged_w), _tags(ctx, staged_b))
+    tags_w, tags_b = await _together(_tags(ctx, staged_w), _tags(ctx, staged_b))
     if tags_w is None and tags_b is None:
         return None
     owner = (tags_w or {}).get(COMMAND_TAG)
@@ -738,7 +692,7 @@ async def _kmeans_sums(ctx: JobContext, p: PqcKMeansParams) -> PqcKMeansSumsResu
     labels_key = p.labels_id or keys.pqc_kmeans_labels(root, ns)
     labels_info = await ctx.store.info(labels_key)
     check_numeric(labels_info, labels_key, ndim=(1, 2))
-    columns, raw_labels = await asyncio.gather(
+    columns, raw_labels = await _together(
         ctx.store.get_bytes_list(data_key), ctx.store.get_ndarray(labels_key)
     )
     _check_grid(data_key, columns, (blocks, a))
@@ -761,7 +715,7 @@ async def pqc_kmeans(ctx: JobContext, p: PqcKMeansParams) -> PqcKMeansDistancesR
     return await _kmeans_sums(ctx, p)
 
 
-OPERATIONS: list[Operation] = [
+OPERATIONS: list[Operation] = with_claims_checked([
     Operation(
         Op.PQC_SKMEANS.value, SecureKMeansParams, pqc_skmeans,
         "Secure k-means over CKKS row ciphertexts with a plaintext UDM (step 1 / step 2).",
@@ -792,4 +746,4 @@ OPERATIONS: list[Operation] = [
         "Euclidean k-means over column-packed CKKS data; the worker learns only labels (step 1 / step 2).",
         {"steps": "2", "scheme": "ckks", "keys": "public+relin"},
     ),
-]
+])
