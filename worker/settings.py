@@ -310,6 +310,12 @@ class Settings(BaseSettings):
             return Distance.MANHATTAN
         return value.strip().upper() if isinstance(value, str) else value
 
+    @field_validator("nats_tls_handshake_first", mode="before")
+    @classmethod
+    def _blank_means_automatic(cls, value: Any) -> Any:
+        # An env-file line ``NATS_TLS_HANDSHAKE_FIRST=`` means "not set", as for every other variable.
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("mictlanx_chunk_size", mode="before")
     @classmethod
     def _chunk_size(cls, value: Any) -> int:

@@ -51,14 +51,20 @@ class Pki:
     client: CertFiles
     rogue_client: CertFiles  # signed by a CA the server does not trust
 
-    def tls_block(self, *, verify: bool) -> str:
-        """The server's ``tls {}`` block (``verify: true`` demands a client certificate)."""
+    def tls_block(self, *, verify: bool, handshake_first: bool = True) -> str:
+        """The server's ``tls {}`` block (``verify: true`` demands a client certificate).
+
+        ``handshake_first: true`` (the default) makes the server expect TLS before any NATS byte, as
+        the worker does by default when TLS is configured (NATS_TLS_HANDSHAKE_FIRST); test clients of
+        such a server pass ``tls_handshake_first=True``.
+        """
         return (
             "tls {\n"
             f'  cert_file: "{self.server.cert}"\n'
             f'  key_file: "{self.server.key}"\n'
             f'  ca_file: "{self.ca.files.cert}"\n'
             f"  verify: {'true' if verify else 'false'}\n"
+            f"  handshake_first: {'true' if handshake_first else 'false'}\n"
             "  timeout: 2\n"
             "}\n"
         )

@@ -4,7 +4,10 @@ Server verification: a worker trusting the CA connects; one without it (or trust
 with a message naming NATS_TLS_CA. Mutual TLS (server ``verify: true``): a worker with a client
 certificate from the CA connects; one without a certificate, or with one from another CA, is refused.
 Downgrade: nats-py would silently talk plaintext to a server that does not offer TLS even for a
-``tls://`` URL; the worker refuses such a connection, at start and after a reconnect.
+``tls://`` URL; the worker refuses such a connection, at start and after a reconnect. By default it
+starts TLS before any NATS byte (NATS_TLS_HANDSHAKE_FIRST, servers here have ``handshake_first: true``;
+tests/security/test_tls_downgrade.py checks the wire); with NATS_TLS_HANDSHAKE_FIRST=false the transport
+check after (re)connecting is the remaining guard.
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ def _tls_url(server: EmbeddedNats) -> str:
     return server.url.replace("nats://", "tls://")
 
 
+#: Options of a test client (nats-py) for servers with ``handshake_first: true``.
+HANDSHAKE_FIRST = {"tls_handshake_first": True}
+
+
 def _client_context(pki, *, cert: bool) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=str(pki.ca.files.cert))
     if cert:
@@ -33,7 +40,8 @@ def _client_context(pki, *, cert: bool) -> ssl.SSLContext:
 
 
 async def _connect_fails(url: str, tmp_path, **overrides) -> str:
-    settings = settings_for(url, tmp_path, nats_connect_timeout=1.0, **overrides)
+    overrides.setdefault("nats_connect_timeout", 1.0)
+    settings = settings_for(url, tmp_path, **overrides)
     with pytest.raises(NatsUnavailable) as caught:
         await connect(settings)
     return str(caught.value)
@@ -44,7 +52,7 @@ async def test_server_verification(configured_nats, worker_on, pki, tmp_path) ->
     url = _tls_url(server)
     worker = await worker_on(url, nats_tls_ca=str(pki.ca.files.cert))
     assert transport_is_tls(worker.nc) is True
-    manager = await client(url, tls=_client_context(pki, cert=False))
+    manager = await client(url, tls=_client_context(pki, cert=False), **HANDSHAKE_FIRST)
     try:
         await echo_through(manager, worker)
     finally:
@@ -74,13 +82,13 @@ async def test_mutual_tls(configured_nats, worker_on, pki, tmp_path) -> None:
         nats_tls_cert=str(pki.client.cert),
         nats_tls_key=str(pki.client.key),
     )
-    manager = await client(url, tls=_client_context(pki, cert=True))
+    manager = await client(url, tls=_client_context(pki, cert=True), **HANDSHAKE_FIRST)
     try:
         await echo_through(manager, worker)
     finally:
         await manager.close()
 
-    await refused(url, tls=_client_context(pki, cert=False))
+    await refused(url, tls=_client_context(pki, cert=False), **HANDSHAKE_FIRST)
     message = await _connect_fails(url, tmp_path, nats_tls_ca=str(pki.ca.files.cert))
     assert "client certificate" in message and "NATS_TLS_CERT" in message
     message = await _connect_fails(
@@ -94,15 +102,57 @@ async def test_mutual_tls(configured_nats, worker_on, pki, tmp_path) -> None:
 
 
 @pytest.mark.parametrize("scheme", ["tls", "nats"])
+@pytest.mark.parametrize("handshake_first", [None, False])
 async def test_plaintext_server_is_refused_when_tls_is_configured(
-    configured_nats, pki, tmp_path, scheme
+    configured_nats, pki, tmp_path, scheme, handshake_first
 ) -> None:
     server = await configured_nats("# no tls block: a plaintext server\n")
     url = server.url.replace("nats://", f"{scheme}://")
     message = await _connect_fails(
-        url, tmp_path, nats_tls_ca=str(pki.ca.files.cert), nats_user="u", nats_password="p"
+        url,
+        tmp_path,
+        nats_tls_ca=str(pki.ca.files.cert),
+        nats_user="u",
+        nats_password="p",
+        nats_tls_handshake_first=handshake_first,
     )
-    assert "did not start TLS" in message and "refusing a plaintext connection" in message
+    assert "refusing a plaintext connection" in message
+    if handshake_first is None:  # on by default: the ClientHello meets INFO, no NATS byte was sent
+        assert "did not answer with TLS" in message and "handshake_first" in message
+    else:  # the old way: CONNECT went out in plaintext, then the transport check refused it
+        assert "did not start TLS" in message
+
+
+async def test_explicit_false_meets_a_handshake_first_server(configured_nats, pki, tmp_path) -> None:
+    """NATS_TLS_HANDSHAKE_FIRST=false is honoured: the worker waits for an INFO that never comes."""
+    server = await configured_nats(pki.tls_block(verify=False))
+    message = await _connect_fails(
+        _tls_url(server),
+        tmp_path,
+        nats_tls_ca=str(pki.ca.files.cert),
+        nats_tls_handshake_first=False,
+        nats_connect_timeout=3.0,  # one INFO wait (2 s) has to time out first
+    )
+    assert "handshake_first" in message and "NATS_TLS_HANDSHAKE_FIRST" in message
+
+
+async def test_handshake_first_worker_meets_a_server_without_it(configured_nats, pki, tmp_path) -> None:
+    server = await configured_nats(pki.tls_block(verify=False, handshake_first=False))
+    # Such a server sends INFO in plaintext: the handshake fails at once or times out (2 s per attempt).
+    message = await _connect_fails(
+        _tls_url(server), tmp_path, nats_tls_ca=str(pki.ca.files.cert), nats_connect_timeout=3.0
+    )
+    assert "tls { handshake_first: true }" in message and "NATS_TLS_HANDSHAKE_FIRST" in message
+    # ... and with the setting turned off it connects (the transport check still guards it).
+    nc = await connect(
+        settings_for(
+            _tls_url(server), tmp_path, nats_tls_ca=str(pki.ca.files.cert), nats_tls_handshake_first=False
+        )
+    )
+    try:
+        assert transport_is_tls(nc) is True
+    finally:
+        await nc.close()
 
 
 async def test_plain_settings_still_connect_to_a_plain_server(configured_nats, tmp_path) -> None:
@@ -114,12 +164,18 @@ async def test_plain_settings_still_connect_to_a_plain_server(configured_nats, t
         await nc.close()
 
 
-async def test_reconnect_to_a_plaintext_server_is_dropped(tmp_path, pki, caplog) -> None:
+@pytest.mark.parametrize("handshake_first", [True, False])
+async def test_reconnect_to_a_plaintext_server_is_dropped(tmp_path, pki, caplog, handshake_first) -> None:
     """The TLS server is replaced on the same port by a plaintext one: the worker's connection
-    refuses it (and keeps trying), then comes back once a TLS server is there again."""
+    refuses it (and keeps trying), then comes back once a TLS server is there again.
+
+    Handshake first (the default): every attempt fails in the TLS handshake, before any NATS byte.
+    NATS_TLS_HANDSHAKE_FIRST=false: the plaintext connection comes up and the reconnect guard drops it
+    (after nats-py has replayed the subscriptions: the window test_tls_downgrade.py is about).
+    """
     caplog.set_level(logging.ERROR, logger="rory.worker.nats")
     tls_conf = tmp_path / "tls.conf"
-    tls_conf.write_text(pki.tls_block(verify=False))
+    tls_conf.write_text(pki.tls_block(verify=False, handshake_first=handshake_first))
     plain_conf = tmp_path / "plain.conf"
     plain_conf.write_text("# plaintext\n")
 
@@ -131,23 +187,40 @@ async def test_reconnect_to_a_plaintext_server_is_dropped(tmp_path, pki, caplog)
 
     first = await server(tls_conf).start()
     port = first.port
-    settings = settings_for(_tls_url(first), tmp_path, nats_tls_ca=str(pki.ca.files.cert))
+    settings = settings_for(
+        _tls_url(first),
+        tmp_path,
+        nats_tls_ca=str(pki.ca.files.cert),
+        nats_tls_handshake_first=None if handshake_first else False,
+    )
     reconnected = asyncio.Event()
+    errors: list[BaseException] = []
 
     async def on_reconnected() -> None:
         reconnected.set()
 
-    nc = await connect(settings, on_reconnected=on_reconnected, reconnect_time_wait=0.1)
+    async def error_cb(error: Exception) -> None:
+        errors.append(error)
+
+    nc = await connect(settings, on_reconnected=on_reconnected, reconnect_time_wait=0.1, error_cb=error_cb)
     plain = second = None
     try:
         await first.stop()
         plain = await server(plain_conf, port).start()
         loop = asyncio.get_running_loop()
         until = loop.time() + 10
-        while "reconnected without TLS" not in caplog.text:
-            assert loop.time() < until, "the plaintext reconnection was not noticed"
+
+        def refused() -> bool:
+            if handshake_first:
+                return sum(isinstance(e, ssl.SSLError) for e in errors) >= 2
+            return "reconnected without TLS" in caplog.text
+
+        while not refused():
+            assert loop.time() < until, f"the plaintext server was not refused; errors: {errors[-3:]}"
             await asyncio.sleep(0.05)
         assert not reconnected.is_set(), "the service callback must not see a plaintext reconnection"
+        if handshake_first:
+            assert "reconnected without TLS" not in caplog.text  # it never got that far
         await plain.stop()
         second = await server(tls_conf, port).start()
         await asyncio.wait_for(reconnected.wait(), 15)

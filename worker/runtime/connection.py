@@ -1,6 +1,6 @@
 """The NATS connection: options from settings, a bounded first connect, reconnect forever after.
 
-nats-py 2.16 facts this relies on (read in ``nats/aio/client.py``, verified in nats.md):
+nats-py 2.16 facts this relies on (read in ``nats/aio/client.py``; docs/original-rory.md, NATS client):
 ``max_reconnect_attempts`` is only enforced when ``> 0``, so both ``0`` and ``-1`` mean "forever";
 we pass ``-1`` (the documented spelling). With it, the *first* connect also retries forever, so it
 is bounded from outside with ``asyncio.wait_for`` (NATS_CONNECT_TIMEOUT) and fails with a message
@@ -8,8 +8,18 @@ naming the servers and the last error.
 
 nats-py only starts TLS when the server's INFO says ``tls_required``, even for a ``tls://`` URL and a
 configured SSL context: a plaintext server (or anyone in the path who rewrites INFO) gets a plaintext
-connection. When TLS is expected (a ``tls://`` URL or NATS_TLS_CA/NATS_TLS_CERT set) we therefore check
-the live transport after the first connect and after every reconnect and refuse a plaintext one.
+connection. Checking the transport afterwards is too late on a reconnect: nats-py sends CONNECT,
+replays every subscription and flushes pending publishes (replies included) *before* it calls the
+reconnected callback, so a plaintext server on the same address learns the subscriptions, receives a
+reply and can push a command in the meantime.
+
+So whenever TLS is configured (a ``tls://`` URL or NATS_TLS_CA/CERT/KEY) the worker starts TLS
+*before any NATS protocol byte* (nats-py's ``tls_handshake_first``, NATS_TLS_HANDSHAKE_FIRST; the
+server needs ``tls { handshake_first: true }``): in ``_process_connect_init`` the TLS handshake is the
+first thing on every connection, first connect and reconnect alike, and a peer that does not speak
+TLS fails that handshake before it has seen a single byte of NATS protocol. An explicit
+NATS_TLS_HANDSHAKE_FIRST=false (servers without ``handshake_first``) keeps the older behaviour, where
+the transport check below (after the first connect and after every reconnect) is all there is.
 """
 
 from __future__ import annotations
@@ -18,13 +28,15 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import nats
-from nats.aio.client import Client
+from nats.aio.client import DEFAULT_BUFFER_SIZE, Client
+from nats.aio.transport import TcpTransport
 
 from worker.runtime.health import safe_url
 from worker.settings import Settings, SettingsError
@@ -39,6 +51,56 @@ DRAIN_TIMEOUT = 5
 
 class NatsUnavailable(RuntimeError):
     """No NATS server accepted the first connection in time."""
+
+
+class TlsHandshakeTimeout(TimeoutError):
+    """The peer accepted the TCP connection but did not complete a TLS handshake in time."""
+
+
+class _TcpTransport(TcpTransport):
+    """nats-py's TCP transport, minus a hang after a failed TLS handshake.
+
+    ``loop.start_tls`` hands the socket to its TLS protocol; when the handshake fails it closes the
+    socket, but the plain ``StreamWriter`` nats-py keeps never hears of it (its protocol is no longer
+    attached), so a later ``close()`` of the client waits forever in ``wait_closed()``. With
+    handshake first every reconnect attempt against a peer that does not speak TLS ends that way, and
+    stopping the worker then would hang. After a failed handshake this transport forgets the dead
+    streams: ``close()`` has nothing left to wait for, and the next attempt opens a new connection.
+    """
+
+    async def connect_tls(
+        self, uri: Any, ssl_context: ssl.SSLContext, buffer_size: int, connect_timeout: int
+    ) -> None:
+        try:
+            await super().connect_tls(uri, ssl_context, buffer_size, connect_timeout)
+        except BaseException as error:
+            writer = self._bare_io_writer
+            self._io_reader = self._io_writer = self._bare_io_reader = self._bare_io_writer = None
+            if writer is not None:
+                writer.transport.close()  # start_tls closed it already; never leave a socket open
+            if isinstance(error, TimeoutError):  # say which step timed out (failure_message)
+                raise TlsHandshakeTimeout(f"no TLS handshake within {connect_timeout:g}s") from None
+            raise
+
+
+class _Client(Client):
+    """nats-py's client with :class:`_TcpTransport` for nats:// and tls:// servers.
+
+    ``_connect_to_server`` is nats-py 2.16's, except for the transport class (nats-py creates one
+    when there is none, or when the current one is not connected, which an unconnected transport of
+    ours would be too, so the method cannot simply defer to nats-py after setting it).
+    """
+
+    async def _connect_to_server(self, s: Any) -> None:
+        if s.uri.scheme in ("ws", "wss"):
+            await super()._connect_to_server(s)
+            return
+        s.last_attempt = time.monotonic()
+        if not isinstance(self._transport, _TcpTransport):
+            self._transport = _TcpTransport()
+        await self._transport.connect(
+            s.uri, buffer_size=DEFAULT_BUFFER_SIZE, connect_timeout=self.options["connect_timeout"]
+        )
 
 
 def _file(variable: str, value: str) -> str:
@@ -94,8 +156,33 @@ def connect_options(settings: Settings, *, name: str | None = None, **overrides:
     context = tls_context(settings)
     if context is not None:
         options["tls"] = context
+    options["tls_handshake_first"] = tls_handshake_first(settings)
     options.update(overrides)
     return options
+
+
+def _schemes(settings: Settings) -> set[str]:
+    return {urlparse(url).scheme for url in settings.nats_urls}
+
+
+def tls_handshake_first(settings: Settings) -> bool:
+    """Whether to start TLS before any NATS protocol byte (NATS_TLS_HANDSHAKE_FIRST).
+
+    Unset means on whenever TLS is configured: a ``tls://`` URL or NATS_TLS_CA/CERT/KEY. WebSocket
+    URLs never use it: ``wss://`` is TLS from its first byte anyway, and a ``ws://`` connection cannot
+    start TLS (an explicit ``true`` with a ``ws://`` URL is a settings error).
+    """
+    schemes = _schemes(settings)
+    explicit = settings.nats_tls_handshake_first
+    if schemes and schemes <= {"ws", "wss"}:
+        if explicit and "ws" in schemes:
+            raise SettingsError(
+                "NATS_TLS_HANDSHAKE_FIRST: a ws:// URL cannot start TLS; use wss:// (TLS from the first byte)"
+            )
+        return False
+    if explicit is not None:
+        return explicit
+    return "tls" in schemes or bool(settings.nats_tls_ca or settings.nats_tls_cert or settings.nats_tls_key)
 
 
 def _callbacks(
@@ -104,7 +191,8 @@ def _callbacks(
     async def error_cb(error: Exception) -> None:
         last_error.append(error)  # a few recent ones: a refused login is often followed by a reset
         del last_error[:-8]
-        log.warning("nats error", extra={"error": repr(error)})
+        if not _log_violation(error):
+            log.warning("nats error", extra={"error": repr(error)})
 
     async def disconnected_cb() -> None:
         log.warning("nats disconnected")
@@ -133,9 +221,24 @@ def _recording(
     async def error_cb(error: Exception) -> None:
         last_error.append(error)
         del last_error[:-8]
+        _log_violation(error)
         await inner(error)
 
     return error_cb
+
+
+def _log_violation(error: BaseException) -> bool:
+    """Log a warning when the server refused a publish or subscription (a permissions violation).
+
+    The server answers ``-ERR 'Permissions Violation for Publish to "<subject>"'`` and keeps the
+    connection: the refused action silently did not happen. A worker with correct credentials never
+    triggers one, so each is worth a warning naming the subject (a misconfiguration, or a bug).
+    """
+    text = str(error)
+    if "permissions violation" not in text.lower():
+        return False
+    log.warning("nats permissions violation: the server refused an action", extra={"error": text})
+    return True
 
 
 def _redacted_urls(settings: Settings) -> str:
@@ -145,6 +248,8 @@ def _redacted_urls(settings: Settings) -> str:
 
 _AUTH_MARKERS = ("authorization violation", "authentication", "user authentication expired")
 _CLIENT_CERT_MARKERS = ("certificate required", "bad certificate", "unknown ca", "certificate unknown")
+#: OpenSSL's words for "the peer answered the ClientHello with something that is not TLS" (e.g. INFO).
+_NOT_TLS_MARKERS = ("wrong version number", "packet length too long", "record layer failure", "http request")
 
 
 def _is_credentials_error(error: BaseException) -> bool:
@@ -154,7 +259,7 @@ def _is_credentials_error(error: BaseException) -> bool:
 def _most_telling(errors: list[BaseException]) -> BaseException | None:
     """The newest refused-login or TLS error if any (they explain the failure), else the newest."""
     for error in reversed(errors):
-        if _is_credentials_error(error) or isinstance(error, ssl.SSLError):
+        if _is_credentials_error(error) or isinstance(error, ssl.SSLError | TlsHandshakeTimeout):
             return error
     return errors[-1] if errors else None
 
@@ -178,6 +283,23 @@ def failure_message(settings: Settings, cause: BaseException, limit: float) -> s
             f"the TLS certificate of the NATS server at {urls} could not be verified ({reason}); "
             "set NATS_TLS_CA to the CA bundle that signed it"
         )
+    handshake_first = tls_handshake_first(settings)
+    if handshake_first and (
+        isinstance(cause, TlsHandshakeTimeout)
+        or (isinstance(cause, ssl.SSLError) and any(marker in lowered for marker in _NOT_TLS_MARKERS))
+    ):
+        return (
+            f"the NATS server at {urls} did not answer with TLS ({reason}): the worker starts TLS before "
+            "any NATS byte (NATS_TLS_HANDSHAKE_FIRST, on whenever TLS is configured), so the server needs "
+            "tls { handshake_first: true }; refusing a plaintext connection. A TLS server without "
+            "handshake_first needs that line (or NATS_TLS_HANDSHAKE_FIRST=false, which leaves a "
+            "downgrade window on reconnects)"
+        )
+    if not handshake_first and tls_expected(settings) and "expecting info" in lowered:
+        return (
+            f"the NATS server at {urls} sent nothing before TLS ({reason}): it probably has "
+            "tls { handshake_first: true }; leave NATS_TLS_HANDSHAKE_FIRST unset or set it to true"
+        )
     if isinstance(cause, ssl.SSLError):
         hint = (
             "the server wants a client certificate it trusts: set NATS_TLS_CERT and NATS_TLS_KEY"
@@ -185,16 +307,31 @@ def failure_message(settings: Settings, cause: BaseException, limit: float) -> s
             else "check NATS_TLS_CA, NATS_TLS_CERT and NATS_TLS_KEY"
         )
         return f"TLS handshake with the NATS server at {urls} failed ({reason}); {hint}"
+    # A TLS mode mismatch can also look like silence (each side waiting for the other to speak).
+    if handshake_first:
+        mode = (
+            "; TLS starts before any NATS byte (NATS_TLS_HANDSHAKE_FIRST, on whenever TLS is "
+            "configured): the server needs tls { handshake_first: true }"
+        )
+    elif tls_expected(settings):
+        mode = "; a server with tls { handshake_first: true } needs NATS_TLS_HANDSHAKE_FIRST unset or true"
+    else:
+        mode = ""
     return (
         f"no NATS server answered at {urls} within {limit:g}s "
-        f"(NATS_URLS, NATS_CONNECT_TIMEOUT; last error: {reason})"
+        f"(NATS_URLS, NATS_CONNECT_TIMEOUT; last error: {reason}){mode}"
     )
 
 
 def tls_expected(settings: Settings) -> bool:
-    """True when the operator asked for TLS: a ``tls://`` URL, or a CA / client certificate to use."""
-    schemes = {urlparse(url).scheme for url in settings.nats_urls}
-    return "tls" in schemes or bool(settings.nats_tls_ca or settings.nats_tls_cert)
+    """True when the operator asked for TLS: a ``tls://`` URL, a CA / client certificate to use, or
+    NATS_TLS_HANDSHAKE_FIRST=true."""
+    schemes = _schemes(settings)
+    return (
+        "tls" in schemes
+        or bool(settings.nats_tls_ca or settings.nats_tls_cert)
+        or tls_handshake_first(settings)
+    )
 
 
 def transport_is_tls(client: Client) -> bool | None:
@@ -240,7 +377,7 @@ async def connect(
     if options["error_cb"] is not callbacks["error_cb"]:  # the caller's own: still note the errors
         options["error_cb"] = _recording(last_error, options["error_cb"])
     limit = settings.nats_connect_timeout if timeout is None else timeout
-    client = Client()
+    client = _Client()
     require_tls = tls_expected(settings)
     if require_tls:
         options["reconnected_cb"] = _tls_guard(client, options.get("reconnected_cb"))
@@ -271,5 +408,6 @@ __all__ = [
     "failure_message",
     "tls_context",
     "tls_expected",
+    "tls_handshake_first",
     "transport_is_tls",
 ]

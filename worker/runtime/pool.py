@@ -18,6 +18,15 @@ numpy arrays, which go through pooled memory-mapped files (``worker/runtime/shar
 that already lives in one (the storage cache reads into them) crosses without any copy, and large
 results come back as arrays mapped on their file. Functions must not keep references to their array
 arguments after returning (the files are reused).
+
+Slots die with their worker. A SIGKILLed worker runs no cleanup, and its slots would live on: each
+holds both ends of its own call queue, so it never sees EOF, and the fork server waits for its
+last client. So every slot watches its worker: a watchdog thread exits the process as soon as the
+worker is gone (its pid dead, a zombie or reused: the start time differs) or the slot's parent
+changes, and on Linux the slot also asks the kernel for SIGKILL when its parent (the fork server)
+dies (``PR_SET_PDEATHSIG``). When the slots are gone the fork server and the resource tracker see
+EOF and exit. The dead worker's transfer files are removed by the next worker's pool start
+(``shared.sweep_stale``).
 """
 
 from __future__ import annotations
@@ -25,11 +34,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import ctypes
 import importlib
 import logging
 import multiprocessing
 import os
 import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures.process import BrokenProcessPool
@@ -44,6 +56,9 @@ T = TypeVar("T")
 
 DEFAULT_PRELOAD = ("numpy",)
 DEFAULT_NICENESS = 5
+#: Seconds between two looks of a slot's watchdog at its worker.
+WATCHDOG_INTERVAL = 0.25
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 class ComputeCrashed(Internal):
@@ -111,7 +126,72 @@ def limit_blas_threads(threads: int) -> bool:
     return capped
 
 
-def _init_child(preload: tuple[str, ...], niceness: int, blas_threads: int = 1) -> None:
+def process_identity(pid: int) -> str | None:
+    """Something that changes when ``pid`` dies or is reused: its start time (Linux ``/proc``), else
+    ``"alive"`` while a signal can reach it. None when it is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except FileNotFoundError:
+        return None
+    except OSError:  # no /proc (not Linux)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return None  # another user's process: our worker's pid was reused
+        return "alive"
+    fields = stat[stat.rindex(b")") + 2 :].split()  # after "pid (comm) ": field 3 (state) onwards
+    if fields[0] in (b"Z", b"X"):
+        return None
+    return fields[19].decode()  # field 22: start time in clock ticks since boot
+
+
+def _die_with_parent() -> bool:
+    """Linux: SIGKILL this process when its parent dies. True when the kernel accepted it."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch(owner: int, identity: str | None, parent: int, interval: float) -> None:
+    """Watchdog loop of a slot: exit the process once its worker or its parent is gone."""
+    while True:
+        if os.getppid() != parent or process_identity(owner) != identity:
+            os._exit(0)  # nobody is left to give a result to, nor to wait for one
+        time.sleep(interval)
+
+
+def start_watchdog(owner: int, interval: float = WATCHDOG_INTERVAL) -> threading.Thread:
+    """In a compute process: die with the worker ``owner`` (see the module docstring)."""
+    parent = os.getppid()
+    if parent != owner:
+        # A fork server's child: the kernel kills us when the fork server dies. (Not with the worker as
+        # the direct parent: PDEATHSIG follows the parent *thread*, and slots are started from helper
+        # threads, whose exit must not kill them.)
+        _die_with_parent()
+        if os.getppid() != parent:  # it died before prctl took effect
+            os._exit(0)
+    identity = process_identity(owner)
+    if identity is None:  # the worker is gone already (stopped while this process was starting)
+        os._exit(0)
+    thread = threading.Thread(
+        target=_watch, args=(owner, identity, parent, interval), name="rory-watchdog", daemon=True
+    )
+    thread.start()
+    return thread
+
+
+def _init_child(
+    preload: tuple[str, ...], niceness: int, blas_threads: int = 1, owner: int | None = None
+) -> None:
+    if owner is not None:
+        start_watchdog(owner)
     # The parent handles SIGINT/SIGTERM and stops gracefully; a terminal Ctrl-C reaches the whole
     # process group, so children ignore it and are stopped by the parent.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -174,7 +254,7 @@ class _Slot:
             max_workers=1,
             mp_context=self._ctx,
             initializer=_init_child,
-            initargs=(self._preload, self._niceness, self._blas_threads),
+            initargs=(self._preload, self._niceness, self._blas_threads, os.getpid()),
         )
 
     def pids(self) -> list[int]:
@@ -253,6 +333,10 @@ class ComputePool:
         self._starting = loop.run_in_executor(None, self._create_slots, ctx, loop)
 
     def _create_slots(self, ctx: Any, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            shared.sweep_stale()  # transfer files of workers that were killed (their slots are gone)
+        except Exception as error:  # cleanup must never keep the pool from starting
+            log.warning("could not sweep stale transfer files", extra={"error": repr(error)})
         for index in range(self.size):
             if self._closed:
                 return
@@ -415,4 +499,12 @@ class ComputePool:
         )
 
 
-__all__ = ["DEFAULT_PRELOAD", "ComputeCrashed", "ComputePool", "limit_blas_threads", "process_cached"]
+__all__ = [
+    "DEFAULT_PRELOAD",
+    "ComputeCrashed",
+    "ComputePool",
+    "limit_blas_threads",
+    "process_cached",
+    "process_identity",
+    "start_watchdog",
+]

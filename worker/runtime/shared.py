@@ -26,6 +26,15 @@ the file goes back to the idle pool (or is deleted when the pool is full or clos
 functions must not keep references to their array arguments after they return (the file may be reused).
 Pages of a new file are reserved with ``posix_fallocate`` before they are mapped, so a full tmpfs
 raises ``OSError`` (and we fall back to the temp directory) instead of killing the process with SIGBUS.
+
+Ownership: every file is created 0600 and named ``rory-<owner>-...bin``, where ``<owner>`` is
+``<pid>-<nonce>`` of the worker process that owns it (result files a compute process writes carry
+the worker's owner in their call tag). The owner holds an exclusive ``flock`` on
+``rory-<owner>.lock`` in each transfer directory for as long as it lives; the kernel releases it
+when the process dies, however it dies. A SIGKILLed worker cannot run its cleanup, so
+:func:`sweep_stale` (called when a compute pool starts) deletes the files of every owner whose lock
+is free, and never touches those of a live one: a held lock means a live owner, whatever its pid
+namespace or a reused pid says.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ import itertools
 import logging
 import mmap
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -108,8 +118,133 @@ def transfer_dir(nbytes: int) -> Path:
     return Path(tempfile.gettempdir())
 
 
+# ----------------------------------------------------------------------------- owners
+_LOCK_SUFFIX = ".lock"
+_OWNER_RE = re.compile(r"^rory-(?P<owner>\d+-[0-9a-f]{8})\.lock$")
+_CREATE = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+_owner_lock = threading.Lock()
+_owner: tuple[int, str] | None = None  # (pid, owner id) of this process
+_held: dict[str, int] = {}  # directory -> fd of this owner's lock there (held while the process lives)
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no locks, no sweeping
+    fcntl = None  # type: ignore[assignment]
+
+
+def _directories() -> list[Path]:
+    """Where transfer files can be: /dev/shm (when present) and the temp directory."""
+    found = [_SHM] if _SHM.is_dir() else []
+    return [*dict.fromkeys([*found, Path(tempfile.gettempdir())])]
+
+
+def _lock_path(directory: Path, owner: str) -> Path:
+    return directory / f"{_PREFIX}{owner}{_LOCK_SUFFIX}"
+
+
+def _hold(directory: Path, owner: str) -> int | None:
+    """Create and lock ``rory-<owner>.lock`` in ``directory`` (locked before it gets its name, so a
+    sweeper never sees it unlocked); returns the fd to keep, None where that is impossible."""
+    if fcntl is None:
+        return None
+    draft = directory / f".{_PREFIX}{owner}.{os.urandom(4).hex()}.tmp"
+    try:
+        fd = os.open(draft, _CREATE, 0o600)
+    except OSError:
+        return None  # not writable: no transfer file can be created there either
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(draft, _lock_path(directory, owner))
+    except OSError:
+        os.close(fd)
+        _unlink([str(draft)])
+        return None
+    return fd
+
+
+def owner_id() -> str:
+    """``<pid>-<nonce>``: the owner part of this process's transfer file names, with its locks held.
+
+    A forked child gets its own owner (its parent's locks are not its own); the locks are taken the
+    first time, in every transfer directory, before any file of this owner exists.
+    """
+    global _owner
+    pid = os.getpid()
+    with _owner_lock:
+        if _owner is None or _owner[0] != pid:
+            _owner = (pid, f"{pid}-{os.urandom(4).hex()}")
+            _held.clear()  # inherited fds (fork) stay open but belong to the parent's owner
+        for directory in _directories():
+            key = str(directory)
+            if key not in _held:
+                fd = _hold(directory, _owner[1])
+                if fd is not None:
+                    _held[key] = fd
+        return _owner[1]
+
+
+def _owner_is_dead(lock: Path) -> int | None:
+    """An fd holding ``lock`` when its owner is gone (the caller deletes, then closes); else None."""
+    assert fcntl is not None
+    try:
+        fd = os.open(lock, os.O_RDWR | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None  # gone already, or not ours (another user's 0600 file)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None  # held: the owner lives
+    return fd
+
+
+def sweep_stale() -> list[str]:
+    """Delete the transfer files of owners that are gone (a SIGKILLed worker); return their paths.
+
+    An owner is gone when its lock file is not locked. Files of live owners (this process, other
+    workers on the same host or sharing /dev/shm from another pid namespace) are never touched, nor
+    is anything whose name does not follow ours.
+    """
+    if fcntl is None:
+        return []
+    mine = owner_id()
+    directories = _directories()
+    removed: list[str] = []
+    for directory in directories:
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            continue
+        for name in names:
+            match = _OWNER_RE.match(name)
+            if match is None or match["owner"] == mine:
+                continue
+            fd = _owner_is_dead(directory / name)
+            if fd is not None:
+                try:
+                    removed += _remove_owner(match["owner"], directories)
+                finally:
+                    os.close(fd)
+    if removed:
+        log.info("removed the transfer files of stopped workers", extra={"files": len(removed)})
+    return removed
+
+
+def _remove_owner(owner: str, directories: list[Path]) -> list[str]:
+    """Files of a dead ``owner`` in every directory, then its lock files (one of them held by us)."""
+    removed: list[str] = []
+    for where in directories:
+        found = glob.glob(str(where / f"{_PREFIX}{glob.escape(owner)}-*.bin"))
+        found += glob.glob(str(where / f".{_PREFIX}{glob.escape(owner)}.*.tmp"))
+        _unlink(found)
+        removed += found
+    for where in directories:
+        _unlink([str(_lock_path(where, owner))])
+    return removed
+
+
 def _new_path(directory: Path, tag: str | None = None) -> Path:
-    middle = tag or f"{os.getpid()}-{next(_counter)}"
+    middle = tag or f"{owner_id()}-{next(_counter)}"
     return directory / f"{_PREFIX}{middle}-{os.urandom(4).hex()}.bin"
 
 
@@ -190,7 +325,7 @@ class FilePool:
         fallback = Path(tempfile.gettempdir())
         for directory in dict.fromkeys((first, fallback)):
             path = _new_path(directory)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+            fd = os.open(path, _CREATE, 0o600)
             try:
                 os.posix_fallocate(fd, 0, nbytes)  # reserve the pages: ENOSPC here, never SIGBUS later
             except OSError:
@@ -324,6 +459,19 @@ POOL = FilePool()
 def _cleanup_at_exit() -> None:
     POOL.close()
     POOL.unlink_in_use()
+    _release_owner()
+
+
+def _release_owner() -> None:
+    """At exit: this process's lock files go (after its files; a crash leaves them to sweep_stale)."""
+    with _owner_lock:
+        if _owner is None or _owner[0] != os.getpid():
+            return
+        for directory, fd in _held.items():
+            _unlink([str(_lock_path(Path(directory), _owner[1]))])
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        _held.clear()
 
 
 def empty(shape: Sequence[int] | int, dtype: Any = np.float64) -> np.ndarray:
@@ -497,10 +645,14 @@ def _write_result(array: np.ndarray, spares: list[Spare], tag: str, created: lis
             os.close(fd)
         return SharedArray(spare.path, tuple(array.shape), array.dtype.str)
     path = _new_path(transfer_dir(nbytes), tag)
+    # 0600 like every transfer file; write(), not a mapping: a full tmpfs raises ENOSPC here
+    # instead of killing the process
+    fd = os.open(path, _CREATE, 0o600)
     created.append(str(path))
-    # write(), not a mapping: a full tmpfs raises ENOSPC here instead of killing the process
-    with open(path, "wb") as handle:
-        handle.write(_array_bytes(array))
+    try:
+        _pwrite_all(fd, _array_bytes(array))
+    finally:
+        os.close(fd)
     return SharedArray(str(path), tuple(array.shape), array.dtype.str)
 
 
@@ -530,7 +682,7 @@ def call(
     result = fn(*unpack(args, _map), **unpack(kwargs, _map))
     created: list[str] = []
     try:
-        return _pack_results(result, list(spares), tag or f"{os.getpid()}-{next(_counter)}", created)
+        return _pack_results(result, list(spares), tag or f"{owner_id()}-{next(_counter)}", created)
     except BaseException:
         remove(created)
         raise
@@ -539,7 +691,7 @@ def call(
 # ----------------------------------------------------------------------------- parent side
 def new_tag() -> str:
     """A name prefix for the result files of one call (see :func:`discard_call`)."""
-    return f"{os.getpid()}-c{next(_counter)}-{os.urandom(3).hex()}"
+    return f"{owner_id()}-c{next(_counter)}-{os.urandom(3).hex()}"
 
 
 def discard_call(tag: str, pool: FilePool | None = None) -> None:
@@ -612,9 +764,11 @@ __all__ = [
     "is_shared",
     "needs_copy",
     "new_tag",
+    "owner_id",
     "pack",
     "remove",
     "result_paths",
     "shared_sizes",
+    "sweep_stale",
     "transfer_dir",
 ]

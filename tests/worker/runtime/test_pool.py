@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
+import subprocess
+import sys
+import time
+from typing import Any
 
 import pytest
 
 from tests import ops
-from worker.runtime.pool import ComputeCrashed, ComputePool
+from worker.runtime.pool import ComputeCrashed, ComputePool, process_identity, start_watchdog
 
 
 @pytest.fixture
@@ -77,3 +82,47 @@ async def test_not_started_pool_refuses_work() -> None:
         await pool.run(ops.add, 1, 2)
     with pytest.raises(ValueError):
         ComputePool(0)
+
+
+# ----------------------------------------------------------------------------- dying with the worker
+def _watched_child(owner: int, ready: Any) -> None:
+    """A stand-in for a slot: the watchdog of ``owner``, then nothing but waiting."""
+    start_watchdog(owner, interval=0.05)
+    ready.set()
+    time.sleep(60)
+
+
+def test_process_identity_follows_a_process_life() -> None:
+    assert process_identity(os.getpid()) == process_identity(os.getpid()) is not None
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert process_identity(child.pid) is not None
+    finally:
+        child.kill()
+    if sys.platform.startswith("linux"):  # killed but not yet reaped: a zombie counts as gone
+        deadline = time.monotonic() + 10
+        while process_identity(child.pid) is not None:
+            assert time.monotonic() < deadline, "a zombie should count as gone"
+            time.sleep(0.02)
+    child.wait()
+    assert process_identity(child.pid) is None
+
+
+def test_a_watched_process_exits_when_its_owner_dies() -> None:
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    child = ctx.Process(target=_watched_child, args=(owner.pid, ready), daemon=True)
+    child.start()
+    try:
+        assert ready.wait(30)
+        assert child.is_alive()
+        owner.kill()
+        owner.wait()
+        child.join(10)
+        assert not child.is_alive(), "the watchdog did not notice its owner die"
+        assert child.exitcode == 0
+    finally:
+        owner.kill()
+        if child.is_alive():
+            child.kill()

@@ -211,3 +211,61 @@ def test_blas_threads_can_be_capped_without_threadpoolctl(monkeypatch: pytest.Mo
         assert max(counts) == 1
     finally:
         threadpoolctl.threadpool_limits(limits=original, user_api="blas")
+
+
+# ----------------------------------------------------------------------------- ownership, modes, sweeping
+def _mode(path: str | Path) -> int:
+    return os.stat(path).st_mode & 0o777
+
+
+async def test_every_transfer_file_is_private(pool: ComputePool) -> None:
+    parent_made = shared.empty((BIG,), np.float64)  # created by this process
+    described = shared.describe(parent_made)
+    assert described is not None and _mode(described.path) == 0o600
+    child_made = await pool.run(scale, np.ones(BIG), 2.0)  # written by a compute process
+    described = shared.describe(child_made)
+    assert described is not None and _mode(described.path) == 0o600
+    owner = shared.owner_id()
+    assert Path(described.path).name.startswith(f"rory-{owner}-")  # named after the worker, not the child
+    locks = [d / f"rory-{owner}.lock" for d in shared._directories()]
+    assert locks and all(lock.exists() and _mode(lock) == 0o600 for lock in locks)
+
+
+def _fake_owner(directory: Path, owner: str, *, files: int = 2) -> list[Path]:
+    """Files and a lock of another owner, as a worker would have left them."""
+    lock = directory / f"rory-{owner}.lock"
+    lock.touch(mode=0o600)
+    made = [lock]
+    for i in range(files):
+        path = directory / f"rory-{owner}-c{i}-abcdef-0123abcd.bin"
+        path.write_bytes(b"x" * 64)
+        made.append(path)
+    return made
+
+
+def test_sweep_removes_the_files_of_dead_owners_only() -> None:
+    import fcntl
+
+    directory = shared._directories()[0]
+    dead = _fake_owner(directory, f"{2**22 + 7}-{os.urandom(4).hex()}")
+    alive = _fake_owner(directory, f"{2**22 + 8}-{os.urandom(4).hex()}")
+    holder = os.open(alive[0], os.O_RDWR)  # a live owner holds its lock (another open file: conflicts)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    mine = shared.empty((BIG,), np.float64)  # this process's own files stay too
+    mine_path = shared.describe(mine).path  # type: ignore[union-attr]
+    stranger = directory / f"rory-{os.urandom(4).hex()}.bin"  # not our naming: never touched
+    stranger.write_bytes(b"y")
+    try:
+        removed = shared.sweep_stale()
+        assert {str(p) for p in dead[1:]} <= set(removed)
+        assert not any(p.exists() for p in dead)
+        assert all(p.exists() for p in alive) and Path(mine_path).exists() and stranger.exists()
+        assert not set(removed) & ({str(p) for p in alive} | {mine_path, str(stranger)})
+    finally:
+        os.close(holder)
+        for path in [*alive, stranger]:
+            path.unlink(missing_ok=True)
+    # Once its holder is gone, the other owner's files go as well.
+    again = _fake_owner(directory, f"{2**22 + 9}-{os.urandom(4).hex()}")
+    shared.sweep_stale()
+    assert not any(p.exists() for p in again)
