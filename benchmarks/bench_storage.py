@@ -4,6 +4,7 @@ and the MictlanX client through the in-repo fake router.
     python benchmarks/bench_storage.py                 # 64 MB float64, quick
     python benchmarks/bench_storage.py --full          # 64 MB and 512 MB
     python benchmarks/bench_storage.py --sizes 16 128 --repeat 5 --num-chunks 1 --fsync
+    python benchmarks/bench_storage.py --quick --no-mictlanx --dir /data   # ends with the fsync-cost table
     python benchmarks/bench_storage.py --nats-only --nats-r3   # the nats backend, R1 and R3
 
 Goals (from the storage issue): local put/get >= 0.7x numpy.save/numpy.load throughput, and the peak
@@ -31,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.fakes.mictlanx_router import FakeRouter
 from worker.storage import LocalStore, MictlanXStore, ObjectStore, RetryPolicy, parse_mictlanx_uri
+from worker.storage.local import VERIFIED_HASH
 
 MB = 1024 * 1024
 
@@ -132,7 +134,7 @@ async def run(args: argparse.Namespace) -> list[Row]:
             array = np.random.default_rng(size).random((size * MB // 8 // 128, 128))
             print(f"... {size} MB float64 {array.shape}", file=sys.stderr, flush=True)
             contenders: list[Contender] = [NumpyFile(root / "numpy.npy", args.fsync)]
-            configs: list[tuple[str, dict[str, bool]]] = [("local (crc32, default)", {})]
+            configs: list[tuple[str, dict[str, bool]]] = [(f"local ({VERIFIED_HASH}, default)", {})]
             if not args.quick:
                 configs += [
                     ("local sha256=True", {"sha256": True}),
@@ -271,6 +273,63 @@ async def run_nats(args: argparse.Namespace) -> None:
     print("\n".join(lines))
 
 
+async def _best_put(contender: Contender, array: np.ndarray, repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        await contender.put(array)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+async def _mean_put(contender: Contender, array: np.ndarray, count: int) -> float:
+    start = time.perf_counter()
+    for _ in range(count):
+        await contender.put(array)
+    return (time.perf_counter() - start) / count
+
+
+async def run_fsync_cost(args: argparse.Namespace) -> None:
+    """What STORAGE_FSYNC=true costs a put: numpy.save and the default local store, each without and
+    with fsync on the same disk (``--dir``), a big array and a run of small balls (a k-means step
+    writes many small ones, where the fsync latency, not the bandwidth, is the cost)."""
+    sizes = sorted(set(args.sizes + ([512] if args.full else [])))
+    small = np.random.default_rng(0).random((64, 8))  # 4 KiB
+    header = f"{'size':>6}  {'writer':<22} {'put MB/s':>9} {'fsync MB/s':>11} {'cost':>7}"
+    lines = ["", "fsync cost of a put (STORAGE_FSYNC=true; best of --repeat):", "", header, "-" * len(header)]
+    with tempfile.TemporaryDirectory(prefix="bench-fsync-", dir=args.dir) as tmp:
+        root = Path(tmp)
+
+        def pair(name: str) -> tuple[Contender, Contender]:
+            if name == "numpy.save":
+                return NumpyFile(root / "off.npy", False), NumpyFile(root / "on.npy", True)
+            return (
+                Store(name, LocalStore(root / "css-off", fsync=False), args.num_chunks),
+                Store(name, LocalStore(root / "css-on", fsync=True), args.num_chunks),
+            )
+
+        for name in ("numpy.save", "local (default)"):
+            off, on = pair(name)
+            try:
+                for size in sizes:
+                    array = np.random.default_rng(size).random((size * MB // 8 // 128, 128))
+                    plain = await _best_put(off, array, args.repeat)
+                    synced = await _best_put(on, array, args.repeat)
+                    lines.append(
+                        f"{size:>4}MB  {name:<22} {size / plain:>9.0f} {size / synced:>11.0f} "
+                        f"{synced / plain:>6.1f}x"
+                    )
+                    del array
+                plain = await _mean_put(off, small, args.small_count)
+                synced = await _mean_put(on, small, args.small_count)
+                rates = f"{1 / plain:>7.0f}/s {1 / synced:>9.0f}/s"
+                lines.append(f"{'4KiB':>6}  {name:<22} {rates} {synced / plain:>6.1f}x")
+            finally:
+                await off.close()
+                await on.close()
+    print("\n".join(lines))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -283,6 +342,7 @@ def main() -> None:
     parser.add_argument("--dir", default=None, help="directory on the disk to test (default: system temp)")
     parser.add_argument("--quick", action="store_true", help="only the default local configuration")
     parser.add_argument("--no-mictlanx", action="store_true", help="skip the fake-router measurement")
+    parser.add_argument("--no-fsync-cost", action="store_true", help="skip the put without/with fsync table")
     parser.add_argument("--nats", action="store_true", help="also the nats backend (JetStream object store)")
     parser.add_argument("--nats-only", action="store_true", help="only the nats table (implies --nats)")
     parser.add_argument("--nats-r3", action="store_true", help="nats also on a local three-server R3 cluster")
@@ -291,6 +351,8 @@ def main() -> None:
     if not args.nats_only:
         rows = asyncio.run(run(args))
         report(rows, args.num_chunks)
+        if not args.no_fsync_cost:
+            asyncio.run(run_fsync_cost(args))
     if args.nats or args.nats_only or args.nats_r3:
         asyncio.run(run_nats(args))
 

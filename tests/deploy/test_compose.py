@@ -223,3 +223,12 @@ def test_env_files_cover_exactly_the_compose_variables(compose, override, env_de
     assert set(mictlanx) == set(env_dev) | {"COMPOSE_FILE"}
     assert mictlanx["COMPOSE_FILE"] == "compose.yaml:compose.mictlanx.yaml"  # read by ./deploy.sh
     assert {k for k in env_dev if mictlanx[k] != env_dev[k]} == {"RORY_STORAGE_BACKEND"}
+
+
+def test_the_nats_object_store_backend_needs_only_the_compose_variable(merged, monkeypatch):
+    """``RORY_STORAGE_BACKEND=nats`` in the env file: workers keep chunks in the compose NATS server."""
+    compose_env = {**read_env_file(ENV_DEV)[0], "RORY_STORAGE_BACKEND": "nats"}
+    for name in WORKERS:
+        settings = _resolved_settings(merged["services"][name], compose_env, monkeypatch)
+        assert settings.resolved_storage_backend is StorageBackend.NATS
+        assert settings.nats_urls == ["nats://nats:4222"]  # the bus server holds the bucket too

@@ -1,5 +1,5 @@
 """A fake MictlanX v4 router: a real aiohttp server on 127.0.0.1 reproducing the documented API
-(mictlanx.md §2, §5.4), its odd status codes, and switchable faults. Test-only.
+(docs/storage.md §5.1, §5.2), its odd status codes, and switchable faults. Test-only.
 
 Use it in the test's event loop::
 
@@ -8,6 +8,7 @@ Use it in the test's event loop::
         router.fail_next(2, status=503)          # next 2 requests answer 503
         router.truncate_next(1)                  # next data GET sends half the body with status 200
         router.drop_next(1, path="/metadata")    # next matching request: connection closed, no answer
+        router.oversize_next(1, 64 << 20)        # next request: a 64 MiB (error) body, streamed
 
 or from synchronous code / another process with :class:`FakeRouterThread` (its own loop in a
 thread), or standalone: ``python -m tests.fakes.mictlanx_router --port 63666``.
@@ -44,7 +45,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def sanitize(name: str) -> str:
-    """The router's name sanitisation (mictlanx.md 1.6), kept independent of the code under test."""
+    """The router's name sanitisation (docs/original-rory.md), kept independent of the code under test."""
     text = _RUNS.sub("-", _DROP.sub("", name))
     text = text[1:] if text.startswith("-") else text
     text = text[:-1] if text.endswith("-") else text
@@ -55,13 +56,14 @@ def sanitize(name: str) -> str:
 class Fault:
     """``remaining`` more requests matching ``method``/``path`` (a regex searched in the path) get it."""
 
-    kind: str  # "error" | "delay" | "drop" | "truncate" | "no_peers"
+    kind: str  # "error" | "delay" | "drop" | "truncate" | "no_peers" | "oversize"
     remaining: int
     method: str | None = None
     path: str | None = None
     status: int = 500
     detail: Any = "Injected failure"
     seconds: float = 0.0
+    size: int = 0
 
     def matches(self, method: str, path: str) -> bool:
         return (
@@ -95,6 +97,7 @@ class FakeRouter:
         self.inflight = 0
         self.max_inflight = 0
         self.latency = 0.0
+        self.oversized_sent = 0  # bytes of oversized bodies written so far
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
         self._runner: web.AppRunner | None = None
@@ -171,6 +174,20 @@ class FakeRouter:
         """The next ``count`` data uploads answer 200 with ``peer_ids: []`` and store nothing."""
         return self._add(Fault("no_peers", count, "POST", r"/chunked$"))
 
+    def oversize_next(
+        self,
+        count: int = 1,
+        size: int = 64 * 1024 * 1024,
+        *,
+        status: int = 500,
+        method: str | None = None,
+        path: str | None = None,
+    ) -> Fault:
+        """The next ``count`` matching requests answer ``status`` with a ``size``-byte JSON body
+        (``{"detail": "xxx..."}``), streamed chunked without Content-Length, with backpressure (so a
+        client that stops reading costs the router nothing either). ``oversized_sent`` counts bytes."""
+        return self._add(Fault("oversize", count, method, path, status=status, size=size))
+
     def reset_faults(self) -> None:
         with self._lock:
             self._faults.clear()
@@ -227,7 +244,30 @@ class FakeRouter:
         error = self._take("error", method, path)
         if error is not None:
             return web.json_response({"detail": error.detail}, status=error.status)
+        oversize = self._take("oversize", method, path)
+        if oversize is not None:
+            return await self._oversized(request, oversize)
         return await handler(request)
+
+    async def _oversized(self, request: web.Request, fault: Fault) -> web.StreamResponse:
+        response = web.StreamResponse(status=fault.status, headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        head, tail = b'{"detail": "', b'"}'
+        piece = b"x" * (256 * 1024)
+        left = max(0, fault.size - len(head) - len(tail))
+        try:
+            await response.write(head)
+            while left > 0:
+                part = piece[: min(left, len(piece))]
+                await response.write(part)  # waits while the client does not read
+                self.oversized_sent += len(part)
+                left -= len(part)
+            await response.write(tail)
+            await response.write_eof()
+        except (ConnectionError, RuntimeError):
+            pass  # the client hung up without reading it all, as it should
+        return response
 
     def _routes(self, app: web.Application, prefix: str) -> None:
         base = f"{prefix}{API}/buckets"

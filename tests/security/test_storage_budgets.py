@@ -45,14 +45,15 @@ class Backend:
 def _local_edit(root: Path) -> Callable[[str, int, Callable[[dict[str, Any]], None]], None]:
     def edit(ball: str, index: int, change: Callable[[dict[str, Any]], None]) -> None:
         bucket = root / "rory"
-        version = (bucket / f"{ball}.ref").read_text().strip()
+        version = (bucket / f"{ball}.ref").read_text().split()[0]  # current, then previous
         path = bucket / f"{ball}.{version}" / "manifest.json"
         manifest = json.loads(path.read_text())
         record = manifest["chunks"][index]
         change(record)
         blocks = max(1, -(-record["size"] // manifest["block_size"]))
-        if len(record["crc32"]) != blocks:  # keep the manifest well-formed: only the tags/size lie
-            record["crc32"] = (record["crc32"] + [0] * blocks)[:blocks]
+        for field in ("crc32", "xxh3"):  # keep the manifest well-formed: only the tags/size lie
+            if field in record and len(record[field]) != blocks:
+                record[field] = (record[field] + [0] * blocks)[:blocks]
         path.write_text(json.dumps(manifest))
 
     return edit
@@ -218,7 +219,12 @@ async def test_lying_checksum_is_corrupt(backend: Backend) -> None:
     array = np.arange(8.0)
     await backend.writer.put_ndarray("c", array)
     if backend.name == "local":
-        backend.edit("c", 0, lambda record: record.__setitem__("crc32", [record["crc32"][0] ^ 1]))
+        def lie(record: dict[str, Any]) -> None:  # every block hash the manifest records
+            for field in ("crc32", "xxh3"):
+                if field in record:
+                    record[field] = [record[field][0] ^ 1]
+
+        backend.edit("c", 0, lie)
     else:
         backend.edit("c", 0, lambda record: record.__setitem__("checksum", "ab" * 32))
     with pytest.raises(CorruptObject, match="checksum"):

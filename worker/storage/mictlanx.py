@@ -1,6 +1,6 @@
 """MictlanX v4 router client (aiohttp), wire-compatible with the reference client 0.1.0a5.
 
-Wire sequence (mictlanx.md §2): a chunk put is ``POST /api/v4/buckets/{b}/metadata`` (JSON) then
+Wire sequence (docs/storage.md §5.1): a chunk put is ``POST /api/v4/buckets/{b}/metadata`` (JSON) then
 ``POST /api/v4/buckets/data/{task_id}/chunked`` (raw bytes); a chunk get is
 ``GET /api/v4/buckets/{b}/metadata/{key}`` then ``GET /api/v4/buckets/{b}/{key}`` (streamed, no
 Content-Length). A ball is deleted with ``DELETE /api/v4/buckets/{b}/bid/{ball}``.
@@ -15,6 +15,11 @@ Router quirks handled here:
   longer than it, or one whose SHA-256 differs twice from the chunk ``checksum`` -> ``CorruptObject``;
 * listings may repeat a key once per replica -> merged by key;
 * names the router would sanitise -> ``InvalidName`` before anything is sent.
+
+Every body is read with a bound: chunk data up to the size its metadata declares, JSON answers up to
+:data:`MAX_ANSWER_BYTES` (listings :data:`MAX_LISTING_BYTES`), error bodies only their first
+:data:`MAX_ERROR_BYTES`. A larger answer is ``StorageUnavailable`` (or, for data, ``CorruptObject``),
+never an allocation of whatever size the router chooses.
 
 Atomicity: MictlanX has no rename, versioning or compare-and-swap, and a put of an existing key
 fails, so a write is "delete, then put" as in Rory. To keep our own readers from ever treating a
@@ -37,6 +42,7 @@ import asyncio
 import contextlib
 import hashlib
 import itertools
+import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -59,11 +65,11 @@ from worker.storage.codec import (
     Layout,
     check_budget,
     check_first_chunk,
+    decode_bytes_list,
     normalise_checksum,
     num_chunks_of,
     off_loop,
     read_layout,
-    unpack_bytes_list,
 )
 from worker.storage.names import check_ball_id, check_bucket_id, chunk_key
 from worker.storage.planned import PlannedStore
@@ -76,6 +82,13 @@ API = "/api/v4"
 SUPPORTED_API_VERSION = 4
 _HASH_INLINE_LIMIT = 1024 * 1024  # smaller payloads are hashed on the loop (cheaper than a thread hop)
 _DETAIL_CODE = re.compile(r"\s*(\d{3})\s*:")
+#: The most bytes read of a JSON answer (metadata, put and delete answers, peer stats).
+MAX_ANSWER_BYTES = 1024 * 1024
+#: ... of a bucket listing (one record per chunk and replica).
+MAX_LISTING_BYTES = 64 * 1024 * 1024
+#: Only this much of an error body is read (for the message); the rest is dropped with the connection.
+MAX_ERROR_BYTES = 64 * 1024
+_READ_PIECE = 64 * 1024
 
 
 # ----------------------------------------------------------------------------- endpoints
@@ -187,13 +200,29 @@ def _detail_text(detail: Any) -> str:
     return detail if isinstance(detail, str) else str(detail)[:300]
 
 
+async def _read_body(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
+    """The body if it has at most ``limit`` bytes, else its first ``limit`` bytes (the rest is left
+    unread and the connection dropped); and whether that was all of it."""
+    body = bytearray()
+    async for piece in response.content.iter_chunked(_READ_PIECE):
+        body += piece
+        if len(body) > limit:
+            return bytes(body[:limit]), False
+    return bytes(body), True
+
+
 async def _detail(response: aiohttp.ClientResponse) -> Any:
+    """The ``detail`` of an error answer, from its first MAX_ERROR_BYTES only."""
     try:
-        body = await response.json(content_type=None)
-    except Exception:
-        with contextlib.suppress(Exception):
-            return (await response.text())[:300]
+        raw, complete = await _read_body(response, MAX_ERROR_BYTES)
+    except (aiohttp.ClientError, TimeoutError, OSError):
         return ""
+    if not complete:
+        return f"(an error body over {MAX_ERROR_BYTES} bytes, not read; it starts {raw[:80]!r})"
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        return raw[:300].decode("utf-8", "replace")
     return body.get("detail", body) if isinstance(body, dict) else body
 
 
@@ -224,11 +253,17 @@ async def _check(response: aiohttp.ClientResponse, what: str, *, missing_is_tran
     raise BadRequest(f"MictlanX rejected the request: {text}")
 
 
-async def _json_body(response: aiohttp.ClientResponse, what: str) -> dict[str, Any]:
+async def _json_body(response: aiohttp.ClientResponse, what: str, limit: int | None = None) -> dict[str, Any]:
+    """A JSON object answer of at most ``limit`` bytes (MAX_ANSWER_BYTES by default); a larger one is
+    ``StorageUnavailable`` without reading the rest."""
+    limit = MAX_ANSWER_BYTES if limit is None else limit
+    raw, complete = await _read_body(response, limit)
+    if not complete:
+        raise StorageUnavailable(f"{what}: the router's answer is larger than {limit} bytes; refused")
     try:
-        body = await response.json(content_type=None)
-    except (ValueError, aiohttp.ContentTypeError) as error:
-        raise _Transient(f"{what}: unreadable JSON answer ({error})") from None
+        body = json.loads(raw)
+    except (ValueError, RecursionError) as error:
+        raise _Transient(f"{what}: unreadable JSON answer ({type(error).__name__})") from None
     if not isinstance(body, dict):
         raise _Transient(f"{what}: expected a JSON object")
     return body
@@ -245,13 +280,6 @@ def _metadata_record(record: Any, what: str) -> ChunkMeta:
     ):
         raise CorruptObject(f"{what}: tags must map str to str")
     return ChunkMeta(key=key, size=size, checksum=normalise_checksum(record.get("checksum")), tags=tags)
-
-
-def _unpack_all(layout: Layout, view: memoryview) -> list[bytes]:
-    items: list[bytes] = []
-    for meta, offset in zip(layout.chunks, layout.offsets, strict=True):
-        items.extend(unpack_bytes_list(meta.key, view[offset : offset + meta.size], meta.tags))
-    return items
 
 
 def _sha256_hex(views: Sequence[memoryview]) -> str:
@@ -309,7 +337,7 @@ class MictlanXStore(PlannedStore):
         self.max_workers = max(1, int(max_workers))
         self.retry = retry or RetryPolicy()
         # Every attempt reports to the breaker, so an outage opens it within the first retry schedule.
-        self.breaker = breaker or CircuitBreaker()
+        self.breaker = breaker or CircuitBreaker(probe=self.ping)
         self.chunk_size = max(4096, int(chunk_size))
         self.blob_piece_size = self.chunk_size
         self.replication_factor = max(1, int(replication_factor))
@@ -593,7 +621,7 @@ class MictlanXStore(PlannedStore):
         buffer = bytearray(layout.size)
         view = memoryview(buffer)
         await self._fill(layout, view)
-        return await off_loop(layout.size, _unpack_all, layout, view)
+        return await off_loop(layout.size, decode_bytes_list, layout, view, self.max_object_bytes)
 
     async def info(self, ball_id: str) -> BallInfo:
         return _info(await self._load(ball_id))
@@ -621,7 +649,7 @@ class MictlanXStore(PlannedStore):
                 if response.status == 404:
                     return []
                 await _check(response, what)
-                body = await _json_body(response, what)
+                body = await _json_body(response, what, MAX_LISTING_BYTES)
             balls = body.get("balls", [])
             if not isinstance(balls, list):
                 raise _Transient(f"{what}: 'balls' is not a list")
@@ -644,7 +672,10 @@ class MictlanXStore(PlannedStore):
             try:
                 async with self._http().get(self._url(router, "/peers/stats"), timeout=timeout) as response:
                     if response.status == 200:
-                        body = await response.json(content_type=None)
+                        raw, complete = await _read_body(response, MAX_ANSWER_BYTES)
+                        if not complete:  # too big to parse here; an empty object is not that big
+                            return raw.lstrip().startswith(b"{")
+                        body = json.loads(raw)
                         if isinstance(body, dict) and body:
                             return True
             except Exception as error:
@@ -702,6 +733,6 @@ class MictlanXStore(PlannedStore):
                 f"/buckets/{self.bucket}/bid/{ball_id}",
             ):
                 async with self._http().delete(self._url(router, path), headers={"Force": "1"}) as response:
-                    await response.read()
+                    await _read_body(response, MAX_ERROR_BYTES)
         except Exception as error:
             log.warning("could not remove the partial ball %s/%s: %s", self.bucket, ball_id, error)

@@ -71,11 +71,11 @@ from worker.storage.codec import (
     Layout,
     check_budget,
     check_first_chunk,
+    decode_bytes_list,
     normalise_checksum,
     num_chunks_of,
     off_loop,
     read_layout,
-    unpack_bytes_list,
 )
 from worker.storage.names import check_ball_id, check_bucket_id, chunk_key
 from worker.storage.planned import PlannedStore
@@ -199,13 +199,6 @@ def _content_etag(chunks: Sequence[tuple[int, str | None]]) -> str | None:
 
 def _info(layout: Layout) -> BallInfo:
     return replace(layout.info(), etag=_content_etag([(m.size, m.checksum) for m in layout.chunks]))
-
-
-def _unpack_all(layout: Layout, view: memoryview) -> list[bytes]:
-    items: list[bytes] = []
-    for meta, offset in zip(layout.chunks, layout.offsets, strict=True):
-        items.extend(unpack_bytes_list(meta.key, view[offset : offset + meta.size], meta.tags))
-    return items
 
 
 class _Source:
@@ -524,7 +517,7 @@ class NatsObjectStore(PlannedStore):
             buffer = bytearray(layout.size)
             view = memoryview(buffer)
             await self._fill(layout, nuids, view)
-            return await off_loop(layout.size, _unpack_all, layout, view)
+            return await off_loop(layout.size, decode_bytes_list, layout, view, self.max_object_bytes)
 
         return await self._consistent(ball_id, read)
 

@@ -20,6 +20,7 @@ from nats.aio.client import Client
 
 from tests.fakes.mictlanx_router import FakeRouter
 from worker.storage import LocalStore, MictlanXStore, ObjectStore, RetryPolicy, parse_mictlanx_uri
+from worker.storage.breaker import CircuitBreaker
 from worker.storage.nats_objects import NatsObjectStore
 
 #: Tiny delays so fault tests finish in milliseconds (5 attempts, sleeps of 2..16 ms).
@@ -42,6 +43,9 @@ async def fake_router_uri(fake_router: FakeRouter) -> str:
 def mictlanx_store(router: FakeRouter, **options: object) -> MictlanXStore:
     options.setdefault("retry", FAST_RETRY)
     options.setdefault("timeout", 5.0)
+    # These tests measure the retry loop; a breaker at its default threshold would open inside the
+    # first retry schedule and hide it. The breaker's own behaviour is tested in test_breaker.py.
+    options.setdefault("breaker", CircuitBreaker(failure_threshold=1_000_000))
     return MictlanXStore(parse_mictlanx_uri(router.uri), "rory", **options)  # type: ignore[arg-type]
 
 
@@ -65,7 +69,7 @@ class Backend:
             await corrupt_nats_object(self.nc, self.store.bucket, key, offset)
             return
         bucket = self.root / "rory"
-        version = (bucket / f"{ball_id}.ref").read_text().strip()
+        version = (bucket / f"{ball_id}.ref").read_text().split()[0]  # current, then previous
         path = bucket / f"{ball_id}.{version}" / key
         data = bytearray(path.read_bytes())
         data[offset % len(data)] ^= 0xFF

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import threading
+import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -27,7 +28,7 @@ async def store(tmp_path: Path) -> AsyncIterator[LocalStore]:
 
 
 def _version_dir(root: Path, ball_id: str) -> Path:
-    version = (root / "rory" / f"{ball_id}.ref").read_text().strip()
+    version = (root / "rory" / f"{ball_id}.ref").read_text().split()[0]  # current, then previous
     return root / "rory" / f"{ball_id}.{version}"
 
 
@@ -116,12 +117,14 @@ async def test_concurrent_writers_of_one_ball_leave_one_complete_version(
     await asyncio.gather(*(store.put_ndarray("race", a, num_chunks=4) for a in arrays))
     got = await store.get_ndarray("race")
     assert len(np.unique(got)) == 1
-    for _ in range(200):  # replaced versions are removed in the background
-        leftovers = [p for p in (tmp_path / "rory").iterdir() if p.name.startswith("race.v")]
-        if len(leftovers) == 1:
+    kept = {f"race.{v}" for v in (tmp_path / "rory" / "race.ref").read_text().split()}
+    assert len(kept) == 2  # the current version and the one it replaced
+    for _ in range(200):  # older versions are removed in the background
+        leftovers = {p.name for p in (tmp_path / "rory").iterdir() if p.name.startswith("race.v")}
+        if leftovers == kept:
             break
         await asyncio.sleep(0.01)
-    assert len(leftovers) == 1  # every replaced version was removed
+    assert leftovers == kept  # every other replaced version was removed
 
 
 async def test_failed_write_keeps_the_old_version(
@@ -297,3 +300,65 @@ async def test_file_io_runs_off_the_event_loop(store: LocalStore, monkeypatch: p
     await store.get_ndarray("t")
     assert threads and all(name.startswith("css-local") for name in threads)
     assert os.getpid()  # (the loop thread is MainThread; none of the I/O ran there)
+
+
+# ----------------------------------------------------------------------------- block hashes
+def _chunk_and_manifest(root: Path, ball_id: str) -> tuple[Path, Path, dict]:
+    directory = _version_dir(root, ball_id)
+    return directory / f"{ball_id}_0", directory / "manifest.json", _manifest(root, ball_id)
+
+
+async def test_manifests_record_crc32_and_xxh3(store: LocalStore, tmp_path: Path) -> None:
+    """XXH3 is what this version verifies; the CRC32 list keeps balls readable by older workers."""
+    xxhash = pytest.importorskip("xxhash")
+    array = np.random.default_rng(3).random(300_000)  # 2.4 MB: one block
+    await store.put_ndarray("h", array)
+    chunk, _, manifest = _chunk_and_manifest(tmp_path, "h")
+    record = manifest["chunks"][0]
+    data = chunk.read_bytes()
+    assert manifest["block_hashes"] == ["crc32", "xxh3_64"]
+    assert record["crc32"] == [zlib.crc32(data)] and record["xxh3"] == [xxhash.xxh3_64_intdigest(data)]
+
+
+@pytest.mark.parametrize("field, detected", [("xxh3", True), ("crc32", False)])
+async def test_reads_verify_xxh3(store: LocalStore, tmp_path: Path, field: str, detected: bool) -> None:
+    pytest.importorskip("xxhash")
+    await store.put_ndarray("h", np.arange(64.0))
+    _, path, manifest = _chunk_and_manifest(tmp_path, "h")
+    manifest["chunks"][0][field][0] ^= 1
+    path.write_text(json.dumps(manifest))
+    if detected:
+        with pytest.raises(CorruptObject, match="xxh3_64"):
+            await store.get_ndarray("h")
+    else:  # (an older worker would refuse this one; this one checks XXH3 only)
+        np.testing.assert_array_equal(await store.get_ndarray("h"), np.arange(64.0))
+
+
+async def test_crc32_only_manifests_of_earlier_versions_are_read_and_verified(
+    store: LocalStore, tmp_path: Path
+) -> None:
+    await store.put_ndarray("old", np.arange(64.0))
+    chunk, path, manifest = _chunk_and_manifest(tmp_path, "old")
+    manifest.pop("block_hashes", None)
+    manifest["chunks"][0].pop("xxh3", None)
+    path.write_text(json.dumps(manifest))
+    np.testing.assert_array_equal(await store.get_ndarray("old"), np.arange(64.0))
+    data = bytearray(chunk.read_bytes())
+    data[5] ^= 0x10
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(CorruptObject, match="crc32"):
+        await store.get_ndarray("old")
+
+
+async def test_block_hash_tags_are_strict(store: LocalStore, tmp_path: Path) -> None:
+    await store.put_ndarray("t", np.arange(8.0))
+    _, path, manifest = _chunk_and_manifest(tmp_path, "t")
+    for bad in ("md5", ["md5"], [], ["crc32", 7]):
+        path.write_text(json.dumps({**manifest, "block_hashes": bad}))
+        with pytest.raises(CorruptObject, match="block hashes"):
+            await store.get_ndarray("t")
+    record = manifest["chunks"][0]
+    for field, values in (("xxh3", [1 << 64]), ("xxh3", []), ("crc32", [True])):
+        path.write_text(json.dumps({**manifest, "chunks": [{**record, field: values}]}))
+        with pytest.raises(CorruptObject, match="values"):
+            await store.get_ndarray("t")

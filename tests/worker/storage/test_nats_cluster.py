@@ -11,15 +11,21 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import nats
 import numpy as np
 import pytest
 from nats.aio.client import Client
 
+from core.algorithms.kmeans import l1_kmeans
 from scripts.cluster import LocalCluster
+from tests.conftest import settings_for
+from tests.worker.handlers.conftest import handler_registry
+from tests.worker.handlers.owner import Rig, blobs, run_secure_kmeans, upload_secure_kmeans
 from tests.worker.storage.conftest import nats_store
 from worker.errors import NotFound
+from worker.runtime.service import WorkerService
 from worker.storage.nats_objects import NatsObjectStore, StorageFull
 from worker.storage.retry import RetryPolicy
 
@@ -151,6 +157,34 @@ async def test_r3_bucket_survives_the_loss_of_any_one_server(
         for index in range(3):
             if not cluster.servers[index].running:
                 cluster.restart_server(index)
+        await store.aclose()
+        await cluster_nc.jetstream().delete_object_store(store.bucket)
+
+
+async def test_a_secure_kmeans_job_runs_to_the_end_while_a_server_is_down(
+    cluster: LocalCluster, cluster_nc: Client, tmp_path: Path
+) -> None:
+    """The bucket's leader is dead before the job starts: every round reads and writes on the other two."""
+    store = nats_store(cluster_nc, replicas=3, retry=PATIENT, timeout=3.0)
+    data = blobs(60, 2, 3, seed=5)
+    job = await upload_secure_kmeans(store, data, 3, "r3job")
+    dead = _index(cluster, await _leader(cluster_nc, f"OBJ_{store.bucket}"))
+    alive = [server.client_url for index, server in enumerate(cluster.servers) if index != dead]
+    cluster.kill_server(dead)
+    settings = settings_for(alive[0], tmp_path, nats_urls=alive, storage_backend="nats")
+    worker = WorkerService(
+        settings, handler_registry(), store=store, connect_options={"reconnect_time_wait": 0.2}
+    )
+    try:
+        await worker.start()
+        labels, iterations, _ = await run_secure_kmeans(
+            Rig(nc=cluster_nc, settings=settings, store=store), job
+        )
+        reference = l1_kmeans(data, 3, max_iter=10, tolerance=1e-6)
+        assert labels == reference.labels.tolist() and iterations == reference.n_iter
+    finally:
+        await worker.stop(grace=2.0)
+        cluster.restart_server(dead)
         await store.aclose()
         await cluster_nc.jetstream().delete_object_store(store.bucket)
 
