@@ -35,9 +35,9 @@ def backend_name(store: Any) -> str:
 class StorageProbe:
     """Cached ``store.ping()`` with a short timeout, and the store's circuit breaker when it has one.
 
-    Storage counts as unreachable while the breaker is open, before its first successful ping, or after
-    ``failures_to_degrade`` consecutive failed pings: one slow ping past ``timeout`` under a heavy load is not an outage, so
-    health does not flap between ``ready`` and ``degraded``.
+    Storage counts as unreachable while the breaker is open, before its first successful ping, or
+    after ``failures_to_degrade`` consecutive failed pings: one slow ping past ``timeout`` under a
+    heavy load is not an outage, so health does not flap between ``ready`` and ``degraded``.
     """
 
     def __init__(

@@ -55,7 +55,7 @@ Stop: no new pulls; messages still arriving for the outstanding request are hand
 jobs get the grace period, the rest are cancelled and handed back. A hand-back while our own pull is
 still open waits until it expires (:meth:`JetStreamIntake.handback_delay`), else the server would
 bounce the message straight back into it and burn a delivery. The pull subscriptions are
-unsubscribed before the connection drains (nats.md 1.5: a drain after a timed-out pull hangs).
+unsubscribed before the connection drains (a drain after a timed-out pull hangs: docs/original-rory.md).
 """
 
 from __future__ import annotations

@@ -270,7 +270,7 @@ class WorkerService:
             with contextlib.suppress(Exception):
                 await self._announce("stopped")
             if intake is not None:
-                await intake.close()  # pull inboxes go before the drain (nats.md 1.5: drain hang)
+                await intake.close()  # pull inboxes go before the drain (docs/original-rory.md: drain hang)
             await self._close_connection(nc)
             await self.pool.shutdown()
             if self._probe is not None:

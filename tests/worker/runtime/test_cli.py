@@ -100,7 +100,7 @@ async def test_sigterm_stops_gracefully_with_command_in_flight(nats_url, nc, tmp
     try:
         await started.wait(1, timeout=20)
         health = json.loads((await nc.request(subjects.health(prefix, node), b"", timeout=2)).data)
-        assert health["storage"] == {"backend": "local", "reachable": True}
+        assert health["storage"] == {"backend": "local", "reachable": True, "last_error": None}
         slow = asyncio.create_task(
             request(
                 nc,
