@@ -1,4 +1,4 @@
-"""Client retries against a real nats-server and worker (issue 15 item 2).
+"""Client retries against a real nats-server and worker.
 
 A retried command keeps its id, backs off with jitter within the client's budget, is reported in
 the job's progress, and never applies a round twice: every job here must end with exactly the

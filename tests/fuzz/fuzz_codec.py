@@ -98,7 +98,7 @@ def seed_corpus(directory: Path) -> None:
 
 
 def _hostile_seeds() -> dict[str, bytes]:
-    """Inputs that once escaped as OverflowError or ended in a 500 (issue 11 item 8), so the fuzzer
+    """Inputs that once escaped as OverflowError or ended in a 500, so the fuzzer
     starts next to them: JSON integers no float holds in ``ts``/``deadline_s``, counters past what an
     echo can encode, NaN/inf in float params (msgpack carries them; Python's json.loads does too)."""
     body = {"v": 1, "id": "h", "op": Op.KMEANS.value, "ts": 1.7e9, "params": {"plaintext_matrix_id": "m"}}

@@ -29,7 +29,7 @@ SCALARS = st.one_of(
     _TEXT,
     st.binary(max_size=16),
 )
-#: Numbers that once ended in a 500 instead of a 400 (issue 11 item 8): integers JSON carries but no
+#: Numbers that once ended in a 500 instead of a 400: integers JSON carries but no
 #: float (or msgpack int) holds, and the non-finite floats msgpack carries.
 HUGE_JSON_INTS = (10**400, -(10**400), 2**64, 2**1024)
 NON_FINITE = (math.nan, math.inf, -math.inf)

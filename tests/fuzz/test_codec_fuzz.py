@@ -206,8 +206,9 @@ def test_awkward_msgpack(data: bytes) -> None:
 
 
 def test_the_fuzz_corpus_runs_clean(tmp_path: Any) -> None:
-    """Every seed of tests/fuzz/fuzz_codec.py (valid commands and the hostile numbers of issue 11
-    item 8) goes through the harness's own target without an exception escaping."""
+    """Every seed of tests/fuzz/fuzz_codec.py (valid commands and the hostile numbers of
+    tests/security/test_hostile_params.py) goes through the harness's own target without an
+    exception escaping."""
     from tests.fuzz import fuzz_codec  # a module, not its test_one_input: pytest must not collect it
 
     fuzz_codec.seed_corpus(tmp_path)

@@ -1,4 +1,4 @@
-"""The complete field set of the original Rory client's request for each operation (issue 12).
+"""The complete field set of the original Rory client's request for each operation.
 
 The V1 header names in snake_case, as the V2 worker spelt them (docs/original-rory.md, Requests),
 with the values a Manager ported from that client sends for a small dataset: ``N`` records of

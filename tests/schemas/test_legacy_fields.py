@@ -1,4 +1,4 @@
-"""Legacy fields (issue 12, contract section 4 "Legacy fields"): what the original worker accepted is
+"""Legacy fields (contract section 4 "Legacy fields"): what the original worker accepted is
 accepted, a field no version ever had is refused, and the legacy fields are documented per operation.
 
 Table-driven over the 15 operations with the original client's complete requests

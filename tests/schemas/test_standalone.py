@@ -1,4 +1,4 @@
-"""``schemas`` stands alone (issue 12 item 2): a Manager installs it with pydantic and msgpack only.
+"""``schemas`` stands alone: a Manager installs it with pydantic and msgpack only.
 
 Importing the package and every submodule in a fresh interpreter must load nothing from the worker,
 the core, the data owner, nor nats, TenSEAL or numpy.

@@ -1,4 +1,4 @@
-"""Numbers that used to end in a 500 (issue 11 item 8) are a 400 before anything is written.
+"""Numbers that used to end in a 500 are a 400 before anything is written.
 
 * a JSON integer no float can hold (``10**400``) in ``ts`` or ``deadline_s``: ``math.isfinite`` raised
   OverflowError while the command was validated;

@@ -1,4 +1,4 @@
-"""Legacy fields end to end (issue 12): a Manager that sends the original client's complete requests
+"""Legacy fields end to end: a Manager that sends the original client's complete requests
 is served by a real worker (every Rory operation registered, real local store, real nats-server),
 a misspelt field is a 400, and a legacy shape or dtype that disagrees with storage is a 422 naming
 both, before anything is written.

@@ -1,4 +1,4 @@
-"""A PQC command split over the pool stops all its parts when one fails (worker.handlers.pqc._together).
+"""A hostile ciphertext fails one part of a split PQC command: all its parts stop (``pqc._together``).
 
 With ``asyncio.gather`` a failed part answered the error at once while its siblings kept computing in
 their slots: the command's capacity was released and health said ready, but the slots were still
