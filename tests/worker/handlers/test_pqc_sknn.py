@@ -19,7 +19,7 @@ from tests.worker.handlers.pqc_support import (
     start_pqc_worker,
     stop_pqc_worker,
 )
-from worker.handlers import pqc
+from worker.handlers import pqc, pqc_common
 
 OP = "classification.pqc.sknn.predict"
 
@@ -142,7 +142,7 @@ async def test_work_split_over_the_pool_gives_the_same_distances(
     await _upload(worker, model, labels, records, layout, mid, rid)
     params = {"model_id": mid, "records_test_id": rid, "layout": layout}
     whole = await worker.get_ciphertexts(owner, (await worker.ok(OP, params))["distances_id"])
-    monkeypatch.setattr(pqc, "MIN_PART_WORK", 1)
+    monkeypatch.setattr(pqc_common, "MIN_PART_WORK", 1)
     assert pqc.spans(4, 9, 2) == [(0, 2), (2, 4)]
     pids_before = set(worker.service.pool.pids())
     split = await worker.get_ciphertexts(owner, (await worker.ok(OP, params))["distances_id"])
