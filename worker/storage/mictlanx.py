@@ -34,6 +34,9 @@ answers, rotating over the configured routers (round-robin, so a dead router fai
 bounded back-off of :class:`~worker.storage.retry.RetryPolicy`. An operation therefore gives up
 (``StorageUnavailable``) after at most ``MICTLANX_MAX_RETRIES + 1`` attempts, i.e. within
 ``(MICTLANX_MAX_RETRIES + 1) * MICTLANX_TIMEOUT + RetryPolicy.max_total_sleep()`` seconds.
+
+The router endpoints are parsed in ``mictlanx_uri.py`` and its answers read in ``mictlanx_http.py``
+(both re-exported here); the read and write discipline shared with the nats backend is ``remote.py``.
 """
 
 from __future__ import annotations
@@ -44,270 +47,47 @@ import hashlib
 import itertools
 import json
 import logging
-import re
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
-from urllib.parse import parse_qs
 
 import aiohttp
-import numpy as np
 
-from worker.errors import BadRequest, Conflict, CorruptObject, NotFound, StorageUnavailable
+from worker.errors import Conflict, CorruptObject, NotFound, StorageUnavailable
 from worker.settings import Settings
-from worker.storage.base import Allocator, BallInfo, allocate_output
+from worker.storage.base import BallInfo
 from worker.storage.breaker import CircuitBreaker, pause
-from worker.storage.codec import (
-    DEFAULT_MAX_OBJECT_BYTES,
-    BallPlan,
-    ChunkMeta,
-    ChunkPayload,
-    Layout,
-    check_budget,
-    check_first_chunk,
-    decode_bytes_list,
-    normalise_checksum,
-    num_chunks_of,
-    off_loop,
-    read_layout,
+from worker.storage.codec import DEFAULT_MAX_OBJECT_BYTES, BallPlan, ChunkMeta, ChunkPayload, Layout
+from worker.storage.mictlanx_http import (
+    API,
+    MAX_ANSWER_BYTES,
+    MAX_ERROR_BYTES,
+    MAX_LISTING_BYTES,
+    KeyExists,
+    Transient,
+    check_answer,
+    detail_text,
+    error_detail,
+    json_body,
+    metadata_record,
+    read_body,
+)
+from worker.storage.mictlanx_uri import (
+    SUPPORTED_API_VERSION,
+    RouterEndpoint,
+    parse_mictlanx_routers,
+    parse_mictlanx_uri,
+    router_endpoints,
 )
 from worker.storage.names import check_ball_id, check_bucket_id, chunk_key
-from worker.storage.planned import PlannedStore
+from worker.storage.remote import HASH_INLINE_LIMIT, RemoteStore, content_etag, plan_checksums, sha256_hex
 from worker.storage.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-API = "/api/v4"
-SUPPORTED_API_VERSION = 4
-_HASH_INLINE_LIMIT = 1024 * 1024  # smaller payloads are hashed on the loop (cheaper than a thread hop)
-_DETAIL_CODE = re.compile(r"\s*(\d{3})\s*:")
-#: The most bytes read of a JSON answer (metadata, put and delete answers, peer stats).
-MAX_ANSWER_BYTES = 1024 * 1024
-#: ... of a bucket listing (one record per chunk and replica).
-MAX_LISTING_BYTES = 64 * 1024 * 1024
-#: Only this much of an error body is read (for the message); the rest is dropped with the connection.
-MAX_ERROR_BYTES = 64 * 1024
-_READ_PIECE = 64 * 1024
 
-
-# ----------------------------------------------------------------------------- endpoints
-@dataclass(frozen=True)
-class RouterEndpoint:
-    """One router: ``protocol://host:port`` (the port is kept for https too, unlike the reference)."""
-
-    router_id: str
-    host: str
-    port: int
-    protocol: str = "http"
-
-    @property
-    def base_url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.protocol}://{host}:{self.port}"
-
-
-def _port(text: str, where: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
-        raise ValueError(f"{where}: port must be 1..65535, got {text!r}")
-    return int(text)
-
-
-def _protocol(text: str, where: str) -> str:
-    if text not in ("http", "https"):
-        raise ValueError(f"{where}: protocol must be http or https, got {text!r}")
-    return text
-
-
-def parse_mictlanx_uri(uri: str, *, default_protocol: str = "http") -> list[RouterEndpoint]:
-    """Parse ``mictlanx://<id>@<host>:<port>[,<id>@<host>:<port>...][/][?protocol=http&api_version=4]``.
-
-    Unknown query parameters (``http2``) are ignored; ``api_version`` other than 4 is an error (the
-    router only serves ``/api/v4``). Without ``protocol=`` the ``default_protocol`` applies (the
-    reference client defaults to https and then drops the port; we keep the port).
-    """
-    prefix = "mictlanx://"
-    if not isinstance(uri, str) or not uri.startswith(prefix):
-        raise ValueError(f"MICTLANX_URI must start with {prefix}, got {uri!r}")
-    routers_part, _, query = uri[len(prefix) :].partition("?")
-    params = {key: values[-1] for key, values in parse_qs(query, keep_blank_values=True).items()}
-    protocol = _protocol(params.get("protocol", default_protocol), "MICTLANX_URI")
-    api_version = params.get("api_version", str(SUPPORTED_API_VERSION))
-    if api_version != str(SUPPORTED_API_VERSION):
-        raise ValueError(f"MICTLANX_URI: only api_version=4 is served by the router, got {api_version!r}")
-    endpoints = []
-    for index, item in enumerate(part.strip().strip("/") for part in routers_part.split(",")):
-        if not item:
-            continue
-        router_id, at, address = item.rpartition("@")
-        host, colon, port = address.rpartition(":")
-        if not colon or not host:
-            raise ValueError(f"MICTLANX_URI: expected <id>@<host>:<port>, got {item!r}")
-        host = host.strip("[]")
-        endpoints.append(
-            RouterEndpoint(
-                router_id if at else f"router-{index}", host, _port(port, "MICTLANX_URI"), protocol
-            )
-        )
-    if not endpoints:
-        raise ValueError("MICTLANX_URI names no router")
-    return endpoints
-
-
-def parse_mictlanx_routers(routers: str | Iterable[str], *, protocol: str = "http") -> list[RouterEndpoint]:
-    """Parse ``MICTLANX_ROUTERS`` entries ``id:host:port`` (a comma-separated string or a list)."""
-    items = routers.split(",") if isinstance(routers, str) else list(routers)
-    endpoints = []
-    for raw in items:
-        item = raw.strip()
-        if not item:
-            continue
-        parts = item.split(":")
-        if len(parts) != 3 or not parts[0] or not parts[1]:
-            raise ValueError(f"MICTLANX_ROUTERS: expected id:host:port, got {item!r}")
-        endpoints.append(
-            RouterEndpoint(
-                parts[0],
-                parts[1],
-                _port(parts[2], "MICTLANX_ROUTERS"),
-                _protocol(protocol, "MICTLANX_PROTOCOL"),
-            )
-        )
-    if not endpoints:
-        raise ValueError("MICTLANX_ROUTERS names no router")
-    return endpoints
-
-
-def router_endpoints(settings: Settings) -> list[RouterEndpoint]:
-    """The routers to use: ``MICTLANX_URI`` when set, else ``MICTLANX_ROUTERS``."""
-    if settings.mictlanx_api_version != SUPPORTED_API_VERSION:
-        raise ValueError(f"MICTLANX_API_VERSION: only 4 is supported, got {settings.mictlanx_api_version}")
-    if settings.mictlanx_uri:
-        return parse_mictlanx_uri(settings.mictlanx_uri, default_protocol=settings.mictlanx_protocol)
-    return parse_mictlanx_routers(settings.mictlanx_routers, protocol=settings.mictlanx_protocol)
-
-
-# ----------------------------------------------------------------------------- errors
-class _Transient(Exception):
-    """Worth another attempt (possibly on another router)."""
-
-
-class _KeyExists(_Transient):
-    """put-metadata said 404/666: the key is already there (delete it, then retry)."""
-
-
-def _detail_text(detail: Any) -> str:
-    return detail if isinstance(detail, str) else str(detail)[:300]
-
-
-async def _read_body(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
-    """The body if it has at most ``limit`` bytes, else its first ``limit`` bytes (the rest is left
-    unread and the connection dropped); and whether that was all of it."""
-    body = bytearray()
-    async for piece in response.content.iter_chunked(_READ_PIECE):
-        body += piece
-        if len(body) > limit:
-            return bytes(body[:limit]), False
-    return bytes(body), True
-
-
-async def _detail(response: aiohttp.ClientResponse) -> Any:
-    """The ``detail`` of an error answer, from its first MAX_ERROR_BYTES only."""
-    try:
-        raw, complete = await _read_body(response, MAX_ERROR_BYTES)
-    except (aiohttp.ClientError, TimeoutError, OSError):
-        return ""
-    if not complete:
-        return f"(an error body over {MAX_ERROR_BYTES} bytes, not read; it starts {raw[:80]!r})"
-    try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError):
-        return raw[:300].decode("utf-8", "replace")
-    return body.get("detail", body) if isinstance(body, dict) else body
-
-
-def _embedded_status(detail: Any) -> int | None:
-    """The status the router wrapped into a 500: ``"404: No available peers"`` -> 404."""
-    if isinstance(detail, str):
-        match = _DETAIL_CODE.match(detail)
-        return int(match.group(1)) if match else None
-    if isinstance(detail, dict) and isinstance(detail.get("code"), int):
-        return int(detail["code"])
-    return None
-
-
-async def _check(response: aiohttp.ClientResponse, what: str, *, missing_is_transient: bool = False) -> None:
-    """Raise the right error for a non-2xx answer."""
-    status = response.status
-    if status < 400:
-        return
-    detail = await _detail(response)
-    text = f"{what}: HTTP {status} {_detail_text(detail)}"
-    missing = status == 404 or (status >= 500 and _embedded_status(detail) == 404)
-    if missing:
-        if missing_is_transient:
-            raise _Transient(text)
-        raise NotFound(text)
-    if status >= 500 or status in (408, 425, 429, 499):
-        raise _Transient(text)
-    raise BadRequest(f"MictlanX rejected the request: {text}")
-
-
-async def _json_body(response: aiohttp.ClientResponse, what: str, limit: int | None = None) -> dict[str, Any]:
-    """A JSON object answer of at most ``limit`` bytes (MAX_ANSWER_BYTES by default); a larger one is
-    ``StorageUnavailable`` without reading the rest."""
-    limit = MAX_ANSWER_BYTES if limit is None else limit
-    raw, complete = await _read_body(response, limit)
-    if not complete:
-        raise StorageUnavailable(f"{what}: the router's answer is larger than {limit} bytes; refused")
-    try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError) as error:
-        raise _Transient(f"{what}: unreadable JSON answer ({type(error).__name__})") from None
-    if not isinstance(body, dict):
-        raise _Transient(f"{what}: expected a JSON object")
-    return body
-
-
-def _metadata_record(record: Any, what: str) -> ChunkMeta:
-    if not isinstance(record, dict):
-        raise CorruptObject(f"{what}: metadata record is not an object")
-    key, size, tags = record.get("key"), record.get("size"), record.get("tags", {})
-    if not isinstance(key, str) or isinstance(size, bool) or not isinstance(size, int) or size < 0:
-        raise CorruptObject(f"{what}: metadata without a key or a valid size")
-    if not isinstance(tags, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in tags.items()
-    ):
-        raise CorruptObject(f"{what}: tags must map str to str")
-    return ChunkMeta(key=key, size=size, checksum=normalise_checksum(record.get("checksum")), tags=tags)
-
-
-def _sha256_hex(views: Sequence[memoryview]) -> str:
-    digest = hashlib.sha256()
-    for view in views:
-        digest.update(view)
-    return digest.hexdigest()
-
-
-def _content_etag(chunks: Sequence[tuple[int, str | None]]) -> str | None:
-    """A version token from the chunks' (size, SHA-256): the content itself names the version."""
-    if not chunks or not all(checksum for _, checksum in chunks):
-        return None
-    text = "\n".join(f"{size}:{checksum}" for size, checksum in chunks)
-    return "chunks-sha256:" + hashlib.sha256(text.encode()).hexdigest()
-
-
-def _info(layout: Layout) -> BallInfo:
-    """BallInfo with an ``etag`` that reads verify: every chunk's checksum (checked as each chunk
-    arrives), else the ``full_checksum`` (then checked over the whole payload), else none."""
-    etag = _content_etag([(meta.size, meta.checksum) for meta in layout.chunks])
-    if etag is None and layout.full_checksum:
-        etag = f"full-sha256:{layout.full_checksum}"
-    return replace(layout.info(), etag=etag)
-
-
-# ----------------------------------------------------------------------------- the store
-class MictlanXStore(PlannedStore):
+class MictlanXStore(RemoteStore):
     """One bucket on one or more MictlanX v4 routers."""
 
     backend = "mictlanx"
@@ -406,9 +186,9 @@ class MictlanXStore(PlannedStore):
                     raise
                 tolerated_missing -= 1
                 last = error
-            except _KeyExists as error:
+            except KeyExists as error:
                 last = error  # the router answered: not an outage
-            except _Transient as error:
+            except Transient as error:
                 last = error
                 self.breaker.failed(error)
             except (aiohttp.ClientError, TimeoutError, OSError) as error:
@@ -417,41 +197,22 @@ class MictlanXStore(PlannedStore):
             log.debug("%s: attempt %d failed: %s", what, number + 1, last)
         if isinstance(last, NotFound):
             raise last
-        if isinstance(last, _KeyExists):
+        if isinstance(last, KeyExists):
             raise Conflict(f"{what}: key still exists after {self.retry.attempts} attempts: {last}")
         raise StorageUnavailable(
             f"{what}: gave up after {self.retry.attempts} attempts: {type(last).__name__}: {last}"
         )
 
-    async def _bounded(self, factories: Sequence[Callable[[], Awaitable[T]]]) -> list[T]:
-        """Run at most ``max_workers`` at a time; the first failure cancels the rest."""
-        if not factories:
-            return []
-        gate = asyncio.Semaphore(self.max_workers)
-
-        async def run(factory: Callable[[], Awaitable[T]]) -> T:
-            async with gate:
-                return await factory()
-
-        tasks = [asyncio.ensure_future(run(factory)) for factory in factories]
-        try:
-            return list(await asyncio.gather(*tasks))
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
-
     # ------------------------------------------------------------------ single requests
-    async def _get_meta(self, key: str) -> ChunkMeta:
+    async def _record(self, key: str) -> ChunkMeta:
         what = f"metadata of {self.bucket}/{key}"
 
         async def attempt(router: RouterEndpoint) -> ChunkMeta:
             url = self._url(router, f"/buckets/{self.bucket}/metadata/{key}")
             async with self._http().get(url) as response:
-                await _check(response, what)
-                body = await _json_body(response, what)
-            meta = _metadata_record(body.get("metadata"), what)
+                await check_answer(response, what)
+                body = await json_body(response, what)
+            meta = metadata_record(body.get("metadata"), what)
             if meta.key != key:
                 raise CorruptObject(f"{what}: router answered for key {meta.key!r}")
             return meta
@@ -475,10 +236,10 @@ class MictlanXStore(PlannedStore):
             url = self._url(router, f"/buckets/{self.bucket}/{meta.key}")
             # Small chunks are hashed piece by piece on the loop; big ones once received, in a thread
             # (keeps the loop free and lets several chunks hash in parallel).
-            digest = hashlib.sha256() if meta.checksum and meta.size <= _HASH_INLINE_LIMIT else None
+            digest = hashlib.sha256() if meta.checksum and meta.size <= HASH_INLINE_LIMIT else None
             position = 0
             async with self._http().get(url, headers=self._get_headers()) as response:
-                await _check(response, what)
+                await check_answer(response, what)
                 async for piece in response.content.iter_chunked(self.chunk_size):
                     end = position + len(piece)
                     if end > meta.size:
@@ -488,18 +249,18 @@ class MictlanXStore(PlannedStore):
                         digest.update(piece)
                     position = end
             if position < meta.size:
-                raise _Transient(f"{what}: truncated body ({position} of {meta.size} bytes)")
+                raise Transient(f"{what}: truncated body ({position} of {meta.size} bytes)")
             if not meta.checksum:
                 return
             if digest is not None:
                 actual = digest.hexdigest()
             else:
-                actual = await asyncio.to_thread(_sha256_hex, [dest])
+                actual = await asyncio.to_thread(sha256_hex, [dest])
             if actual != meta.checksum:
                 mismatches += 1
                 if mismatches > 1:
                     raise CorruptObject(f"{what}: SHA-256 does not match the chunk checksum")
-                raise _Transient(f"{what}: checksum mismatch (retrying once)")
+                raise Transient(f"{what}: checksum mismatch (retrying once)")
 
         await self._retrying(what, attempt, not_found_retries=self.not_found_retries)
 
@@ -518,8 +279,8 @@ class MictlanXStore(PlannedStore):
             async with self._http().delete(url, headers={"Force": "1"}) as response:
                 if response.status == 404:
                     return 0
-                await _check(response, what)
-                body = await _json_body(response, what)
+                await check_answer(response, what)
+                body = await json_body(response, what)
             return int(body.get("n_deletes", 0) or 0)
 
         return await self._retrying(what, attempt)
@@ -547,49 +308,40 @@ class MictlanXStore(PlannedStore):
                 url = self._url(router, f"/buckets/{self.bucket}/{chunk.key}")
                 async with session.delete(url, headers={"Force": "1"}) as response:
                     if response.status != 404:
-                        await _check(response, f"delete {chunk.key} before retrying")
+                        await check_answer(response, f"delete {chunk.key} before retrying")
             url = self._url(router, f"/buckets/{self.bucket}/metadata")
             async with session.post(url, json=metadata) as response:
                 if response.status == 404:
                     dirty = True
-                    raise _KeyExists(f"{what}: {_detail_text(await _detail(response))}")
+                    raise KeyExists(f"{what}: {detail_text(await error_detail(response))}")
                 dirty = True  # metadata may have been registered even if the answer got lost
-                await _check(response, what, missing_is_transient=True)
-                body = await _json_body(response, what)
+                await check_answer(response, what, missing_is_transient=True)
+                body = await json_body(response, what)
             tasks = body.get("tasks_ids")
             if not isinstance(tasks, list) or not tasks or not isinstance(tasks[0], str):
-                raise _Transient(f"{what}: router returned no task id")
+                raise Transient(f"{what}: router returned no task id")
             url = self._url(router, f"/buckets/data/{tasks[0]}/chunked")
             headers = {"Content-Type": "application/octet-stream", "Chunk-Size": str(self.chunk_size)}
             async with session.post(url, data=chunk.data, headers=headers) as response:
-                await _check(response, what, missing_is_transient=True)
-                body = await _json_body(response, what)
+                await check_answer(response, what, missing_is_transient=True)
+                body = await json_body(response, what)
             if not body.get("peer_ids"):
-                raise _Transient(f"{what}: the router stored the data on no peer (peer_ids empty)")
+                raise Transient(f"{what}: the router stored the data on no peer (peer_ids empty)")
 
         await self._retrying(what, attempt)
 
+    def _meta_of(self, record: ChunkMeta) -> ChunkMeta:
+        return record  # _record parses the router's record already
+
     # ------------------------------------------------------------------ balls
-    async def _load(self, ball_id: str) -> Layout:
+    async def _consistent(self, ball_id: str, read: Callable[[Layout, list[Any]], Awaitable[T]]) -> T:
+        """One load and one read: a concurrent rewrite shows up as ``CorruptObject`` (mixed
+        ``full_checksum``) or ``NotFound`` (a vanished chunk), never as data (module docstring)."""
         check_ball_id(ball_id)
-        first = await self._get_meta(chunk_key(ball_id, 0))
-        count = num_chunks_of(first.tags, ball_id)
-        check_first_chunk(ball_id, first, count, self.max_object_bytes)  # before fetching n-1 records
+        layout, records = await self._load(ball_id)
+        return await read(layout, records)
 
-        async def fetch(index: int) -> ChunkMeta:
-            try:
-                return await self._get_meta(chunk_key(ball_id, index))
-            except NotFound:
-                raise NotFound(
-                    f"{ball_id}: chunk {index} of {count} is missing (incomplete or being rewritten)"
-                ) from None
-
-        rest = await self._bounded([lambda i=i: fetch(i) for i in range(1, count)])  # type: ignore[misc]
-        layout = read_layout(ball_id, [first, *rest])
-        check_budget(layout, self.max_object_bytes)  # before any read allocates its output
-        return layout
-
-    async def _fill(self, layout: Layout, flat: memoryview) -> None:
+    async def _fill(self, layout: Layout, records: Sequence[Any], flat: memoryview) -> None:
         await self._bounded(
             [
                 lambda m=meta, o=offset: self._get_data(m, flat[o : o + m.size])  # type: ignore[misc]
@@ -598,41 +350,17 @@ class MictlanXStore(PlannedStore):
         )
         if layout.full_checksum and any(meta.checksum is None for meta in layout.chunks):
             # Without per-chunk checksums (possible in objects from other writers) check the whole.
-            actual = await asyncio.to_thread(_sha256_hex, [flat])
+            actual = await asyncio.to_thread(sha256_hex, [flat])
             if actual != layout.full_checksum:
                 raise CorruptObject(f"{layout.ball_id}: SHA-256 does not match full_checksum")
 
-    async def get_ndarray(self, ball_id: str) -> np.ndarray:
-        return (await self.fetch_ndarray(ball_id))[0]
-
-    async def fetch_ndarray(
-        self, ball_id: str, *, allocate: Allocator | None = None
-    ) -> tuple[np.ndarray, BallInfo]:
-        """Read an ndarray; the info's ``etag`` is the content hash the read bytes were checked against."""
-        layout = await self._load(ball_id)
-        layout.require_array()
-        out, flat = await allocate_output(layout, allocate)
-        await self._fill(layout, memoryview(flat))
-        return out, _info(layout)
-
-    async def get_bytes_list(self, ball_id: str) -> list[bytes]:
-        layout = await self._load(ball_id)
-        layout.require_bytes_list()
-        buffer = bytearray(layout.size)
-        view = memoryview(buffer)
-        await self._fill(layout, view)
-        return await off_loop(layout.size, decode_bytes_list, layout, view, self.max_object_bytes)
-
-    async def info(self, ball_id: str) -> BallInfo:
-        return _info(await self._load(ball_id))
-
-    async def exists(self, ball_id: str) -> bool:
-        check_ball_id(ball_id)
-        try:
-            await self._get_meta(chunk_key(ball_id, 0))
-        except NotFound:
-            return False
-        return True
+    def _info(self, layout: Layout) -> BallInfo:
+        """BallInfo with an ``etag`` that reads verify: every chunk's checksum (checked as each chunk
+        arrives), else the ``full_checksum`` (then checked over the whole payload), else none."""
+        info = super()._info(layout)
+        if info.etag is None and layout.full_checksum:
+            info = replace(info, etag=f"full-sha256:{layout.full_checksum}")
+        return info
 
     async def delete(self, ball_id: str) -> int:
         """Chunk 0 first (the ball disappears for readers at once), then the rest by ball id."""
@@ -648,11 +376,11 @@ class MictlanXStore(PlannedStore):
             async with self._http().get(url) as response:
                 if response.status == 404:
                     return []
-                await _check(response, what)
-                body = await _json_body(response, what, MAX_LISTING_BYTES)
+                await check_answer(response, what)
+                body = await json_body(response, what, MAX_LISTING_BYTES)
             balls = body.get("balls", [])
             if not isinstance(balls, list):
-                raise _Transient(f"{what}: 'balls' is not a list")
+                raise Transient(f"{what}: 'balls' is not a list")
             found = set()
             for record in balls:  # one entry per replica and peer: merge by key
                 if isinstance(record, dict):
@@ -672,7 +400,7 @@ class MictlanXStore(PlannedStore):
             try:
                 async with self._http().get(self._url(router, "/peers/stats"), timeout=timeout) as response:
                     if response.status == 200:
-                        raw, complete = await _read_body(response, MAX_ANSWER_BYTES)
+                        raw, complete = await read_body(response, MAX_ANSWER_BYTES)
                         if not complete:  # too big to parse here; an empty object is not that big
                             return raw.lstrip().startswith(b"{")
                         body = json.loads(raw)
@@ -693,28 +421,13 @@ class MictlanXStore(PlannedStore):
             self._session = None
 
     # ------------------------------------------------------------------ writes
-    async def _checksums(self, plan: BallPlan) -> tuple[list[str], str]:
-        views = [chunk.data for chunk in plan.chunks]
-        if plan.size <= _HASH_INLINE_LIMIT:
-            sums = [_sha256_hex([view]) for view in views]
-            return sums, sums[0] if len(views) == 1 else _sha256_hex(views)
-        jobs = [asyncio.to_thread(_sha256_hex, [view]) for view in views]
-        if len(views) > 1:
-            jobs.append(asyncio.to_thread(_sha256_hex, views))
-        sums = await asyncio.gather(*jobs)
-        return list(sums[: len(views)]), sums[-1]
-
     async def _put(self, plan: BallPlan) -> BallInfo:
         self._http()
         await self.delete(plan.ball_id)  # Rory's delete-then-put: MictlanX cannot overwrite a key
-        sums, full = await self._checksums(plan)
+        sums, full = await plan_checksums(plan)
         plan.set_full_checksum(full)
-        first, *rest = plan.chunks
         try:
-            await self._bounded(
-                [lambda c=c: self._put_chunk(plan.ball_id, c, sums[c.index]) for c in rest]  # type: ignore[misc]
-            )
-            await self._put_chunk(plan.ball_id, first, sums[0])  # chunk 0 last: the commit point
+            await self._store_chunks(plan, lambda c: self._put_chunk(plan.ball_id, c, sums[c.index]))
         except BaseException:
             cleanup = asyncio.ensure_future(self._discard(plan.ball_id))
             self._background.add(cleanup)
@@ -722,7 +435,7 @@ class MictlanXStore(PlannedStore):
             with contextlib.suppress(BaseException):
                 await asyncio.shield(cleanup)
             raise
-        return replace(plan.info(full), etag=_content_etag([(c.size, sums[c.index]) for c in plan.chunks]))
+        return replace(plan.info(full), etag=content_etag([(c.size, sums[c.index]) for c in plan.chunks]))
 
     async def _discard(self, ball_id: str) -> None:
         """One best-effort pass (no retries) removing a failed put's chunks."""
@@ -733,6 +446,20 @@ class MictlanXStore(PlannedStore):
                 f"/buckets/{self.bucket}/bid/{ball_id}",
             ):
                 async with self._http().delete(self._url(router, path), headers={"Force": "1"}) as response:
-                    await _read_body(response, MAX_ERROR_BYTES)
+                    await read_body(response, MAX_ERROR_BYTES)
         except Exception as error:
             log.warning("could not remove the partial ball %s/%s: %s", self.bucket, ball_id, error)
+
+
+__all__ = [
+    "API",
+    "MAX_ANSWER_BYTES",
+    "MAX_ERROR_BYTES",
+    "MAX_LISTING_BYTES",
+    "SUPPORTED_API_VERSION",
+    "MictlanXStore",
+    "RouterEndpoint",
+    "parse_mictlanx_routers",
+    "parse_mictlanx_uri",
+    "router_endpoints",
+]

@@ -44,7 +44,6 @@ from dataclasses import replace
 from typing import Any, ClassVar, TypeVar
 
 import nats.errors
-import numpy as np
 from nats.aio.client import Client
 from nats.js import api
 from nats.js.client import JetStreamContext
@@ -62,23 +61,18 @@ from nats.js.object_store import ObjectStore as JsObjectStore
 
 from worker.errors import CorruptObject, NotFound, RoryError, StorageUnavailable
 from worker.settings import Settings
-from worker.storage.base import Allocator, BallInfo, allocate_output
+from worker.storage.base import BallInfo
 from worker.storage.codec import (
     DEFAULT_MAX_OBJECT_BYTES,
     BallPlan,
     ChunkMeta,
     ChunkPayload,
     Layout,
-    check_budget,
-    check_first_chunk,
-    decode_bytes_list,
     normalise_checksum,
     num_chunks_of,
-    off_loop,
-    read_layout,
 )
 from worker.storage.names import check_ball_id, check_bucket_id, chunk_key
-from worker.storage.planned import PlannedStore
+from worker.storage.remote import RemoteStore, content_etag, plan_checksums
 from worker.storage.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -92,7 +86,6 @@ DEFAULT_REQUEST_TIMEOUT = 10.0
 MAX_RESTARTS = 5
 #: A retry policy for a store on one cluster: leader elections take seconds, not minutes.
 DEFAULT_RETRY = RetryPolicy(max_retries=6, delay=0.5, backoff_factor=1.0, max_delay=5.0)
-_HASH_INLINE_LIMIT = 1024 * 1024
 _COPY_INLINE_LIMIT = 1024 * 1024
 #: JetStream error codes (nats-server ``errors.json``): store failed (carries "maximum bytes
 #: exceeded" for a full stream), insufficient storage resources, resource limits exceeded.
@@ -182,25 +175,6 @@ def _chunk_meta(info: api.ObjectInfo, what: str) -> ChunkMeta:
     return ChunkMeta(key=info.name, size=size, checksum=digest or tagged, tags=tags)
 
 
-def _sha256_hex(views: Sequence[memoryview]) -> str:
-    digest = hashlib.sha256()
-    for view in views:
-        digest.update(view)
-    return digest.hexdigest()
-
-
-def _content_etag(chunks: Sequence[tuple[int, str | None]]) -> str | None:
-    """The version token: the chunks' sizes and SHA-256s (the content names the version, as on MictlanX)."""
-    if not chunks or not all(checksum for _, checksum in chunks):
-        return None
-    text = "\n".join(f"{size}:{checksum}" for size, checksum in chunks)
-    return "chunks-sha256:" + hashlib.sha256(text.encode()).hexdigest()
-
-
-def _info(layout: Layout) -> BallInfo:
-    return replace(layout.info(), etag=_content_etag([(m.size, m.checksum) for m in layout.chunks]))
-
-
 class _Source:
     """A ``readinto`` reader over a chunk's bytes, so nats-py reads a big chunk without a full copy."""
 
@@ -215,7 +189,7 @@ class _Source:
         return len(part)
 
 
-class NatsObjectStore(PlannedStore):
+class NatsObjectStore(RemoteStore):
     """One JetStream object-store bucket holding Rory balls (see the module docstring)."""
 
     backend = "nats"
@@ -362,33 +336,13 @@ class NatsObjectStore(PlannedStore):
                 log.debug("nats object store: %s (attempt %d)", error, number + 1)
         raise StorageUnavailable(f"{what}: gave up after {self.retry.attempts} attempts: {last}")
 
-    async def _bounded(self, factories: Sequence[Callable[[], Awaitable[T]]]) -> list[T]:
-        """Run at most ``max_workers`` at a time; the first failure cancels the rest."""
-        if not factories:
-            return []
-        gate = asyncio.Semaphore(self.max_workers)
-
-        async def run(factory: Callable[[], Awaitable[T]]) -> T:
-            async with gate:
-                return await factory()
-
-        tasks = [asyncio.ensure_future(run(factory)) for factory in factories]
-        try:
-            return list(await asyncio.gather(*tasks))
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
-
     # ------------------------------------------------------------------ single objects
-    async def _object_info(self, key: str) -> api.ObjectInfo:
+    async def _record(self, key: str) -> api.ObjectInfo:
         obs = await self._store()
         return await self._retrying(f"meta of {self.bucket}/{key}", lambda: obs.get_info(key))
 
-    async def _meta(self, key: str) -> tuple[ChunkMeta, api.ObjectInfo]:
-        info = await self._object_info(key)
-        return _chunk_meta(info, f"{self.bucket}/{key}"), info
+    def _meta_of(self, record: api.ObjectInfo) -> ChunkMeta:
+        return _chunk_meta(record, f"{self.bucket}/{record.name}")
 
     async def _get_once(self, obs: JsObjectStore, meta: ChunkMeta, nuid: str, dest: memoryview) -> None:
         """Fetch the object's messages one by one with direct gets (no consumer) into ``dest``."""
@@ -450,36 +404,23 @@ class NatsObjectStore(PlannedStore):
         return 1
 
     # ------------------------------------------------------------------ balls
-    async def _load(self, ball_id: str) -> tuple[Layout, list[str]]:
-        """The validated layout of a ball and the version (``nuid``) of each chunk it describes."""
-        first, first_info = await self._meta(chunk_key(ball_id, 0))
-        count = num_chunks_of(first.tags, ball_id)
-        check_first_chunk(ball_id, first, count, self.max_object_bytes)  # before fetching n-1 records
+    def _chunk_missing(self, ball_id: str, index: int, count: int) -> Exception:
+        return _Changed(f"{ball_id}: chunk {index} of {count} is missing")
 
-        async def fetch(index: int) -> tuple[ChunkMeta, api.ObjectInfo]:
-            try:
-                return await self._meta(chunk_key(ball_id, index))
-            except NotFound:
-                raise _Changed(f"{ball_id}: chunk {index} of {count} is missing") from None
-
-        rest = await self._bounded([lambda i=i: fetch(i) for i in range(1, count)])  # type: ignore[misc]
-        metas = [first, *(meta for meta, _ in rest)]
-        sums = {meta.tags.get("full_checksum") for meta in metas}
-        if len(sums) > 1:
+    def _check_records(self, ball_id: str, metas: Sequence[ChunkMeta]) -> None:
+        if len({meta.tags.get("full_checksum") for meta in metas}) > 1:
             raise _Changed(f"{ball_id}: chunks of different writes")
-        layout = read_layout(ball_id, metas)
-        check_budget(layout, self.max_object_bytes)  # before any read allocates its output
-        return layout, [first_info.nuid, *(info.nuid for _, info in rest)]
 
-    async def _fill(self, layout: Layout, nuids: Sequence[str], flat: memoryview) -> None:
+    async def _fill(self, layout: Layout, records: Sequence[api.ObjectInfo], flat: memoryview) -> None:
+        """Each chunk from the version (``nuid``) its record names (see :meth:`_get_once`)."""
         await self._bounded(
             [
-                lambda m=meta, n=nuid, o=offset: self._get_data(m, n, flat[o : o + m.size])  # type: ignore[misc]
-                for meta, nuid, offset in zip(layout.chunks, nuids, layout.offsets, strict=True)
+                lambda m=meta, n=record.nuid, o=offset: self._get_data(m, n, flat[o : o + m.size])  # type: ignore[misc]
+                for meta, record, offset in zip(layout.chunks, records, layout.offsets, strict=True)
             ]
         )
 
-    async def _consistent(self, ball_id: str, read: Callable[[Layout, list[str]], Awaitable[T]]) -> T:
+    async def _consistent(self, ball_id: str, read: Callable[[Layout, list[Any]], Awaitable[T]]) -> T:
         """Load and read a ball, starting over while a concurrent writer replaces it under us."""
         check_ball_id(ball_id)
         last: _Changed | None = None
@@ -487,58 +428,18 @@ class NatsObjectStore(PlannedStore):
             if restart:
                 await asyncio.sleep(min(0.05 * 2**restart, 1.0))
             try:
-                layout, nuids = await self._load(ball_id)
-                return await read(layout, nuids)
+                layout, records = await self._load(ball_id)
+                return await read(layout, records)
             except _Changed as changed:
                 last = changed
         if last is not None and "different writes" in str(last):
             raise CorruptObject(f"{last}: the ball is a mix of writes (a put failed half way?)")
         raise StorageUnavailable(f"{ball_id} kept changing while it was being read ({last})")
 
-    async def get_ndarray(self, ball_id: str) -> np.ndarray:
-        return (await self.fetch_ndarray(ball_id))[0]
-
-    async def fetch_ndarray(
-        self, ball_id: str, *, allocate: Allocator | None = None
-    ) -> tuple[np.ndarray, BallInfo]:
-        """Read an ndarray; the info's ``etag`` is the content hash the read bytes were checked against."""
-
-        async def read(layout: Layout, nuids: list[str]) -> tuple[np.ndarray, BallInfo]:
-            layout.require_array()
-            out, flat = await allocate_output(layout, allocate)
-            await self._fill(layout, nuids, memoryview(flat))
-            return out, _info(layout)
-
-        return await self._consistent(ball_id, read)
-
-    async def get_bytes_list(self, ball_id: str) -> list[bytes]:
-        async def read(layout: Layout, nuids: list[str]) -> list[bytes]:
-            layout.require_bytes_list()
-            buffer = bytearray(layout.size)
-            view = memoryview(buffer)
-            await self._fill(layout, nuids, view)
-            return await off_loop(layout.size, decode_bytes_list, layout, view, self.max_object_bytes)
-
-        return await self._consistent(ball_id, read)
-
-    async def info(self, ball_id: str) -> BallInfo:
-        async def read(layout: Layout, nuids: list[str]) -> BallInfo:
-            return _info(layout)
-
-        return await self._consistent(ball_id, read)
-
-    async def exists(self, ball_id: str) -> bool:
-        check_ball_id(ball_id)
-        try:
-            await self._object_info(chunk_key(ball_id, 0))
-        except NotFound:
-            return False
-        return True
-
     async def _count_of(self, ball_id: str) -> int:
         """How many chunks the stored ball has (0 when absent; 1 when chunk 0 is unreadable)."""
         try:
-            first, _ = await self._meta(chunk_key(ball_id, 0))
+            first = self._meta_of(await self._record(chunk_key(ball_id, 0)))
         except NotFound:
             return 0
         try:
@@ -606,27 +507,14 @@ class NatsObjectStore(PlannedStore):
                 log.debug("closing the storage connection failed: %s", error)
 
     # ------------------------------------------------------------------ writes
-    async def _checksums(self, plan: BallPlan) -> tuple[list[str], str]:
-        views = [chunk.data for chunk in plan.chunks]
-        if plan.size <= _HASH_INLINE_LIMIT:
-            sums = [_sha256_hex([view]) for view in views]
-            return sums, sums[0] if len(views) == 1 else _sha256_hex(views)
-        jobs = [asyncio.to_thread(_sha256_hex, [view]) for view in views]
-        if len(views) > 1:
-            jobs.append(asyncio.to_thread(_sha256_hex, views))
-        sums = await asyncio.gather(*jobs)
-        return list(sums[: len(views)]), sums[-1]
-
     async def _put(self, plan: BallPlan) -> BallInfo:
         await self._store()
-        sums, full = await self._checksums(plan)
+        sums, full = await plan_checksums(plan)
         plan.set_full_checksum(full)
         for chunk in plan.chunks:
             chunk.tags["checksum"] = sums[chunk.index]
         old_count = await self._count_of(plan.ball_id)
-        first, *rest = plan.chunks
-        await self._bounded([lambda c=c: self._put_chunk(c) for c in rest])  # type: ignore[misc]
-        await self._put_chunk(first)  # chunk 0 last: the commit point
+        await self._store_chunks(plan, self._put_chunk)
         stale = range(len(plan.chunks), old_count)  # chunks of a longer previous version
         if stale:
             try:
@@ -635,7 +523,7 @@ class NatsObjectStore(PlannedStore):
                 )
             except RoryError as error:  # invisible to readers (chunk 0 says how many there are)
                 log.warning("could not remove stale chunks of %s/%s: %s", self.bucket, plan.ball_id, error)
-        return replace(plan.info(full), etag=_content_etag([(c.size, sums[c.index]) for c in plan.chunks]))
+        return replace(plan.info(full), etag=content_etag([(c.size, sums[c.index]) for c in plan.chunks]))
 
 
 __all__ = ["NatsObjectStore", "StorageFull"]
