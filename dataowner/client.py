@@ -30,30 +30,14 @@ from dataowner.drivers.pqc_kmeans import PqcKMeansDriver
 from dataowner.drivers.regression import RegressionDriver
 from dataowner.drivers.secure_kmeans import Scheme, SecureKMeansDriver
 from dataowner.errors import BadResult, NoWorkerError, WorkerError
+from dataowner.forwarding import forward
 from dataowner.job import JobReport
 from dataowner.keys import OwnerKeys
 from dataowner.nats_port import NatsPort, Transport
 from dataowner.port import RetryPolicy, WorkerPort, new_id
 from dataowner.progress import ProgressCallback
 from schemas import keys
-from schemas.operations import (
-    DbsKMeansParams,
-    DbsNncParams,
-    KMeansParams,
-    KnnParams,
-    LrPredictParams,
-    LrTrainParams,
-    NncParams,
-    Op,
-    Params,
-    PplrPredictParams,
-    PplrTrainParams,
-    PqcKMeansParams,
-    PqcSknnParams,
-    Result,
-    SecureKMeansParams,
-    SknnParams,
-)
+from schemas.operations import PARAMS, Op, Params, Result
 
 __all__ = [
     "BadResult",
@@ -63,25 +47,6 @@ __all__ = [
     "WorkerError",
     "new_id",
 ]
-
-#: The params model of each operation, for :meth:`DataOwnerClient.request` with a plain map.
-_PARAMS: dict[str, type[Params]] = {
-    Op.KMEANS: KMeansParams,
-    Op.SKMEANS: SecureKMeansParams,
-    Op.DBSKMEANS: DbsKMeansParams,
-    Op.NNC: NncParams,
-    Op.DBSNNC: DbsNncParams,
-    Op.PQC_SKMEANS: SecureKMeansParams,
-    Op.PQC_DBSKMEANS: DbsKMeansParams,
-    Op.PQC_KMEANS: PqcKMeansParams,
-    Op.KNN_PREDICT: KnnParams,
-    Op.SKNN_PREDICT: SknnParams,
-    Op.PQC_SKNN_PREDICT: PqcSknnParams,
-    Op.LR_TRAIN: LrTrainParams,
-    Op.LR_PREDICT: LrPredictParams,
-    Op.PPLR_TRAIN: PplrTrainParams,
-    Op.PPLR_PREDICT: PplrPredictParams,
-}
 
 
 class DataOwnerClient:
@@ -197,9 +162,10 @@ class DataOwnerClient:
         """
         op_name = op.value if isinstance(op, Op) else op
         if not isinstance(params, Params):
-            model = _PARAMS.get(op_name)
-            if model is None:
-                raise ValueError(f"unknown operation {op_name!r}")
+            try:
+                model = PARAMS[Op(op_name)]
+            except ValueError:
+                raise ValueError(f"unknown operation {op_name!r}") from None
             params = model.model_validate({**self._base.common(), **params})
         return await self.port.call(
             op_name, params, Result, node=node, deadline_s=timeout or self.timeout, job_id=job_id
@@ -213,59 +179,30 @@ class DataOwnerClient:
         """Best-effort removal of objects (job state the owner no longer needs)."""
         await self._base.delete(*names)
 
+    # Each protocol method below is the public signature (defaults, documentation); dataowner/forwarding.py
+    # passes the call on to the protocol driver in dataowner/drivers that does the work.
+
     # ------------------------------------------------------------------ plaintext clustering
+    @forward("_plain")
     async def kmeans(
-        self,
-        data: np.ndarray,
-        k: int,
-        *,
-        dataset_id: str | None = None,
-        max_iterations: int = 300,
-        tolerance: float = 1e-4,
-        upload: bool = True,
-        progress: ProgressCallback | None = None,
+        self, data: np.ndarray, k: int, *, dataset_id: str | None = None, max_iterations: int = 300,
+        tolerance: float = 1e-4, upload: bool = True, progress: ProgressCallback | None = None,
     ) -> JobReport:
         """Plaintext k-means on the worker (Euclidean, first-k initialisation): one command."""
-        return await self._plain.kmeans(
-            data,
-            k,
-            dataset_id=dataset_id,
-            max_iterations=max_iterations,
-            tolerance=tolerance,
-            upload=upload,
-            progress=progress,
-        )
 
+    @forward("_plain")
     async def nnc(
-        self,
-        data: np.ndarray,
-        *,
-        threshold_value: float = -1,
-        dataset_id: str | None = None,
+        self, data: np.ndarray, *, threshold_value: float = -1, dataset_id: str | None = None,
         progress: ProgressCallback | None = None,
     ) -> JobReport:
         """Plaintext NNC: the owner uploads the Manhattan distance matrix ``<P>dm``; one command."""
-        return await self._plain.nnc(
-            data, threshold_value=threshold_value, dataset_id=dataset_id, progress=progress
-        )
 
+    @forward("_plain")
     async def dbsnnc(
-        self,
-        data: np.ndarray,
-        *,
-        threshold_value: float = -1,
-        dataset_id: str | None = None,
-        sensitivity: float = fdhope.DEFAULT_SENSITIVITY,
-        progress: ProgressCallback | None = None,
+        self, data: np.ndarray, *, threshold_value: float = -1, dataset_id: str | None = None,
+        sensitivity: float = fdhope.DEFAULT_SENSITIVITY, progress: ProgressCallback | None = None,
     ) -> JobReport:
         """DBSNNC: FDH-OPE key from the DM, threshold on the PLAINTEXT DM, OPE(DM) and OPE(threshold)."""
-        return await self._plain.dbsnnc(
-            data,
-            threshold_value=threshold_value,
-            dataset_id=dataset_id,
-            sensitivity=sensitivity,
-            progress=progress,
-        )
 
     # ------------------------------------------------------------------ datasets
     async def upload(
@@ -319,41 +256,10 @@ class DataOwnerClient:
         return await self._base.upload_ckks_rows(None, key, data, profile)
 
     # ------------------------------------------------------------------ secure k-means
-    async def _secure_kmeans(
-        self,
-        scheme: Scheme,
-        data: np.ndarray,
-        k: int,
-        dataset_id: str | None,
-        max_iterations: int,
-        tolerance: float,
-        upload: bool,
-        namespace: str | None,
-        progress: ProgressCallback | None,
-    ) -> JobReport:
-        return await self._secure.run(
-            scheme,
-            data,
-            k,
-            dataset_id=dataset_id,
-            max_iterations=max_iterations,
-            tolerance=tolerance,
-            upload=upload,
-            namespace=namespace,
-            progress=progress,
-        )
-
+    @forward("_secure", "run", lead=lambda compact_udm: Scheme(Op.SKMEANS, compact_udm))
     async def skmeans(
-        self,
-        data: np.ndarray,
-        k: int,
-        *,
-        dataset_id: str | None = None,
-        max_iterations: int = 10,
-        tolerance: float = 1e-6,
-        compact_udm: bool = True,
-        upload: bool = True,
-        namespace: str | None = None,
+        self, data: np.ndarray, k: int, *, dataset_id: str | None = None, max_iterations: int = 10,
+        tolerance: float = 1e-6, compact_udm: bool = True, upload: bool = True, namespace: str | None = None,
         progress: ProgressCallback | None = None,
     ) -> JobReport:
         """Secure k-means over Liu ciphertexts with a plaintext UDM (reference 5.2 semantics).
@@ -362,24 +268,17 @@ class DataOwnerClient:
         ``upload=False`` reuses ``encrypted<dataset_id>`` already in storage (the UDM is always
         rebuilt: step 2 overwrites it). The worker learns the UDM, every shift and the labels.
         """
-        scheme = Scheme(Op.SKMEANS, compact_udm)
-        return await self._secure_kmeans(
-            scheme, data, k, dataset_id, max_iterations, tolerance, upload, namespace, progress
-        )
 
+    @forward(
+        "_secure", "run",
+        lead=lambda compact_udm, sensitivity, refresh_udm: Scheme(
+            Op.DBSKMEANS, compact_udm, sensitivity=sensitivity, refresh_udm=refresh_udm
+        ),
+    )
     async def dbskmeans(
-        self,
-        data: np.ndarray,
-        k: int,
-        *,
-        dataset_id: str | None = None,
-        max_iterations: int = 10,
-        tolerance: float = 1e-6,
-        compact_udm: bool = True,
-        upload: bool = True,
-        namespace: str | None = None,
-        sensitivity: float = fdhope.DEFAULT_SENSITIVITY,
-        progress: ProgressCallback | None = None,
+        self, data: np.ndarray, k: int, *, dataset_id: str | None = None, max_iterations: int = 10,
+        tolerance: float = 1e-6, compact_udm: bool = True, upload: bool = True, namespace: str | None = None,
+        sensitivity: float = fdhope.DEFAULT_SENSITIVITY, progress: ProgressCallback | None = None,
         refresh_udm: bool = False,
     ) -> JobReport:
         """Double-blind SKMeans: the UDM and every shift travel FDH-OPE-encrypted.
@@ -388,106 +287,54 @@ class DataOwnerClient:
         round after round. With ``refresh_udm`` the owner, who knows the data and every centroid,
         uploads a fresh OPE(D - c) instead and skips step 2: same kind of values, no drift.
         """
-        scheme = Scheme(Op.DBSKMEANS, compact_udm, sensitivity=sensitivity, refresh_udm=refresh_udm)
-        return await self._secure_kmeans(
-            scheme, data, k, dataset_id, max_iterations, tolerance, upload, namespace, progress
-        )
 
+    @forward("_secure", "run", lead=lambda profile: Scheme(Op.PQC_SKMEANS, profile=profile))
     async def pqc_skmeans(
-        self,
-        data: np.ndarray,
-        k: int,
-        *,
-        dataset_id: str | None = None,
-        max_iterations: int = 10,
-        tolerance: float = 1e-4,
-        profile: str = "default-128",
-        upload: bool = True,
-        namespace: str | None = None,
-        progress: ProgressCallback | None = None,
+        self, data: np.ndarray, k: int, *, dataset_id: str | None = None, max_iterations: int = 10,
+        tolerance: float = 1e-4, profile: str = "default-128", upload: bool = True,
+        namespace: str | None = None, progress: ProgressCallback | None = None,
     ) -> JobReport:
         """SKMeans over CKKS row ciphertexts (one per record) with a plaintext UDM.
 
         ``tolerance`` must sit above the CKKS noise floor (~1e-6 at scale 2^40). The worker's
         ``KEYS_PATH`` must hold the public material of ``profile`` (:meth:`OwnerKeys.export_public`).
         """
-        scheme = Scheme(Op.PQC_SKMEANS, profile=profile)
-        return await self._secure_kmeans(
-            scheme, data, k, dataset_id, max_iterations, tolerance, upload, namespace, progress
-        )
 
+    @forward(
+        "_secure", "run",
+        lead=lambda profile, sensitivity, refresh_udm: Scheme(
+            Op.PQC_DBSKMEANS, profile=profile, sensitivity=sensitivity, refresh_udm=refresh_udm
+        ),
+    )
     async def pqc_dbskmeans(
-        self,
-        data: np.ndarray,
-        k: int,
-        *,
-        dataset_id: str | None = None,
-        max_iterations: int = 10,
-        tolerance: float = 1e-4,
-        profile: str = "default-128",
-        upload: bool = True,
-        namespace: str | None = None,
-        sensitivity: float = fdhope.DEFAULT_SENSITIVITY,
-        progress: ProgressCallback | None = None,
-        refresh_udm: bool = False,
+        self, data: np.ndarray, k: int, *, dataset_id: str | None = None, max_iterations: int = 10,
+        tolerance: float = 1e-4, profile: str = "default-128", upload: bool = True,
+        namespace: str | None = None, sensitivity: float = fdhope.DEFAULT_SENSITIVITY,
+        progress: ProgressCallback | None = None, refresh_udm: bool = False,
     ) -> JobReport:
         """DBSKMeans over CKKS rows: FDH-OPE UDM, FDH-OPE re-encrypted shift every round.
 
         ``refresh_udm``: as in :meth:`dbskmeans`, a fresh OPE(D - c) each round instead of step 2.
         """
-        scheme = Scheme(Op.PQC_DBSKMEANS, profile=profile, sensitivity=sensitivity, refresh_udm=refresh_udm)
-        return await self._secure_kmeans(
-            scheme, data, k, dataset_id, max_iterations, tolerance, upload, namespace, progress
-        )
 
     # ------------------------------------------------------------------ PQC k-means (labels only)
+    @forward("_pqc_kmeans", "run")
     async def pqc_kmeans(
-        self,
-        data: np.ndarray,
-        k: int,
-        *,
-        dataset_id: str | None = None,
-        max_iterations: int = 300,
-        tolerance: float = 1e-4,
-        profile: str = "default-128",
-        namespace: str | None = None,
+        self, data: np.ndarray, k: int, *, dataset_id: str | None = None, max_iterations: int = 300,
+        tolerance: float = 1e-4, profile: str = "default-128", namespace: str | None = None,
         progress: ProgressCallback | None = None,
     ) -> JobReport:
         """Euclidean k-means over column-packed CKKS data where the worker learns only the labels
         (:mod:`dataowner.drivers.pqc_kmeans`)."""
-        return await self._pqc_kmeans.run(
-            data,
-            k,
-            dataset_id=dataset_id,
-            max_iterations=max_iterations,
-            tolerance=tolerance,
-            profile=profile,
-            namespace=namespace,
-            progress=progress,
-        )
 
     # ------------------------------------------------------------------ classification
+    @forward("_classification")
     async def knn(
-        self,
-        model: np.ndarray,
-        model_labels: np.ndarray,
-        records: np.ndarray,
-        *,
-        model_id: str | None = None,
-        records_id: str | None = None,
-        distance: str | None = None,
+        self, model: np.ndarray, model_labels: np.ndarray, records: np.ndarray, *,
+        model_id: str | None = None, records_id: str | None = None, distance: str | None = None,
         progress: ProgressCallback | None = None,
     ) -> JobReport:
         """Plaintext 1-NN on the worker: model, labels (1 x n) and records uploaded in the clear."""
-        return await self._classification.knn(
-            model,
-            model_labels,
-            records,
-            model_id=model_id,
-            records_id=records_id,
-            distance=distance,
-            progress=progress,
-        )
 
     async def upload_sknn_model(
         self, model: np.ndarray, model_labels: np.ndarray, model_id: str | None = None
@@ -495,79 +342,36 @@ class DataOwnerClient:
         """SKNN "training": Liu-encrypt the model to ``encrypted<M>`` and store labels at ``<M>labels``."""
         return await self._classification.upload_sknn_model(None, model, model_labels, model_id)
 
+    @forward("_classification")
     async def sknn(
-        self,
-        model: np.ndarray,
-        model_labels: np.ndarray,
-        records: np.ndarray,
-        *,
-        model_id: str | None = None,
-        records_id: str | None = None,
-        distance: str = "EUCLIDEAN",
-        upload_model: bool = True,
-        namespace: str | None = None,
-        progress: ProgressCallback | None = None,
+        self, model: np.ndarray, model_labels: np.ndarray, records: np.ndarray, *,
+        model_id: str | None = None, records_id: str | None = None, distance: str = "EUCLIDEAN",
+        upload_model: bool = True, namespace: str | None = None, progress: ProgressCallback | None = None,
     ) -> JobReport:
         """Secure 1-NN (Liu): worker distances -> owner decrypts and takes argmin -> worker maps labels.
 
         ``distance="EUCLIDEAN"`` is exact (Liu products); ``"MANHATTAN"`` is the original's
         approximate component-wise |.|.
         """
-        return await self._classification.sknn(
-            model,
-            model_labels,
-            records,
-            model_id=model_id,
-            records_id=records_id,
-            distance=distance,
-            upload_model=upload_model,
-            namespace=namespace,
-            progress=progress,
-        )
 
+    @forward("_classification")
     async def pqc_sknn(
-        self,
-        model: np.ndarray,
-        model_labels: np.ndarray,
-        records: np.ndarray,
-        *,
-        model_id: str | None = None,
-        records_id: str | None = None,
-        layout: str = "packed",
-        profile: str = "default-128",
-        namespace: str | None = None,
-        progress: ProgressCallback | None = None,
+        self, model: np.ndarray, model_labels: np.ndarray, records: np.ndarray, *,
+        model_id: str | None = None, records_id: str | None = None, layout: str = "packed",
+        profile: str = "default-128", namespace: str | None = None, progress: ProgressCallback | None = None,
     ) -> JobReport:
         """Secure 1-NN over CKKS (squared Euclidean): worker distances, owner argmin, worker labels.
 
         ``layout="packed"``: the model column-packed, each record replicated per attribute; one
         distance ciphertext per (record, block). ``"rows"``: one ciphertext per model row and record.
         """
-        return await self._classification.pqc_sknn(
-            model,
-            model_labels,
-            records,
-            model_id=model_id,
-            records_id=records_id,
-            layout=layout,
-            profile=profile,
-            namespace=namespace,
-            progress=progress,
-        )
 
     # ------------------------------------------------------------------ regression
+    @forward("_regression")
     async def pplr_train(
-        self,
-        x: np.ndarray,
-        y: np.ndarray,
-        *,
-        train_id: str | None = None,
-        epochs: int = 2,
-        learning_rate: float = 0.1,
-        profile: str = "ml-128",
-        refresh_threshold: float = 1e-5,
-        progress: ProgressCallback | None = None,
-        layout: Literal["rows", "packed"] = "packed",
+        self, x: np.ndarray, y: np.ndarray, *, train_id: str | None = None, epochs: int = 2,
+        learning_rate: float = 0.1, profile: str = "ml-128", refresh_threshold: float = 1e-5,
+        progress: ProgressCallback | None = None, layout: Literal["rows", "packed"] = "packed",
     ) -> JobReport:
         """Privacy-preserving logistic regression: one encrypted gradient step per call.
 
@@ -576,29 +380,11 @@ class DataOwnerClient:
         public context of ``profile`` WITH Galois keys, ``export_public(..., galois=True)``; 6 levels, so
         the ``ml-*`` profiles). ``report.extra`` holds the final ``weights`` and ``bias``.
         """
-        return await self._regression.pplr_train(
-            x,
-            y,
-            train_id=train_id,
-            epochs=epochs,
-            learning_rate=learning_rate,
-            profile=profile,
-            refresh_threshold=refresh_threshold,
-            progress=progress,
-            layout=layout,
-        )
 
+    @forward("_regression")
     async def pplr_predict(
-        self,
-        x: np.ndarray,
-        *,
-        train_id: str,
-        weights: np.ndarray,
-        bias: float,
-        test_id: str | None = None,
-        profile: str = "ml-128",
-        namespace: str | None = None,
-        progress: ProgressCallback | None = None,
+        self, x: np.ndarray, *, train_id: str, weights: np.ndarray, bias: float, test_id: str | None = None,
+        profile: str = "ml-128", namespace: str | None = None, progress: ProgressCallback | None = None,
         layout: Literal["rows", "packed"] = "packed",
     ) -> JobReport:
         """Encrypted predictions sigma~(x.w + b); the owner decrypts and thresholds at 0.5.
@@ -606,47 +392,24 @@ class DataOwnerClient:
         The model is re-encrypted fresh (the trained ciphertexts have no levels left for a
         prediction). ``report.extra["probabilities"]`` holds the decrypted sigma~ values.
         """
-        return await self._regression.pplr_predict(
-            x,
-            train_id=train_id,
-            weights=weights,
-            bias=bias,
-            test_id=test_id,
-            profile=profile,
-            namespace=namespace,
-            progress=progress,
-            layout=layout,
-        )
 
+    @forward("_regression")
     async def lr_train(
-        self,
-        x: np.ndarray,
-        y: np.ndarray,
-        *,
-        train_id: str | None = None,
-        epochs: int = 10,
-        learning_rate: float = 0.1,
-        progress: ProgressCallback | None = None,
+        self, x: np.ndarray, y: np.ndarray, *, train_id: str | None = None, epochs: int = 10,
+        learning_rate: float = 0.1, progress: ProgressCallback | None = None,
     ) -> JobReport:
         """Plaintext logistic regression on the worker; the model stays at ``<T>weights``/``<T>bias``.
 
         ``report.extra`` holds ``train_id``, ``weights_id``, ``bias_id`` and the downloaded
         ``weights``/``bias`` for :meth:`lr_predict`.
         """
-        return await self._regression.lr_train(
-            x, y, train_id=train_id, epochs=epochs, learning_rate=learning_rate, progress=progress
-        )
 
+    @forward("_regression")
     async def lr_predict(
-        self,
-        x: np.ndarray,
-        *,
-        train_id: str,
-        test_id: str | None = None,
+        self, x: np.ndarray, *, train_id: str, test_id: str | None = None,
         progress: ProgressCallback | None = None,
     ) -> JobReport:
         """Predict 0/1 classes of ``x`` with the model trained under ``train_id``."""
-        return await self._regression.lr_predict(x, train_id=train_id, test_id=test_id, progress=progress)
 
     # ------------------------------------------------------------------ housekeeping
     async def cleanup_job(self, dataset_id: str, namespace: str | None = None) -> None:
