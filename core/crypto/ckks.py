@@ -23,93 +23,18 @@ Roles
 
 from __future__ import annotations
 
-from core.crypto.ckks_material import (
-    cached_public_context,
-    context_digest,
-    galois_element,
-    load_public_context,
-    private_context_bytes,
-    public_context_bytes,
-    read_public_context,
-    write_public_keys,
-)
-from core.crypto.ckks_params import (
-    PROFILES,
-    CkksProfile,
-    MalformedMaterial,
-    MissingKeyMaterial,
-    SecretKeyPresent,
-    create_context,
-    get_profile,
-    is_private,
-    levels_left,
-    require_galois_keys,
-    require_levels,
-    require_private,
-    require_relin_keys,
-    slot_count,
-    validate_profile,
-)
-
-# The protobuf helpers under the private names worker/keys.py and the key tests (tests/core/test_ckks.py,
-# tests/dataowner/test_keys.py) use to take material apart; core/crypto/ckks_protobuf.py has them.
+# Every public name of the parts is re-exported (callers import this module only). The protobuf
+# helpers also keep the private names worker/keys.py and the key tests (tests/core/test_ckks.py,
+# tests/dataowner/test_keys.py) use to take material apart.
+from core.crypto import ckks_material, ckks_params, ckks_vectors
+from core.crypto.ckks_material import *  # noqa: F403
+from core.crypto.ckks_params import *  # noqa: F403
 from core.crypto.ckks_protobuf import Field as _Field  # noqa: F401
 from core.crypto.ckks_protobuf import check_public_material as _check_public_material  # noqa: F401
 from core.crypto.ckks_protobuf import enc_varint as _enc_varint  # noqa: F401
 from core.crypto.ckks_protobuf import fields as _fields  # noqa: F401
 from core.crypto.ckks_protobuf import len_field as _len_field  # noqa: F401
-from core.crypto.ckks_vectors import (
-    column_block_size,
-    decode,
-    decrypt_vector,
-    decrypt_vectors,
-    deserialize,
-    encrypt_columns,
-    encrypt_replicated,
-    encrypt_rows,
-    encrypted_zero,
-    post_process,
-    serialize,
-    subtract,
-    sum_vectors,
-)
+from core.crypto.ckks_vectors import *  # noqa: F403
 
-__all__ = [
-    "PROFILES",
-    "CkksProfile",
-    "MalformedMaterial",
-    "MissingKeyMaterial",
-    "SecretKeyPresent",
-    "cached_public_context",
-    "column_block_size",
-    "context_digest",
-    "create_context",
-    "decode",
-    "decrypt_vector",
-    "decrypt_vectors",
-    "deserialize",
-    "encrypt_columns",
-    "encrypt_replicated",
-    "encrypt_rows",
-    "encrypted_zero",
-    "galois_element",
-    "get_profile",
-    "is_private",
-    "levels_left",
-    "load_public_context",
-    "post_process",
-    "private_context_bytes",
-    "public_context_bytes",
-    "read_public_context",
-    "require_galois_keys",
-    "require_levels",
-    "require_private",
-    "require_relin_keys",
-    "serialize",
-    "slot_count",
-    "subtract",
-    "sum_vectors",
-    "validate_profile",
-    "write_public_keys",
-]
+__all__ = sorted([*ckks_material.__all__, *ckks_params.__all__, *ckks_vectors.__all__])
 
