@@ -63,6 +63,10 @@ BUSY = ErrorKind(
     "every slot is taken, or the worker is stopping: send again later (or to another worker)",
 )
 STORAGE_UNAVAILABLE = ErrorKind(503, "STORAGE_UNAVAILABLE", True, "storage cannot be reached")
+STORAGE_FULL = ErrorKind(
+    503, "STORAGE_FULL", False,
+    "the storage bucket (or the servers' storage) is full: sending again helps only after space is freed",
+)
 DEADLINE_EXCEEDED = ErrorKind(
     504, "DEADLINE_EXCEEDED", True,
     "`deadline_s` passed; the computation was stopped and its result discarded",
@@ -74,7 +78,8 @@ ERRORS: tuple[ErrorKind, ...] = tuple(
         (
             BAD_REQUEST, INVALID_NAME, PAYLOAD_TOO_LARGE, UNKNOWN_OPERATION, UNSUPPORTED_OPERATION,
             UNSUPPORTED_VERSION, NOT_FOUND, CONFLICT, VALIDATION_FAILED, CORRUPT_OBJECT, MISSING_KEYS,
-            INTERNAL, COMPUTE_CRASHED, MAX_DELIVERIES, BUSY, STORAGE_UNAVAILABLE, DEADLINE_EXCEEDED,
+            INTERNAL, COMPUTE_CRASHED, MAX_DELIVERIES, BUSY, STORAGE_UNAVAILABLE, STORAGE_FULL,
+            DEADLINE_EXCEEDED,
         ),
         key=lambda kind: (kind.code, kind.type),
     )
@@ -160,6 +165,10 @@ class StorageUnavailable(RoryError, kind=STORAGE_UNAVAILABLE):
     """Storage cannot be reached."""
 
 
+class StorageFull(StorageUnavailable, kind=STORAGE_FULL):
+    """Storage has no room for the write; unlike :class:`StorageUnavailable` it is not retryable."""
+
+
 class DeadlineExceeded(RoryError, kind=DEADLINE_EXCEEDED):
     """``deadline_s`` passed."""
 
@@ -179,6 +188,7 @@ __all__ = [
     "MISSING_KEYS",
     "NOT_FOUND",
     "PAYLOAD_TOO_LARGE",
+    "STORAGE_FULL",
     "STORAGE_UNAVAILABLE",
     "UNKNOWN_OPERATION",
     "UNSUPPORTED_OPERATION",
@@ -196,6 +206,7 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "RoryError",
+    "StorageFull",
     "StorageUnavailable",
     "UnknownOperation",
     "UnsupportedOperation",

@@ -41,7 +41,7 @@ import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 import nats.errors
 from nats.aio.client import Client
@@ -59,7 +59,7 @@ from nats.js.errors import (
 from nats.js.object_store import OBJ_CHUNKS_PRE_TEMPLATE, OBJ_STREAM_TEMPLATE
 from nats.js.object_store import ObjectStore as JsObjectStore
 
-from worker.errors import CorruptObject, NotFound, RoryError, StorageUnavailable
+from worker.errors import CorruptObject, NotFound, RoryError, StorageFull, StorageUnavailable
 from worker.settings import Settings
 from worker.storage.base import BallInfo
 from worker.storage.codec import (
@@ -92,13 +92,6 @@ _COPY_INLINE_LIMIT = 1024 * 1024
 _FULL_ERR_CODES = frozenset({10077, 10047, 10023})
 _FULL_MARKERS = ("maximum bytes", "insufficient storage", "insufficient resources", "storage resources")
 _DIGEST_PREFIX = "SHA-256="
-
-
-class StorageFull(StorageUnavailable):
-    """The bucket (or the servers' JetStream storage) is full: retrying does not help until space is
-    freed, so unlike its base class it is not retryable."""
-
-    retryable: ClassVar[bool] = False
 
 
 class _Transient(Exception):
