@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from worker.runtime import shared
+from worker.runtime import segments, shared
 from worker.runtime.pool import ComputePool
 
 BIG = (1 << 20) // 8 + 1000  # float64 elements: just over the transfer threshold
@@ -227,7 +227,7 @@ async def test_every_transfer_file_is_private(pool: ComputePool) -> None:
     assert described is not None and _mode(described.path) == 0o600
     owner = shared.owner_id()
     assert Path(described.path).name.startswith(f"rory-{owner}-")  # named after the worker, not the child
-    locks = [d / f"rory-{owner}.lock" for d in shared._directories()]
+    locks = [d / f"rory-{owner}.lock" for d in segments.directories()]
     assert locks and all(lock.exists() and _mode(lock) == 0o600 for lock in locks)
 
 
@@ -246,7 +246,7 @@ def _fake_owner(directory: Path, owner: str, *, files: int = 2) -> list[Path]:
 def test_sweep_removes_the_files_of_dead_owners_only() -> None:
     import fcntl
 
-    directory = shared._directories()[0]
+    directory = segments.directories()[0]
     dead = _fake_owner(directory, f"{2**22 + 7}-{os.urandom(4).hex()}")
     alive = _fake_owner(directory, f"{2**22 + 8}-{os.urandom(4).hex()}")
     holder = os.open(alive[0], os.O_RDWR)  # a live owner holds its lock (another open file: conflicts)
