@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tenseal as ts
@@ -85,33 +86,10 @@ class InProcessOwner:
         self.profile = profile
         self._jobs = 0
 
-    def run(
-        self,
-        op: Op,
-        data: ArrayLike,
-        k: int,
-        *,
-        max_iterations: int = 10,
-        tolerance: float = 1e-6,
-        compact: bool = True,
-        sensitivity: float = fdhope.DEFAULT_SENSITIVITY,
-        refresh_udm: bool = False,
-        rng: np.random.Generator | None = None,
-    ) -> SecureKMeansRun:
-        """One whole job of ``op`` (SKMeans, DBSKMeans or their CKKS variants) through the driver."""
-        return asyncio.run(
-            self.arun(
-                op,
-                data,
-                k,
-                max_iterations=max_iterations,
-                tolerance=tolerance,
-                compact=compact,
-                sensitivity=sensitivity,
-                refresh_udm=refresh_udm,
-                rng=rng,
-            )
-        )
+    def run(self, op: Op, data: ArrayLike, k: int, **options: Any) -> SecureKMeansRun:
+        """One whole job of ``op`` (SKMeans, DBSKMeans or their CKKS variants) through the driver:
+        :meth:`arun` (which holds the options and their defaults) for tests without an event loop."""
+        return asyncio.run(self.arun(op, data, k, **options))
 
     async def arun(
         self,
@@ -126,7 +104,7 @@ class InProcessOwner:
         refresh_udm: bool = False,
         rng: np.random.Generator | None = None,
     ) -> SecureKMeansRun:
-        """:meth:`run` from a running event loop (async tests)."""
+        """One whole job from a running event loop (async tests; :meth:`run` from synchronous ones)."""
         scheme = scheme_for(
             op, compact=compact, profile=self.profile, sensitivity=sensitivity, refresh_udm=refresh_udm
         )

@@ -15,22 +15,6 @@ from core.crypto.ckks import (
 )
 from core.errors import CoreError
 
-
-@pytest.fixture(scope="module")
-def owner() -> ts.Context:
-    return ckks.create_context("default-128")
-
-
-@pytest.fixture(scope="module")
-def public_bytes(owner: ts.Context) -> bytes:
-    return ckks.public_context_bytes(owner)
-
-
-@pytest.fixture(scope="module")
-def worker(public_bytes: bytes) -> ts.Context:
-    return ckks.load_public_context(public_bytes)
-
-
 # --------------------------------------------------------------------------------------------------
 # profiles
 

@@ -5,8 +5,6 @@ Whole jobs run the data-owner driver over the in-process worker (tests/core/inpr
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import tenseal as ts
@@ -15,20 +13,9 @@ from sklearn.metrics import adjusted_rand_score
 from core import pqc_dataowner as do
 from core.algorithms import pqc_dbskmeans, udm
 from core.algorithms.kmeans import l1_kmeans
-from core.crypto import ckks
 from core.errors import CoreError
 from schemas.operations import Op
 from tests.core.inprocess_owner import InProcessOwner
-
-
-@pytest.fixture(scope="module")
-def owner() -> ts.Context:
-    return ckks.create_context("default-128")
-
-
-@pytest.fixture(scope="module")
-def inproc(owner: ts.Context, tmp_path_factory: pytest.TempPathFactory) -> InProcessOwner:
-    return InProcessOwner(Path(tmp_path_factory.mktemp("pqc-dbskmeans-owner")), ctx=owner)
 
 
 def test_reference_example(inproc: InProcessOwner) -> None:

@@ -16,11 +16,6 @@ from core.crypto import ckks
 from core.errors import CoreError
 
 
-@pytest.fixture(scope="module")
-def owner() -> ts.Context:
-    return ckks.create_context("default-128")
-
-
 @pytest.mark.parametrize(("loader", "k"), [(load_iris, 3), (load_wine, 3), (load_breast_cancer, 2)])
 def test_equals_plaintext_kmeans(owner: ts.Context, loader, k: int) -> None:
     X = loader().data

@@ -5,8 +5,6 @@ Whole jobs run the data-owner driver over the in-process worker (tests/core/inpr
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import tenseal as ts
@@ -20,26 +18,6 @@ from schemas.operations import Op
 from tests.core.inprocess_owner import InProcessOwner
 
 REF_X = np.array([[1, 2], [1.5, 1.8], [8, 8], [9, 8.5]])
-
-
-@pytest.fixture(scope="module")
-def owner() -> ts.Context:
-    return ckks.create_context("default-128")
-
-
-@pytest.fixture(scope="module")
-def inproc(owner: ts.Context, tmp_path_factory: pytest.TempPathFactory) -> InProcessOwner:
-    return InProcessOwner(Path(tmp_path_factory.mktemp("pqc-skmeans-owner")), ctx=owner)
-
-
-@pytest.fixture(scope="module")
-def public_bytes(owner: ts.Context) -> bytes:
-    return ckks.public_context_bytes(owner)
-
-
-@pytest.fixture(scope="module")
-def worker(public_bytes: bytes) -> ts.Context:
-    return ckks.load_public_context(public_bytes)
 
 
 def test_reference_example_step_by_step(owner: ts.Context, worker: ts.Context) -> None:

@@ -17,11 +17,6 @@ M_LABELS = np.array([7, 9])
 T = np.array([[1.0, 0.0], [4.0, 6.0]])
 
 
-@pytest.fixture(scope="module")
-def owner() -> ts.Context:
-    return ckks.create_context("default-128")
-
-
 @pytest.mark.parametrize("layout", ["packed", "rows"])
 def test_reference_example(owner: ts.Context, layout: str) -> None:
     labels, stats = do.run_pqc_sknn(M, M_LABELS, T, layout=layout, ctx=owner)

@@ -14,6 +14,7 @@ import pytest
 from dataowner import cli, demo
 from dataowner.demo import ALGORITHMS, DemoRow, format_table, nnc_threshold, parse_list
 from dataowner.ledger import LEDGER_HEADER
+from tests.dataowner.tables import DEMO_COLUMNS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -75,18 +76,7 @@ def test_demo_options_and_table():
         DemoRow("pplr", "wine", 30, 2, 40.0, None, None, "", ok=False, error="boom"),
     ]
     table = format_table(rows).splitlines()
-    assert table[0].split() == [
-        "algorithm",
-        "dataset",
-        "n",
-        "iter",
-        "seconds",
-        "agreement",
-        "vs",
-        "truth",
-        *LEDGER_HEADER,
-        "status",
-    ]
+    assert table[0].split() == DEMO_COLUMNS
     assert table[2].split()[-1] == "ok" and table[3].split()[-1] == "FAIL"
     # every algorithm of the demo has a driver on the client
     from dataowner.client import DataOwnerClient

@@ -29,6 +29,7 @@ from dataowner.ledger import (
     totals,
 )
 from dataowner.progress import ProgressDisplay
+from tests.dataowner.tables import DEMO_COLUMNS
 from worker.storage import LocalStore
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "privacy.md"
@@ -84,18 +85,7 @@ def test_demo_table_has_the_ledger_columns_and_flags():
     flagged.local_seconds = 0.001
     failed = DemoRow("pplr", "wine", 30, None, 40.0, None, None, "", ok=False, error="boom")
     lines = format_table([flagged, failed]).splitlines()
-    assert lines[0].split() == [
-        "algorithm",
-        "dataset",
-        "n",
-        "iter",
-        "seconds",
-        "agreement",
-        "vs",
-        "truth",
-        *LEDGER_HEADER,
-        "status",
-    ]
+    assert lines[0].split() == DEMO_COLUMNS
     assert "20x !" in lines[2] and "distance-order" in lines[2]
     assert lines[3].split()[-6:] == ["-", "-", "-", "-", "-", "FAIL"]
     assert "dbskmeans/iris" in flag_note([flagged, failed])

@@ -8,6 +8,7 @@ labels of the in-process reference (the worker's handlers run without a bus).
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,7 @@ import pytest
 
 from dataowner.client import DataOwnerClient, WorkerError
 from dataowner.inprocess_port import InProcessPort
+from dataowner.job import JobReport
 from dataowner.keys import OwnerKeys
 from dataowner.nats_port import NatsPort
 from dataowner.port import RetryPolicy
@@ -75,6 +77,21 @@ async def _reference(tmp_path, keys: OwnerKeys, x: np.ndarray) -> np.ndarray:
         await store.aclose()
 
 
+async def _matches_the_reference(
+    client: DataOwnerClient, x: np.ndarray, tmp_path: Path, keys: OwnerKeys, store: LocalStore | None = None
+) -> JobReport:
+    """Run the SKMeans job through ``client`` (then close it, and ``store`` when given) and check that it
+    ends with exactly the labels of the in-process reference: a round applied twice would not."""
+    try:
+        report = await client.skmeans(x, K, max_iterations=10)
+    finally:
+        await client.close()
+        if store is not None:
+            await store.aclose()
+    np.testing.assert_array_equal(report.labels, await _reference(tmp_path, keys, x))
+    return report
+
+
 async def test_a_retryable_reply_is_re_sent_with_the_same_id(start_worker, nats_url, tmp_path, owner):
     x = _data()
     css = tmp_path / "css"
@@ -86,12 +103,7 @@ async def test_a_retryable_reply_is_re_sent_with_the_same_id(start_worker, nats_
         nats_url, store, owner, prefix=worker.settings.rory_subject_prefix, node=worker.settings.node_id,
         retries=3, retry_backoff=0.05, progress=events.append,
     )
-    try:
-        report = await client.skmeans(x, K, max_iterations=10)
-    finally:
-        await client.close()
-        await store.aclose()
-    np.testing.assert_array_equal(report.labels, await _reference(tmp_path, owner, x))
+    report = await _matches_the_reference(client, x, tmp_path, owner, store)
     assert report.retries == 2 and report.rounds[0]["retries"] == 2
     retries = [e for e in events if e.phase == "retry"]
     assert len(retries) == 2 and all("503 STORAGE_UNAVAILABLE" in e.message for e in retries)
@@ -158,12 +170,7 @@ async def test_a_worker_stopped_mid_job_and_another_started(start_worker, nats_u
 
     port = StopThenRestart(nats_port, 3, lambda: first.stop(grace=5.0), restart)  # round 2's step 1
     client = DataOwnerClient(None, store, owner, node=settings.node_id, port=port)
-    try:
-        report = await client.skmeans(x, K, max_iterations=10)
-    finally:
-        await client.close()
-        await store.aclose()
-    np.testing.assert_array_equal(report.labels, await _reference(tmp_path, owner, x))
+    report = await _matches_the_reference(client, x, tmp_path, owner, store)
     assert report.retries >= 1 and report.iterations >= 2
     assert port.restarted is not None and port.restarted.done()
 
@@ -184,11 +191,7 @@ async def test_a_timed_out_step_is_not_applied_twice(start_worker, nats_url, tmp
         transport="jobs", attempt_timeout=0.5, retries=10, retry_backoff=0.1, max_backoff=0.2,
         progress=events.append,
     )
-    try:
-        report = await client.skmeans(x, K, max_iterations=10)
-    finally:
-        await client.close()
-    np.testing.assert_array_equal(report.labels, await _reference(tmp_path, owner, x))
+    report = await _matches_the_reference(client, x, tmp_path, owner)
     assert report.retries >= 1 and any("timeout" in e.message for e in events if e.phase == "retry")
     assert flaky.commits == report.iterations  # the stalled step ran once
 
