@@ -37,6 +37,7 @@ PUB_KEY, PUB_FLAGS, PUB_SCALE, PUB_RELIN, PUB_GALOIS = 1, 2, 3, 4, 5
 
 
 def varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
+    """Decode the varint at ``pos``: (value, next position); bounded, so hostile bytes cannot loop."""
     result, shift = 0, 0
     while True:
         if pos >= len(buf) or shift > 63:
@@ -50,6 +51,7 @@ def varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
 
 
 def enc_varint(value: int) -> bytes:
+    """Encode a non-negative int as a protobuf varint (for re-emitting length-delimited fields)."""
     out = bytearray()
     while True:
         byte = value & 0x7F
@@ -72,6 +74,7 @@ class Field:
 
 
 def fields(buf: bytes | memoryview) -> list[Field]:
+    """The top-level fields of one message, as views into ``buf`` (nothing is copied)."""
     view = memoryview(buf)
     pos, out = 0, []
     while pos < len(view):
@@ -99,6 +102,7 @@ def fields(buf: bytes | memoryview) -> list[Field]:
 
 
 def len_field(number: int, payload: bytes | memoryview) -> bytes:
+    """A length-delimited field: how a rebuilt public part is put back into the context."""
     return enc_varint(number << 3 | 2) + enc_varint(len(payload)) + bytes(payload)
 
 

@@ -47,6 +47,7 @@ CIPHERTEXT_DTYPE = "ckks"
 
 
 def elapsed(started: float) -> float:
+    """Seconds since ``started`` (``time.perf_counter``): the timings every result reports."""
     return time.perf_counter() - started
 
 
@@ -120,10 +121,12 @@ async def together(*calls: Awaitable[Any]) -> list[Any]:
 
 
 async def _awaited(call: Awaitable[Any]) -> Any:
+    """A coroutine around any awaitable: ``TaskGroup.create_task`` takes coroutines only."""
     return await call
 
 
 def _first_error(grouped: BaseExceptionGroup[Any]) -> BaseException:
+    """The first leaf of a (nested) exception group: what the failed part itself raised."""
     error: BaseException = grouped
     while isinstance(error, BaseExceptionGroup):
         error = error.exceptions[0]
@@ -131,10 +134,12 @@ def _first_error(grouped: BaseExceptionGroup[Any]) -> BaseException:
 
 
 async def infos(ctx: JobContext, *names: str) -> list[Any]:
+    """The storage info of each name, fetched concurrently (checks read only these, never the data)."""
     return await together(*(ctx.store.info(name) for name in names))
 
 
 async def lists(ctx: JobContext, *names: str) -> list[list[bytes]]:
+    """The ciphertext lists stored under ``names``, downloaded concurrently, in order."""
     return await together(*(ctx.store.get_bytes_list(name) for name in names))
 
 
