@@ -11,12 +11,13 @@ import asyncio
 import contextlib
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
+T = TypeVar("T")
 Kind = Literal["ndarray", "blob", "bytes_list"]
 #: Makes the output array of a read: ``allocate(shape, dtype)`` -> an uninitialised C-order ndarray.
 Allocator = Callable[[tuple[int, ...], np.dtype], np.ndarray]
@@ -168,7 +169,9 @@ class ObjectStore(ABC):
 class ForwardingStore(ObjectStore):
     """Passes every call to ``inner``; a wrapper (a cache, a test probe) overrides only what it changes.
 
-    Attributes the interface does not name (``sweep``, ``root``...) are the inner store's too.
+    Every call but ``ping`` and ``aclose`` goes through :meth:`_forward`, so a wrapper that acts around
+    all of them (the storage circuit breaker, guarded.py) overrides that one method. Attributes the
+    interface does not name (``sweep``, ``root``...) are the inner store's too.
     """
 
     def __init__(self, inner: ObjectStore) -> None:
@@ -180,37 +183,75 @@ class ForwardingStore(ObjectStore):
             raise AttributeError(name)
         return getattr(self.inner, name)
 
-    async def put_ndarray(self, *args: Any, **kwargs: Any) -> BallInfo:
-        return await self.inner.put_ndarray(*args, **kwargs)
+    async def _forward(
+        self, op: str, ball_id: str | None, call: Callable[[], Awaitable[T]], *, array: Any = None
+    ) -> T:
+        """Run ``call`` (the inner store's method): ``op`` is ``put``, ``get``, ``info``, ``exists``,
+        ``delete`` or ``list``, ``ball_id`` the ball it concerns (None for ``list``), ``array`` the
+        ndarray a ``put_ndarray`` or ``put_blob`` writes (None otherwise)."""
+        return await call()
+
+    async def put_ndarray(
+        self,
+        ball_id: str,
+        array: np.ndarray,
+        *,
+        num_chunks: int = 1,
+        tags: Mapping[str, str] | None = None,
+    ) -> BallInfo:
+        return await self._forward(
+            "put",
+            ball_id,
+            lambda: self.inner.put_ndarray(ball_id, array, num_chunks=num_chunks, tags=tags),
+            array=array,
+        )
 
     async def get_ndarray(self, ball_id: str) -> np.ndarray:
-        return await self.inner.get_ndarray(ball_id)
+        return await self._forward("get", ball_id, lambda: self.inner.get_ndarray(ball_id))
 
     async def fetch_ndarray(
         self, ball_id: str, *, allocate: Allocator | None = None
     ) -> tuple[np.ndarray, BallInfo | None]:
-        return await self.inner.fetch_ndarray(ball_id, allocate=allocate)
+        return await self._forward(
+            "get", ball_id, lambda: self.inner.fetch_ndarray(ball_id, allocate=allocate)
+        )
 
-    async def put_blob(self, *args: Any, **kwargs: Any) -> BallInfo:
-        return await self.inner.put_blob(*args, **kwargs)
+    async def put_blob(
+        self, ball_id: str, array: np.ndarray, *, tags: Mapping[str, str] | None = None
+    ) -> BallInfo:
+        return await self._forward(
+            "put", ball_id, lambda: self.inner.put_blob(ball_id, array, tags=tags), array=array
+        )
 
-    async def put_bytes_list(self, *args: Any, **kwargs: Any) -> BallInfo:
-        return await self.inner.put_bytes_list(*args, **kwargs)
+    async def put_bytes_list(
+        self,
+        ball_id: str,
+        items: Sequence[bytes],
+        *,
+        num_chunks: int = 1,
+        shape: Sequence[int] | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> BallInfo:
+        return await self._forward(
+            "put",
+            ball_id,
+            lambda: self.inner.put_bytes_list(ball_id, items, num_chunks=num_chunks, shape=shape, tags=tags),
+        )
 
     async def get_bytes_list(self, ball_id: str) -> list[bytes]:
-        return await self.inner.get_bytes_list(ball_id)
+        return await self._forward("get", ball_id, lambda: self.inner.get_bytes_list(ball_id))
 
     async def info(self, ball_id: str) -> BallInfo:
-        return await self.inner.info(ball_id)
+        return await self._forward("info", ball_id, lambda: self.inner.info(ball_id))
 
     async def exists(self, ball_id: str) -> bool:
-        return await self.inner.exists(ball_id)
+        return await self._forward("exists", ball_id, lambda: self.inner.exists(ball_id))
 
     async def delete(self, ball_id: str) -> int:
-        return await self.inner.delete(ball_id)
+        return await self._forward("delete", ball_id, lambda: self.inner.delete(ball_id))
 
     async def list_balls(self) -> list[str]:
-        return await self.inner.list_balls()
+        return await self._forward("list", None, self.inner.list_balls)
 
     async def ping(self) -> bool:
         return await self.inner.ping()

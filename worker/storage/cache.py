@@ -29,9 +29,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -40,6 +40,7 @@ from worker.runtime import shared
 from worker.storage.base import Allocator, BallInfo, ForwardingStore, ObjectStore
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Default bound of the cache: 512 MB of array payload (about ten 100k x 8 SKMeans jobs' data + UDM).
 DEFAULT_CACHE_BYTES = 512 << 20
@@ -226,44 +227,18 @@ class CachedStore(ForwardingStore):
                 self._insert(ball_id, info, copy)
         return info
 
-    async def put_ndarray(
-        self,
-        ball_id: str,
-        array: np.ndarray,
-        *,
-        num_chunks: int = 1,
-        tags: Mapping[str, str] | None = None,
-    ) -> BallInfo:
-        return await self._put_array(
-            ball_id, array, lambda: self.inner.put_ndarray(ball_id, array, num_chunks=num_chunks, tags=tags)
-        )
-
-    async def put_blob(
-        self, ball_id: str, array: np.ndarray, *, tags: Mapping[str, str] | None = None
-    ) -> BallInfo:
-        return await self._put_array(ball_id, array, lambda: self.inner.put_blob(ball_id, array, tags=tags))
-
-    async def put_bytes_list(
-        self,
-        ball_id: str,
-        items: Sequence[bytes],
-        *,
-        num_chunks: int = 1,
-        shape: Sequence[int] | None = None,
-        tags: Mapping[str, str] | None = None,
-    ) -> BallInfo:
+    async def _forward(
+        self, op: str, ball_id: str | None, call: Callable[[], Awaitable[T]], *, array: Any = None
+    ) -> T:
+        """A put of an array keeps a snapshot (:meth:`_put_array`); ``put_bytes_list`` and ``delete``
+        drop the entry and spoil reads in flight, before and after the call; other calls pass through."""
+        if ball_id is None or op not in ("put", "delete"):
+            return await call()
+        if array is not None:
+            return await self._put_array(ball_id, array, call)  # type: ignore[return-value]
         self._forget(ball_id)
         try:
-            return await self.inner.put_bytes_list(
-                ball_id, items, num_chunks=num_chunks, shape=shape, tags=tags
-            )
-        finally:
-            self._forget(ball_id)
-
-    async def delete(self, ball_id: str) -> int:
-        self._forget(ball_id)
-        try:
-            return await self.inner.delete(ball_id)
+            return await call()
         finally:
             self._forget(ball_id)
 

@@ -11,13 +11,11 @@ the same breaker, so it opens during the first command's retry schedule, not aft
 from __future__ import annotations
 
 import errno
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TypeVar
-
-import numpy as np
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from worker.errors import RoryError, StorageUnavailable
-from worker.storage.base import Allocator, BallInfo, ForwardingStore, ObjectStore
+from worker.storage.base import ForwardingStore, ObjectStore
 from worker.storage.breaker import BreakerStatus, CircuitBreaker
 
 T = TypeVar("T")
@@ -27,7 +25,10 @@ _OUTAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EIO, errno.EDQUOT, 
 
 
 class GuardedStore(ForwardingStore):
-    """``inner`` behind ``breaker``; the breaker's half-open probe is the inner store's ``ping``."""
+    """``inner`` behind ``breaker``; the breaker's half-open probe is the inner store's ``ping``.
+
+    Every call the interface names, except ``ping`` and ``aclose``, passes the breaker
+    (:meth:`ForwardingStore._forward`)."""
 
     def __init__(self, inner: ObjectStore, breaker: CircuitBreaker) -> None:
         super().__init__(inner)
@@ -38,7 +39,10 @@ class GuardedStore(ForwardingStore):
     def storage_status(self) -> BreakerStatus:
         return self.breaker.status
 
-    async def _guard(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+    async def _forward(
+        self, op: str, ball_id: str | None, call: Callable[[], Awaitable[T]], *, array: Any = None
+    ) -> T:
+        what = op if ball_id is None else f"{op} {ball_id}"
         self.breaker.admit(what)
         try:
             result = await call()
@@ -57,62 +61,6 @@ class GuardedStore(ForwardingStore):
             raise
         self.breaker.succeeded()
         return result
-
-    async def put_ndarray(
-        self,
-        ball_id: str,
-        array: np.ndarray,
-        *,
-        num_chunks: int = 1,
-        tags: Mapping[str, str] | None = None,
-    ) -> BallInfo:
-        return await self._guard(
-            f"put {ball_id}", lambda: self.inner.put_ndarray(ball_id, array, num_chunks=num_chunks, tags=tags)
-        )
-
-    async def get_ndarray(self, ball_id: str) -> np.ndarray:
-        return await self._guard(f"get {ball_id}", lambda: self.inner.get_ndarray(ball_id))
-
-    async def fetch_ndarray(
-        self, ball_id: str, *, allocate: Allocator | None = None
-    ) -> tuple[np.ndarray, BallInfo | None]:
-        return await self._guard(
-            f"get {ball_id}", lambda: self.inner.fetch_ndarray(ball_id, allocate=allocate)
-        )
-
-    async def put_blob(
-        self, ball_id: str, array: np.ndarray, *, tags: Mapping[str, str] | None = None
-    ) -> BallInfo:
-        return await self._guard(f"put {ball_id}", lambda: self.inner.put_blob(ball_id, array, tags=tags))
-
-    async def put_bytes_list(
-        self,
-        ball_id: str,
-        items: Sequence[bytes],
-        *,
-        num_chunks: int = 1,
-        shape: Sequence[int] | None = None,
-        tags: Mapping[str, str] | None = None,
-    ) -> BallInfo:
-        return await self._guard(
-            f"put {ball_id}",
-            lambda: self.inner.put_bytes_list(ball_id, items, num_chunks=num_chunks, shape=shape, tags=tags),
-        )
-
-    async def get_bytes_list(self, ball_id: str) -> list[bytes]:
-        return await self._guard(f"get {ball_id}", lambda: self.inner.get_bytes_list(ball_id))
-
-    async def info(self, ball_id: str) -> BallInfo:
-        return await self._guard(f"info {ball_id}", lambda: self.inner.info(ball_id))
-
-    async def exists(self, ball_id: str) -> bool:
-        return await self._guard(f"exists {ball_id}", lambda: self.inner.exists(ball_id))
-
-    async def delete(self, ball_id: str) -> int:
-        return await self._guard(f"delete {ball_id}", lambda: self.inner.delete(ball_id))
-
-    async def list_balls(self) -> list[str]:
-        return await self._guard("list", self.inner.list_balls)
 
     async def aclose(self) -> None:
         await self.breaker.aclose()
