@@ -5,9 +5,10 @@ Split in two so both intakes (core request-reply and the JetStream pull intake) 
 * :meth:`Dispatcher.prepare` runs inside the subscription callback and is cheap and synchronous:
   bounded decode, envelope fast path, op checks, params validation, capacity check. Bad input and
   "busy" are answered from here without ever taking a slot; at capacity the answer is 503 BUSY at
-  once (nothing queues behind a full worker). The JetStream intake reserves slots before it pulls
-  (``reserved``, see ``worker/runtime/jetstream.py``) and a message it pulled is admitted on its
-  reservation; a core command may take back a reservation that is still waiting (``reclaim``).
+  once (nothing queues behind a full worker). Capacity is counted by the dispatcher's
+  :class:`~worker.runtime.slots.Slots` (worker/runtime/slots.py), which the JetStream intake
+  (worker/runtime/jetstream.py) is given too: it reserves slots before it pulls, a message it pulled is
+  admitted on its reservation, and a core command may take back a reservation that is still idle.
 * :meth:`Dispatcher.run` runs the admitted job in its own task, under the command's deadline, and
   always returns a Reply map: handlers cannot crash the worker.
 
@@ -21,7 +22,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,7 @@ from worker.runtime.discovery import Discovery, EndpointStats
 from worker.runtime.pool import ComputePool
 from worker.runtime.registry import Operation, Registry
 from worker.runtime.replays import RecentReplies
+from worker.runtime.slots import Slots
 from worker.settings import Settings
 from worker.storage.breaker import storage_deadline
 
@@ -112,10 +114,7 @@ class Dispatcher:
         self.node_id = settings.node_id
         self.capacity = settings.worker_capacity
         self.max_bytes = settings.max_message_bytes
-        self.inflight = 0
-        self.reserved = 0  # slots promised to outstanding JetStream pull requests
-        self.on_release: Callable[[], None] | None = None  # called whenever a slot becomes free
-        self.reclaim: Callable[[], bool] | None = None  # take back one unused reservation, if any
+        self.slots = Slots(self.capacity)  # handed to the JetStream intake as well
         self.accepting = True
         self.replies = RecentReplies()
         self._ids = itertools.count(1)
@@ -182,19 +181,24 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ admission
     @property
+    def inflight(self) -> int:
+        """Admitted jobs (each holds a slot until it is run or released)."""
+        return self.slots.inflight
+
+    @property
+    def reserved(self) -> int:
+        """Slots reserved by the JetStream intake for its pull requests."""
+        return self.slots.reserved
+
+    @property
     def free_slots(self) -> int:
         """Slots neither running a job nor reserved for a pull request."""
-        return self.capacity - self.inflight - self.reserved
-
-    def _released(self) -> None:
-        if self.on_release is not None:
-            self.on_release()
+        return self.slots.free
 
     def release(self, job: Job) -> None:
         """Give back the slot of an admitted job that will not be run (e.g. answered from a record)."""
-        self.inflight -= 1
         job.endpoint.inflight -= 1
-        self._released()
+        self.slots.finish()
 
     def prepare(
         self,
@@ -207,8 +211,9 @@ class Dispatcher:
     ) -> Job:
         """Validate and admit a command, or raise :class:`Rejected` carrying its error Reply.
 
-        ``reserved``: the caller already holds a slot for this message (a JetStream reservation it
-        has just given back), so the capacity check is skipped.
+        ``reserved``: the caller holds a reserved slot for this message (a JetStream delivery), which
+        becomes the job's; there is no capacity check. If the message is refused the caller still
+        holds it and gives it back (``Slots.unreserve``).
         """
         json_mode = codec.is_json(headers)
         endpoint = self.discovery.endpoint(subject_op)
@@ -225,11 +230,7 @@ class Dispatcher:
             params = operation.parse_params(command.params)
             if not self.accepting:
                 raise Busy("the worker is stopping; send the command again (another worker may take it)")
-            if (
-                not reserved
-                and self.inflight + self.reserved >= self.capacity
-                and (self.inflight >= self.capacity or self.reclaim is None or not self.reclaim())
-            ):
+            if not self.slots.admit(reserved=reserved):
                 raise Busy(f"all {self.capacity} slots are busy; retry later")
         except RoryError as error:
             reply = self.reject(error, op=subject_op, received=received, data=decoded, endpoint=endpoint)
@@ -239,7 +240,6 @@ class Dispatcher:
             wrapped = Internal(f"{type(error).__name__}: {error}")
             reply = self.reject(wrapped, op=subject_op, received=received, data=decoded, endpoint=endpoint)
             raise Rejected(reply, json_mode, wrapped) from None
-        self.inflight += 1
         endpoint.inflight += 1
         deadline = None
         if command.deadline_s is not None:
@@ -310,9 +310,8 @@ class Dispatcher:
                     extra={"op": command.op, "job_id": command.job_id, "id": command.id},
                 )
         finally:
-            self.inflight -= 1
             job.endpoint.inflight -= 1
-            self._released()
+            self.slots.finish()
         storage_get, compute, storage_put = ctx.stage_timings()
         total = time.perf_counter() - job.received
         reply = self._reply(

@@ -9,8 +9,9 @@ SHUTDOWN_GRACE_PERIOD and answer them (the rest are cancelled and answered 503),
 
 With ``RORY_JOBS_MODE=jetstream`` the durable intake (``worker/runtime/jetstream.py``) also pulls
 commands from the RORY_JOBS work queue; core request-reply, health, heartbeats and ``$SRV`` stay on,
-sharing the same slots. On stop it pulls nothing more, gives its jobs the same grace period (the rest
-are nak'd for another worker) and unsubscribes its pull inboxes before the connection drains.
+sharing the same slots (the dispatcher's, handed to the intake). On stop it pulls nothing more,
+gives its jobs the same grace period (the rest are nak'd for another worker) and unsubscribes its
+pull inboxes before the connection drains.
 """
 
 from __future__ import annotations
@@ -215,7 +216,9 @@ class WorkerService:
             for extra in ((), (subjects.SERVICE_NAME,), (subjects.SERVICE_NAME, self.instance_id)):
                 await nc.subscribe(subjects.srv(verb, *extra), cb=handler)
         if settings.rory_jobs_mode is JobsMode.JETSTREAM:
-            self._intake = JetStreamIntake(nc=nc, settings=settings, dispatcher=self.dispatcher)
+            self._intake = JetStreamIntake(
+                nc=nc, settings=settings, dispatcher=self.dispatcher, slots=self.dispatcher.slots
+            )
             await self._intake.start()
         await nc.flush()
         await self._announce("started")
