@@ -13,15 +13,15 @@ Three things make the transfer cheap, each measured (100k x 8 SKMeans, 32 MB UDM
 * **Arrays that already live in a transfer file cross for free.** :func:`empty` hands out arrays
   backed by a shared mapping of a pooled file; the storage read cache reads objects straight into such
   arrays, so the dataset and the UDM it caches reach the child without a single copy.
-* **Transfer files are pooled** (``segments.py``: their creation, reuse, ownership and the sweeping of
-  a killed worker's files). The parent also lends idle files to the child for results of the sizes the
-  same function returned last time, so the child writes into pages that exist already.
+* **Transfer files are pooled** (``worker/segments.py``: their creation, reuse, ownership and the
+  sweeping of a killed worker's files). The parent also lends idle files to the child for results of
+  the sizes the same function returned last time, so the child writes into pages that exist already.
 * **Results are mapped, not read.** :func:`collect` maps the child's result file into the parent
   (shared, writable: the array owns the file) instead of copying it into fresh memory.
 
 Compute functions must not keep references to their array arguments after they return (the file may
 be reused). This module is the transfer: packing arguments, the child's side of a call, collecting
-results; the names of ``segments.py`` that callers use are re-exported here.
+results; the names of ``worker/segments.py`` that callers use are re-exported here.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from worker.runtime.segments import (
+from worker.segments import (
     CREATE,
     DEFAULT_IDLE_BYTES,
     POOL,

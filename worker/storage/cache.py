@@ -21,7 +21,7 @@ Correctness first:
 
 Bounded: at most ``max_bytes`` of array payload (least recently used entries go first); an object
 larger than that is not cached. Cached arrays live in pooled shared-memory transfer files
-(:func:`worker.runtime.shared.empty`), so handing them to the compute pool costs no copy at all.
+(:func:`worker.segments.empty`), so handing them to the compute pool costs no copy at all.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from worker import segments
 from worker.errors import NotFound
-from worker.runtime import shared
 from worker.storage.base import Allocator, BallInfo, ForwardingStore, ObjectStore
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ class CachedStore(ForwardingStore):
         super().__init__(inner)
         self.max_bytes = int(max_bytes)
         self.write_through = write_through
-        self._allocate: Allocator = allocate or shared.empty
+        self._allocate: Allocator = allocate or segments.empty
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._bytes = 0
         self._inflight: dict[str, list[_Fetch]] = {}
@@ -205,7 +205,7 @@ class CachedStore(ForwardingStore):
             and self._fits(array.nbytes)
         ):
             if array.nbytes >= _OFF_LOOP_BYTES:  # copy while the backend writes
-                snapshot = asyncio.ensure_future(shared.in_thread(_snapshot, array, self._allocate))
+                snapshot = asyncio.ensure_future(segments.in_thread(_snapshot, array, self._allocate))
             else:
                 snapshot = asyncio.get_running_loop().create_future()
                 snapshot.set_result(_snapshot(array, self._allocate))

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from worker.runtime import segments, shared
+from worker import segments
+from worker.runtime import shared
 from worker.runtime.pool import ComputePool
 
 BIG = (1 << 20) // 8 + 1000  # float64 elements: just over the transfer threshold

@@ -1,7 +1,10 @@
 """The life of the pooled transfer files that large arrays cross the process boundary in.
 
 Files of one RAM-backed directory (``/dev/shm`` when it has room, the temp directory otherwise) are
-created, mapped, pooled for reuse and removed here; what crosses in them, and how, is ``shared.py``.
+created, mapped, pooled for reuse and removed here; what crosses in them, and how, is
+``worker/runtime/shared.py``. This module sits below both the runtime (compute transfers) and storage
+(the read cache, ``worker/storage/cache.py``, allocates the arrays it keeps here), so storage does not
+import the runtime for it.
 
 Pooled: allocating tmpfs pages is the expensive part of a fresh file (about 16 ms per 32 MB, against
 1-3 ms to copy into pages that already exist), so a file whose array was freed returns to an idle pool
