@@ -139,6 +139,17 @@ async def _pending(manager: Client, consumer: str) -> int:
     return (await manager.jetstream().consumer_info(STREAM, consumer)).num_pending
 
 
+async def _no_open_pulls(manager: Client, consumer: str) -> None:
+    """Wait (bounded) until the server has dropped every pull request of a stopped worker: a message
+    published while one is still open would be delivered into it instead of staying queued."""
+    js = manager.jetstream()
+    for _ in range(200):
+        if not (await js.consumer_info(STREAM, consumer)).num_waiting:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{consumer}: pull requests still open 10 s after its worker stopped")
+
+
 # ----------------------------------------------------------------------------- node-a against node-b
 async def test_a_node_can_neither_read_delete_nor_answer_another_nodes_commands(cluster: Cluster) -> None:
     manager = cluster.manager
@@ -152,6 +163,7 @@ async def test_a_node_can_neither_read_delete_nor_answer_another_nodes_commands(
     (first,) = await answers.wait(1, timeout=10)
     assert first["ok"] and first["node_id"] == "node-b"
     await worker_b.stop(grace=1.0)
+    await _no_open_pulls(manager, "worker-node-b")
     secret = _command("node-b's secret parameters", job_id="job-secret")
     ack = await publish_job(mjs, P, "node-b", secret)
     assert await _pending(manager, "worker-node-b") == 1
