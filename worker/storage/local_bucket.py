@@ -33,6 +33,7 @@ class BucketFiles:
     fsync: bool
     _pool: concurrent.futures.ThreadPoolExecutor  # where old versions are removed in the background
 
+    # ------------------------------------------------------------------ paths
     def _ref(self, ball_id: str) -> Path:
         return self.directory / f"{ball_id}.ref"
 

@@ -35,6 +35,7 @@ def unavailable(error: OSError) -> StorageUnavailable:
 
 
 def fsync_path(path: Path) -> None:
+    """fsync a file, or a directory (which makes the names in it durable)."""
     fd = os.open(path, os.O_RDONLY | O_CLOEXEC)
     try:
         os.fsync(fd)

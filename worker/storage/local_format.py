@@ -91,6 +91,7 @@ class Piece:
 
 
 def new_version() -> str:
+    """A fresh version name (``v<ns timestamp hex><random hex>``, matching :data:`VERSION_RE`)."""
     return f"v{time.time_ns():x}{secrets.token_hex(4)}"
 
 

@@ -12,8 +12,9 @@ same discipline (docs/storage.md):
   from it alone (:func:`~worker.storage.layout.check_first_chunk`) before the other ``n-1`` records
   are fetched; then the layout is validated and checked against the budget before the output is
   allocated, and the chunks are streamed straight into it.
-* **Versions**: the etag of a ball is a hash of its chunks' sizes and SHA-256s: the content names the
-  version, so the read cache (``cache.py``) can key on it.
+* **Versions**: the etag of a ball is a hash of its chunks' sizes and SHA-256s (MictlanX falls back
+  to the ``full_checksum`` for objects without per-chunk ones): the content names the version, so the
+  read cache (``cache.py``) can key on it.
 
 A backend supplies how one record is fetched (:meth:`RemoteStore._record`), how the chunks of a
 layout are fetched (:meth:`RemoteStore._fill`) and how a read is kept consistent while writers
