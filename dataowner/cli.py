@@ -229,14 +229,23 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_store(settings: Any) -> Any:
+    """The configured store; with STORAGE_BACKEND=nats its connection logs in as the client does."""
+    from worker.runtime import connection
+    from worker.storage import open_store
+
+    return open_store(
+        settings, nats_connect=lambda: connection.connect(settings, name="rory-client-storage")
+    )
+
+
 async def _upload(args: argparse.Namespace) -> int:
     from dataowner.client import DataOwnerClient
-    from worker.storage import open_store
 
     ds = _load(args)
     owner = OwnerKeys.open_or_generate(_keys_dir(args))  # first use creates the keys (0600)
     settings = _settings(args)
-    store = open_store(settings)
+    store = _open_store(settings)
     try:
         client = DataOwnerClient(settings.nats_urls, store, owner)  # storage only: never connects
         target = await client.upload(args.id, ds.x, scheme=args.scheme, labels=ds.y, profile=args.profile)
@@ -254,13 +263,12 @@ async def _run(args: argparse.Namespace) -> int:
     from dataowner.client import DataOwnerClient
     from dataowner.metrics import accuracy, adjusted_rand_index
     from dataowner.progress import ProgressDisplay
-    from worker.storage import open_store
 
     spec = demo.ALGORITHMS[args.algorithm]
     ds = _load(args)
     owner = OwnerKeys.load(_keys_dir(args))
     settings = _settings(args)
-    store = open_store(settings)
+    store = _open_store(settings)
     progress = ProgressDisplay()
     node = None if args.pool else args.node
 

@@ -221,13 +221,11 @@ class NatsObjectStore(RemoteStore):
 
     @classmethod
     def from_settings(cls, settings: Settings, **options: Any) -> NatsObjectStore:
-        """A store on NATS_URLS with the worker's connect options (its own connection, opened on the
-        first call: the worker builds its store before it connects, see worker/runtime/service.py)."""
-        from worker.runtime import connection  # lazy: the runtime package imports storage
-
-        if "nc" not in options:
-            name = f"rory-worker-{settings.node_id}-storage"
-            options.setdefault("connect", lambda: connection.connect(settings, name=name))
+        """A store on the bucket these settings name; ``nc`` (a connection to share) or ``connect`` (a
+        factory for its own connection, opened on the first call) must be among ``options``: how to
+        log in to NATS is the caller's business (``worker.storage.open_store``'s ``nats_connect``)."""
+        if "nc" not in options and "connect" not in options:
+            raise TypeError("NatsObjectStore.from_settings needs nc= or connect=")
         options.setdefault("replicas", settings.nats_object_replicas)
         options.setdefault("max_bucket_bytes", settings.nats_object_max_bytes)
         options.setdefault("timeout", min(settings.mictlanx_timeout, DEFAULT_REQUEST_TIMEOUT))
