@@ -90,7 +90,8 @@ async def open_default_store(settings: Settings) -> Any:
     from worker.storage.cache import with_cache
 
     try:
-        store = open_guarded_store(settings)
+        name = f"rory-worker-{settings.node_id}-storage"  # the nats backend's own connection
+        store = open_guarded_store(settings, nats_connect=lambda: connection.connect(settings, name=name))
         sweep = getattr(store, "sweep", None)
         if sweep is not None:
             removed = await sweep()
