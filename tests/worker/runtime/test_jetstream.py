@@ -605,14 +605,20 @@ async def test_flood_beyond_capacity_is_neither_lost_nor_run_twice(workers: Work
     bodies = [command(key, seconds=0.02) for _ in range(50)]
     js = nc.jetstream()
     await asyncio.gather(*(publish(nc, settings, body) for body in bodies))
-    peak_pending = 0
+    # What each worker holds: slots running a job plus slots its pull requests asked for. The consumer's
+    # num_ack_pending is not sampled: it also counts a job whose run ended (its slot is free and may
+    # already be pulled again) while its record, Reply and ack are still on their way, and hand-backs
+    # nak'd with a delay, so it may exceed the slots without any job running beyond them
+    # (docs/reliability.md, "How CI was checked under load").
+    peak_held = {a.node_id: 0, b.node_id: 0}
 
     async def sample() -> None:
-        nonlocal peak_pending
         while True:
-            info = await _consumer(nc, settings, "pool")
-            peak_pending = max(peak_pending, info.num_ack_pending)
-            await asyncio.sleep(0.01)
+            for worker in (a, b):
+                slots = worker.dispatcher.slots
+                held = slots.inflight + slots.reserved
+                peak_held[worker.node_id] = max(peak_held[worker.node_id], held)
+            await asyncio.sleep(0.005)
 
     sampler = asyncio.get_running_loop().create_task(sample())
     try:
@@ -624,8 +630,10 @@ async def test_flood_beyond_capacity_is_neither_lost_nor_run_twice(workers: Work
     store = workers.store(settings)
     assert len(await balls(store, key, "run")) == 50
     assert len(await balls(store, key, "result")) == 50
+    # The real invariant: no node ever ran more jobs at once than its slots (fault_ops.PEAK counts the
+    # executions themselves), and no worker ever asked for more than its slots could start.
     assert fault_ops.PEAK[a.node_id] <= 2 and fault_ops.PEAK[b.node_id] <= 2
-    assert peak_pending <= 4  # never more messages out than the two workers' slots
+    assert all(held <= 2 for held in peak_held.values()), peak_held
     assert {r["node_id"] for r in replies} == {a.node_id, b.node_id}
     await wait_for(_empty(js, settings.jetstream_stream), 3)
     await asyncio.sleep(0.3)
