@@ -43,6 +43,7 @@ from worker.runtime.health import StorageProbe, nats_status
 from worker.runtime.heartbeat import Heartbeater, LoadSampler
 from worker.runtime.jetstream import JetStreamIntake
 from worker.runtime.pool import ComputePool
+from worker.runtime.pool_gate import PoolGate
 from worker.runtime.registry import Registry, default_registry
 from worker.settings import JobsMode, Settings
 
@@ -137,6 +138,7 @@ class WorkerService:
         self._heartbeat: Heartbeater | None = None
         self._load = LoadSampler()
         self._cmd_subs: list[Subscription] = []
+        self.pool_gate: PoolGate | None = None  # the pool queue subscription, while a slot is free
         self._intake: JetStreamIntake | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._ops = subjects.OpExtractor(self.prefix, self.node_id)
@@ -205,12 +207,18 @@ class WorkerService:
                 queue=subjects.node_queue(self.prefix, self.node_id),
                 cb=self._on_command,
             ),
-            await nc.subscribe(
-                subjects.pool_cmd_all(self.prefix),
-                queue=subjects.pool_queue(self.prefix),
-                cb=self._on_command,
-            ),
         ]
+        # The pool subscription follows the slots: withdrawn while full, so the queue group offers
+        # pool commands only to workers that can start them (worker/runtime/pool_gate.py, issue 14).
+        self.pool_gate = PoolGate(
+            nc,
+            subjects.pool_cmd_all(self.prefix),
+            subjects.pool_queue(self.prefix),
+            self._on_command,
+            self.dispatcher.slots,
+            accepting=lambda: self.dispatcher is not None and self.dispatcher.accepting,
+        )
+        await self.pool_gate.open()
         await nc.subscribe(subjects.health(self.prefix, self.node_id), cb=self._on_health)
         srv_handlers = {"PING": self._on_ping, "INFO": self._on_info, "STATS": self._on_stats}
         for verb, handler in srv_handlers.items():
@@ -238,7 +246,7 @@ class WorkerService:
                 "instance_id": self.instance_id,
                 "capacity": settings.worker_capacity,
                 "operations": self.registry.names(),
-                "subjects": [sub.subject for sub in self._cmd_subs],
+                "subjects": [sub.subject for sub in self._cmd_subs] + [subjects.pool_cmd_all(self.prefix)],
                 "jobs": self._intake.subjects if self._intake is not None else [],
             },
         )
@@ -259,6 +267,8 @@ class WorkerService:
             for sub in self._cmd_subs:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(sub.drain(), timeout=5)
+            if self.pool_gate is not None:
+                await self.pool_gate.close()
             intake = self._intake
             if intake is not None:
                 intake.stop_pulling()

@@ -11,6 +11,10 @@ Why reservations: the JetStream intake reserves slots *before* it asks the serve
 a message yet is idle; a core command that finds no free slot may take one idle reserved slot back
 (:meth:`Slots.admit`), and the delivery that request may still bring then finds no reservation and is
 handed back (or takes a slot freed meanwhile).
+
+Why watchers: the core pool intake (worker/runtime/pool_gate.py) leaves the pool queue group while no
+core command could be admitted and rejoins when one could (issue 14); it learns of every change
+through :meth:`Slots.watch` instead of polling or reading the counters' private state.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+from collections.abc import Callable
 
 
 class Reservation:
@@ -53,6 +58,7 @@ class Slots:
         self._queue: list[object] = []
         self._changed = asyncio.Event()
         self._closed = False
+        self._watchers: list[Callable[[], None]] = []
 
     # ------------------------------------------------------------------ reading
     @property
@@ -70,6 +76,35 @@ class Slots:
         """Slots neither running a job nor reserved."""
         return self.capacity - self._inflight - self._reserved
 
+    @property
+    def admittable(self) -> bool:
+        """Whether :meth:`admit` (not ``reserved``) would take a slot now: a free one, or an idle
+        reserved one it may reclaim. The pool gate (worker/runtime/pool_gate.py) subscribes while this
+        holds, so the server offers pool commands only to a worker that can start them."""
+        if self.free > 0:
+            return True
+        return self._inflight < self.capacity and any(r.unused > 0 for r in self._open)
+
+    # ------------------------------------------------------------------ watchers
+    def watch(self, watcher: Callable[[], None]) -> Callable[[], None]:
+        """Call ``watcher()`` after every change of the counts; returns the function that stops it.
+
+        Watchers run synchronously inside the change (e.g. inside :meth:`admit` on the message
+        callback), so they must be cheap and must not raise: they read the public properties and
+        schedule whatever work follows.
+        """
+        self._watchers.append(watcher)
+
+        def unwatch() -> None:
+            with contextlib.suppress(ValueError):
+                self._watchers.remove(watcher)
+
+        return unwatch
+
+    def _notify(self) -> None:
+        for watcher in tuple(self._watchers):
+            watcher()
+
     # ------------------------------------------------------------------ jobs
     def admit(self, *, reserved: bool = False) -> bool:
         """Take a slot for a job; False when none is free (the caller answers 503 BUSY).
@@ -82,12 +117,14 @@ class Slots:
         elif self.free <= 0 and (self._inflight >= self.capacity or not self._reclaim()):
             return False
         self._inflight += 1
+        self._notify()
         return True
 
     def finish(self) -> None:
         """An admitted job ended (or will not run): its slot is free again."""
         self._inflight -= 1
         self._changed.set()
+        self._notify()
 
     def _reclaim(self) -> bool:
         for reservation in self._open:
@@ -110,6 +147,7 @@ class Slots:
                     self._reserved += share
                     reservation = Reservation(share)
                     self._open.append(reservation)
+                    self._notify()
                     return reservation
                 self._changed.clear()
                 with contextlib.suppress(TimeoutError):
@@ -127,18 +165,21 @@ class Slots:
         if unused:
             self._reserved -= unused
             self._changed.set()
+            self._notify()
 
     def reserve_one(self) -> bool:
         """Reserve one slot now if one is free (for a delivery no reservation covers)."""
         if self._closed or self.free <= 0:
             return False
         self._reserved += 1
+        self._notify()
         return True
 
     def unreserve(self) -> None:
         """A delivery holding a reserved slot will not be admitted (rejected, stopping, not a job)."""
         self._reserved -= 1
         self._changed.set()
+        self._notify()
 
     def close(self) -> None:
         """No more reservations (the durable intake stops pulling); waiting pullers get None."""

@@ -1,0 +1,181 @@
+"""The pool queue subscription follows capacity (worker/runtime/pool_gate.py, issue 14).
+
+Two in-process workers of one slot each on the real nats-server. Behaviour only, no timing: every
+wait is bounded and generous, and the long commands are held by events the test releases, not by
+sleeps that must outlast something.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from nats.errors import NoRespondersError
+from pydantic import BaseModel, ConfigDict
+
+from schemas import codec, subjects
+from tests.ops import Collector, command, register, request
+from worker.runtime import pool_gate
+from worker.runtime.context import JobContext
+from worker.runtime.registry import Operation, Registry
+from worker.runtime.service import WorkerService
+
+HOLDS: dict[str, asyncio.Event] = {}
+RUNS: collections.Counter[str] = collections.Counter()
+
+
+class HoldParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    key: str
+
+
+class NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+async def hold(ctx: JobContext, params: HoldParams) -> dict[str, Any]:
+    """Keeps its slot until the test sets ``HOLDS[key]``."""
+    await HOLDS[params.key].wait()
+    return {}
+
+
+async def count(ctx: JobContext, params: NoParams) -> dict[str, Any]:
+    """Counts its runs by command id: a command answered twice or run twice shows here."""
+    RUNS[ctx.command.id] += 1
+    return {"node": ctx.node_id}
+
+
+def registry() -> Registry:
+    reg = Registry()
+    register(reg)
+    reg.register(Operation("gate.hold", HoldParams, hold, "waits for the test"))
+    reg.register(Operation("gate.count", NoParams, count, "counts its runs"))
+    return reg
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    loop = asyncio.get_running_loop()
+    until = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < until, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
+def gate(worker: WorkerService) -> pool_gate.PoolGate:
+    assert worker.pool_gate is not None
+    return worker.pool_gate
+
+
+@pytest.fixture(autouse=True)
+def generous_park(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A command caught in the race waits for a slot up to PARK_S; on a loaded CI machine the freed
+    # slot may take longer than the default second to come, and a BUSY here would be timing luck.
+    monkeypatch.setattr(pool_gate, "PARK_S", 30.0)
+    HOLDS.clear()
+    RUNS.clear()
+
+
+async def test_full_workers_leave_the_pool_and_a_freed_one_takes_the_burst(
+    start_worker: Callable[..., Awaitable[WorkerService]], make_settings: Callable[..., Any], nc: Any
+) -> None:
+    one = await start_worker(registry=registry(), worker_capacity=1)
+    two = await start_worker(
+        registry=registry(), settings=make_settings(rory_subject_prefix=one.prefix, worker_capacity=1)
+    )
+    prefix = one.prefix
+    assert gate(one).subscribed and gate(two).subscribed
+    results = await Collector.on(nc, subjects.results_all(prefix))
+
+    # both workers busy on a long command (sent to their nodes, so each gets exactly one)
+    HOLDS["one"], HOLDS["two"] = asyncio.Event(), asyncio.Event()
+    holds = {
+        name: asyncio.ensure_future(
+            request(
+                nc,
+                subjects.node_cmd(prefix, worker.node_id, "gate.hold"),
+                command("gate.hold", {"key": name}),
+                timeout=60,
+            )
+        )
+        for name, worker in (("one", one), ("two", two))
+    }
+    try:
+        await wait_until(lambda: one.inflight == 1 and two.inflight == 1)
+        await wait_until(lambda: not gate(one).subscribed and not gate(two).subscribed)
+        await asyncio.wait_for(asyncio.gather(gate(one).settled(), gate(two).settled()), 20)
+        assert gate(one).withdrawals == 1 and gate(two).withdrawals == 1
+
+        # every worker full: the server has no member to offer a pool command to (nothing runs)
+        with pytest.raises(NoRespondersError):
+            await nc.request(subjects.pool_cmd(prefix, "gate.count"), codec.encode(command("gate.count")))
+
+        # one freed: its pool subscription comes back with the same queue group
+        HOLDS["one"].set()
+        reply, _ = await holds["one"]
+        assert reply["ok"]
+        await wait_until(lambda: gate(one).subscribed)
+        await asyncio.wait_for(gate(one).settled(), 20)
+        assert gate(one).restores >= 1 and not gate(two).subscribed
+
+        # a burst on the pool: no BUSY while a slot is free; a moment with every worker full is
+        # refused by the server (no responders) and re-sent with the same command id
+        bodies = [command("gate.count") for _ in range(12)]
+        busy: list[str] = []
+        refused = 0
+
+        async def send(body: dict[str, Any]) -> dict[str, Any]:
+            nonlocal refused
+            for _ in range(2000):  # bounded: 2000 x 10 ms
+                try:
+                    reply, _ = await request(nc, subjects.pool_cmd(prefix, "gate.count"), body, timeout=30)
+                except NoRespondersError:
+                    refused += 1
+                    await asyncio.sleep(0.01)
+                    continue
+                if not reply["ok"] and reply["error"]["type"] == "BUSY":
+                    busy.append(body["id"])
+                    await asyncio.sleep(0.01)
+                    continue
+                return reply
+            raise AssertionError(f"{body['id']} never answered")
+
+        replies = await asyncio.wait_for(asyncio.gather(*(send(body) for body in bodies)), 60)
+        assert busy == [], f"{len(busy)} BUSY replies while worker one had a free slot"
+        assert all(reply["ok"] and reply["node_id"] == one.node_id for reply in replies)
+        ids = [body["id"] for body in bodies]
+        assert {reply["in_reply_to"] for reply in replies} == set(ids)
+        # exactly once: one run per command, one copy of each Reply on the results subject
+        await results.wait(len(ids) + 1, timeout=20)  # + the released hold's Reply
+        await asyncio.sleep(0.3)  # a duplicate would have arrived by now
+        copies = collections.Counter(b["in_reply_to"] for b in results.bodies if b["op"] == "gate.count")
+        assert copies == collections.Counter(ids)
+        assert collections.Counter(ids) == RUNS
+        assert gate(one).parked_busy == 0
+        await wait_until(lambda: gate(one).subscribed)  # its slot is free again after the burst
+
+        # the other one freed: back in the pool too
+        HOLDS["two"].set()
+        reply, _ = await holds["two"]
+        assert reply["ok"]
+        await wait_until(lambda: gate(two).subscribed)
+        assert gate(two).restores == 1
+    finally:
+        for event in HOLDS.values():
+            event.set()
+        await asyncio.gather(*holds.values(), return_exceptions=True)
+        await results.close()
+
+
+async def test_a_stopping_worker_drains_its_pool_subscription(
+    start_worker: Callable[..., Awaitable[WorkerService]], nc: Any
+) -> None:
+    worker = await start_worker(registry=registry(), worker_capacity=1)
+    reply, _ = await request(nc, subjects.pool_cmd(worker.prefix, "gate.count"), command("gate.count"))
+    assert reply["ok"]
+    await worker.stop(grace=2.0)
+    assert not gate(worker).subscribed
+    with pytest.raises(NoRespondersError):
+        await nc.request(subjects.pool_cmd(worker.prefix, "gate.count"), codec.encode(command("gate.count")))
