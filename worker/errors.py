@@ -9,7 +9,8 @@ exception into a RoryError, so the mapping to error Replies lives in one place.
 from __future__ import annotations
 
 from core.errors import UnsupportedOperation as CoreUnsupported
-from schemas.errors import (
+from schemas import errors as contract
+from schemas.errors import (  # noqa: F401 - re-exported: see __all__
     BadRequest,
     Busy,
     Conflict,
@@ -29,24 +30,14 @@ from schemas.errors import (
     ValidationFailed,
 )
 
+#: The contract's exception classes (re-exported above), then what is the worker's own. Derived from
+#: ``schemas/errors.py`` rather than listed again; tests/schemas/test_errors.py checks each name.
 __all__ = [
-    "BadRequest",
-    "Busy",
-    "Conflict",
-    "CorruptObject",
-    "DeadlineExceeded",
-    "Internal",
-    "InvalidName",
-    "MissingKeys",
-    "NotFound",
-    "PayloadTooLarge",
-    "RoryError",
-    "StorageFull",
-    "StorageUnavailable",
-    "UnknownOperation",
-    "UnsupportedOperation",
-    "UnsupportedVersion",
-    "ValidationFailed",
+    *(
+        name
+        for name in contract.__all__
+        if isinstance(value := getattr(contract, name), type) and issubclass(value, RoryError)
+    ),
     "classify",
 ]
 
