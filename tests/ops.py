@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import os
 import time
-import uuid
 from typing import Any
 
 import numpy as np
@@ -18,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from schemas import codec
 from worker.errors import NotFound, RoryError
+from worker.inspect import command_body
 from worker.runtime.context import JobContext
 from worker.runtime.registry import Operation, Registry
 
@@ -224,17 +224,9 @@ class MemoryStore:
 
 
 # ----------------------------------------------------------------------------- client helpers
-def command(op: str, params: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
-    """A valid Command map (fresh id) for ``op``; ``fields`` override or add envelope fields."""
-    body: dict[str, Any] = {
-        "v": 1,
-        "id": uuid.uuid4().hex,
-        "op": op,
-        "ts": time.time(),
-        "params": params or {},
-    }
-    body.update(fields)
-    return body
+#: A valid Command map (fresh id) for ``op``; ``fields`` override or add envelope fields. The same
+#: builder as ``rory-worker req`` (worker/inspect.py), so tests send what the operator tool sends.
+command = command_body
 
 
 async def request(

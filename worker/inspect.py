@@ -13,7 +13,7 @@ import json
 import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -115,35 +115,6 @@ async def ls(nc: Client, *, window: float = 1.0, as_json: bool = False, out: Tex
     return EXIT_OK if bodies else EXIT_NO_ANSWER
 
 
-async def _srv_report(
-    nc: Client,
-    verb: str,
-    instance_id: str | None,
-    render: Callable[[dict[str, Any], TextIO], None],
-    *,
-    window: float,
-    as_json: bool,
-    out: TextIO,
-) -> int:
-    """Shared body of ``info`` and ``stats``: gather the ``$SRV`` replies, then dump or render each.
-
-    Undecodable replies are skipped, so one misbehaving responder cannot hide the others.
-    """
-    bodies = [
-        b
-        for m, _ in await gather(nc, _srv_subject(verb, instance_id), window=window)
-        if (b := _decode_json(m)) is not None
-    ]
-    if as_json:
-        print(dumps(bodies), file=out)
-    else:
-        for body in bodies:
-            render(body, out)
-        if not bodies:
-            print("no rory-worker instance answered", file=out)
-    return EXIT_OK if bodies else EXIT_NO_ANSWER
-
-
 def _render_info(body: dict[str, Any], out: TextIO) -> None:
     meta = body.get("metadata") or {}
     print(
@@ -154,18 +125,6 @@ def _render_info(body: dict[str, Any], out: TextIO) -> None:
     rows = [[e.get("name"), e.get("subject"), e.get("queue_group", "")] for e in body.get("endpoints", [])]
     print(_table(rows, ["ENDPOINT", "SUBJECT", "QUEUE"]), file=out)
     print(file=out)
-
-
-async def info(
-    nc: Client,
-    instance_id: str | None = None,
-    *,
-    window: float = 1.0,
-    as_json: bool = False,
-    out: TextIO = sys.stdout,
-) -> int:
-    """``$SRV.INFO.rory-worker[.ID]``: identity and endpoints of each instance."""
-    return await _srv_report(nc, "INFO", instance_id, _render_info, window=window, as_json=as_json, out=out)
 
 
 def _ms(ns: int) -> str:
@@ -197,16 +156,48 @@ def _render_stats(body: dict[str, Any], out: TextIO) -> None:
     print(file=out)
 
 
-async def stats(
-    nc: Client,
-    instance_id: str | None = None,
-    *,
-    window: float = 1.0,
-    as_json: bool = False,
-    out: TextIO = sys.stdout,
-) -> int:
-    """``$SRV.STATS.rory-worker[.ID]``: requests, errors and latency per endpoint."""
-    return await _srv_report(nc, "STATS", instance_id, _render_stats, window=window, as_json=as_json, out=out)
+def _srv_command(
+    verb: str, render: Callable[[dict[str, Any], TextIO], None], doc: str
+) -> Callable[..., Awaitable[int]]:
+    """``info`` and ``stats`` differ only in the ``$SRV`` verb and how one reply is rendered.
+
+    The command gathers the ``$SRV`` replies, then dumps or renders each. Undecodable replies are
+    skipped, so one misbehaving responder cannot hide the others.
+    """
+
+    async def command(
+        nc: Client,
+        instance_id: str | None = None,
+        *,
+        window: float = 1.0,
+        as_json: bool = False,
+        out: TextIO = sys.stdout,
+    ) -> int:
+        bodies = [
+            b
+            for m, _ in await gather(nc, _srv_subject(verb, instance_id), window=window)
+            if (b := _decode_json(m)) is not None
+        ]
+        if as_json:
+            print(dumps(bodies), file=out)
+        else:
+            for body in bodies:
+                render(body, out)
+            if not bodies:
+                print("no rory-worker instance answered", file=out)
+        return EXIT_OK if bodies else EXIT_NO_ANSWER
+
+    command.__name__ = command.__qualname__ = verb.lower()
+    command.__doc__ = doc
+    return command
+
+
+info = _srv_command(
+    "INFO", _render_info, "``$SRV.INFO.rory-worker[.ID]``: identity and endpoints of each instance."
+)
+stats = _srv_command(
+    "STATS", _render_stats, "``$SRV.STATS.rory-worker[.ID]``: requests, errors and latency per endpoint."
+)
 
 
 async def health(
@@ -337,6 +328,22 @@ def load_params(value: str | None) -> dict[str, Any]:
     return params
 
 
+def command_body(op: str, params: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
+    """A valid Command map with a fresh id; ``fields`` override or add envelope fields.
+
+    ``req`` sends it, and the tests build theirs with it (tests/ops.py), so both speak the same envelope.
+    """
+    body: dict[str, Any] = {
+        "v": 1,
+        "id": uuid.uuid4().hex,
+        "op": op,
+        "ts": time.time(),
+        "params": params or {},
+    }
+    body.update(fields)
+    return body
+
+
 async def req(
     nc: Client,
     prefix: str,
@@ -352,13 +359,7 @@ async def req(
 ) -> int:
     """Send one Command (to a node, or to the pool when ``node`` is None) and print the Reply."""
     subject = subjects.node_cmd(prefix, node, op) if node else subjects.pool_cmd(prefix, op)
-    body: dict[str, Any] = {
-        "v": 1,
-        "id": uuid.uuid4().hex,
-        "op": op,
-        "ts": time.time(),
-        "params": params or {},
-    }
+    body = command_body(op, params)
     if job_id:
         body["job_id"] = job_id
     if deadline_s:
@@ -379,4 +380,15 @@ async def req(
     return EXIT_OK if reply.get("ok") else EXIT_ERROR_REPLY
 
 
-__all__ = ["dlq_mover", "gather", "health", "info", "load_params", "ls", "req", "stats", "watch"]
+__all__ = [
+    "command_body",
+    "dlq_mover",
+    "gather",
+    "health",
+    "info",
+    "load_params",
+    "ls",
+    "req",
+    "stats",
+    "watch",
+]
