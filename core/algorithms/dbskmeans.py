@@ -8,7 +8,9 @@ element by element with FDH-OPE (key derived from the plaintext UDM). Per iterat
 2. data owner: decrypt the Liu shift S, test convergence on S, re-encrypt S with the same FDH-OPE key
    (`encrypt_shift`) and send OPE(S);
 3. worker, `plaintext_phase`: U' = OPE(U)[:, :k] + OPE(S) -- what the original computes, with the
-   corrected (non-transposed) indexing.
+   corrected (non-transposed) indexing; or `cumulative_phase`: C' = C + OPE(S), the worker keeping
+   OPE(U0) and the k x a sum of the OPE shifts (OPE(U0) + (OPE(S_1) + OPE(S_2)) instead of
+   (OPE(U0) + OPE(S_1)) + OPE(S_2): the same sum up to rounding order, so the same drift).
 
 How the labels compare with SKMeans (documented approximation, tested in tests/core/test_dbskmeans.py):
 * FDH-OPE is not additively homomorphic: OPE(a) + OPE(b) != OPE(a + b), and sum_z |OPE(u_z)| is not
@@ -31,7 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.algorithms.skmeans import EncryptedPhaseResult, check_shift, decrypt_shift
+from core.algorithms.skmeans import EncryptedPhaseResult, check_shift, cumulative_phase, decrypt_shift
 from core.algorithms.skmeans import encrypted_phase as _skmeans_encrypted_phase
 from core.algorithms.udm import update_udm
 from core.crypto import fdhope
@@ -40,10 +42,12 @@ from core.errors import CoreError
 __all__ = [
     "EncryptedPhaseResult",
     "check_shift",
+    "cumulative_phase",
     "decrypt_shift",
     "encrypt_shift",
     "encrypt_udm",
     "encrypted_phase",
+    "encrypted_phase_arrays",
     "plaintext_phase",
 ]
 
@@ -54,9 +58,24 @@ def encrypted_phase(
     k: int,
     start: bool,
     previous_centroids: np.ndarray | None,
+    udm_shift: np.ndarray | None = None,
 ) -> EncryptedPhaseResult:
-    """Worker step 1 on an FDH-OPE UDM (same contract as `skmeans.encrypted_phase`)."""
-    return _skmeans_encrypted_phase(encrypted_data, encrypted_udm, k, start, previous_centroids)
+    """Worker step 1 on an FDH-OPE UDM (same contract as `skmeans.encrypted_phase`; `udm_shift` is
+    the sum of the OPE shifts applied so far in the cumulative form)."""
+    return _skmeans_encrypted_phase(encrypted_data, encrypted_udm, k, start, previous_centroids, udm_shift)
+
+
+def encrypted_phase_arrays(
+    encrypted_data: np.ndarray,
+    encrypted_udm: np.ndarray,
+    k: int,
+    start: bool,
+    previous_centroids: np.ndarray | None,
+    udm_shift: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`encrypted_phase` as (labels, centroids, shift) for a compute process (see the SKMeans twin)."""
+    r = encrypted_phase(encrypted_data, encrypted_udm, k, start, previous_centroids, udm_shift)
+    return r.labels, r.centroids, r.shift
 
 
 def plaintext_phase(encrypted_udm: np.ndarray, shift_ope: np.ndarray) -> np.ndarray:

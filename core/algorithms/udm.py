@@ -11,6 +11,13 @@ Two layouts are accepted everywhere:
 
 Both give identical labels and identical updated matrices.
 
+The worker may also keep the UDM as uploaded, U0, and the k x a cumulative shift C = S_1 + ... + S_t
+(the sum of every shift applied so far): the current matrix is U0[:, :k] + C (`update_udm(U0, C)`),
+and `assign(U0, k, start, offset=C)` scores it without building it. That is the same matrix as
+t successive `update_udm` calls up to floating-point rounding order (U0 + (S_1 + S_2) instead of
+(U0 + S_1) + S_2), and a round then writes k x a numbers instead of n x k x a
+(worker/handlers/secure_kmeans.py, "cumulative UDM").
+
 Correction versus the original (reference section 2.6): after the first update the original kept
 reading the transposed entry U[y][x] for x < y, which is only valid while U is antisymmetric, so the
 records 0..k-2 were compared with wrong distances from iteration 2 on. Here the matrix always satisfies
@@ -32,7 +39,7 @@ import numpy as np
 
 from core.errors import CoreError
 
-__all__ = ["assign", "assignment_scores", "build_udm", "update_udm"]
+__all__ = ["accumulate_shift", "assign", "assignment_scores", "build_udm", "update_udm"]
 
 # Upper bound on the number of float64 elements of a temporary built by one block (about 64 MB).
 _BLOCK_ELEMENTS = 1 << 23
@@ -75,30 +82,50 @@ def _check_udm(udm: np.ndarray, k: int) -> None:
         raise CoreError(f"UDM has {cols} cluster columns, fewer than k={k}")
 
 
-def assignment_scores(udm: np.ndarray, k: int) -> np.ndarray:
-    """Return the n x k matrix of scores sum_z |U[x, y, z]| for y < k (float64, blocked over rows)."""
+def _check_offset(offset: np.ndarray | None, k: int, a: int) -> np.ndarray | None:
+    if offset is None:
+        return None
+    c = np.asarray(offset)
+    if c.shape != (k, a):
+        raise CoreError(f"cumulative shift must have shape {(k, a)}, got {c.shape}")
+    return c
+
+
+def assignment_scores(udm: np.ndarray, k: int, offset: np.ndarray | None = None) -> np.ndarray:
+    """Return the n x k matrix of scores sum_z |U[x, y, z] + C[y, z]| for y < k (float64, blocked).
+
+    `offset` is the k x a cumulative shift C of the module docstring (None: zero), added block by block
+    so that U0[:, :k] + C is never materialised (the blocks bound the temporary to ~64 MB).
+    """
     u = np.asarray(udm)
     _check_udm(u, k)
     n, _, a = u.shape
+    c = _check_offset(offset, k, a)
     scores = np.empty((n, k), dtype=np.float64)
     step = _rows_per_block(k * a)
-    buf = np.empty((min(step, n), k, a), dtype=np.result_type(u.dtype, np.float32))
+    dtype = np.result_type(u.dtype, np.float32) if c is None else np.result_type(u.dtype, c.dtype, np.float32)
+    buf = np.empty((min(step, n), k, a), dtype=dtype)
     for lo in range(0, n, step):
         hi = min(n, lo + step)
         b = buf[: hi - lo]
-        np.abs(u[lo:hi, :k, :], out=b)
+        if c is None:
+            np.abs(u[lo:hi, :k, :], out=b)
+        else:
+            np.add(u[lo:hi, :k, :], c[None, :, :], out=b)
+            np.abs(b, out=b)
         np.sum(b, axis=2, out=scores[lo:hi], dtype=np.float64)
     return scores
 
 
-def assign(udm: np.ndarray, k: int, start: bool) -> np.ndarray:
+def assign(udm: np.ndarray, k: int, start: bool, offset: np.ndarray | None = None) -> np.ndarray:
     """Assign each record to the cluster with the smallest L1 score (first index on ties).
 
     With `start` (the first iteration, centroids = first k records) records 0..k-1 are pre-assigned to
     clusters 0..k-1, as the original's START step does; the others take the argmin.
-    Accepts the full (n x n x a) and the compact (n x k x a) layouts.
+    Accepts the full (n x n x a) and the compact (n x k x a) layouts; `offset` (k x a) scores
+    U + offset instead of U (the cumulative form, see the module docstring).
     """
-    scores = assignment_scores(udm, k)
+    scores = assignment_scores(udm, k, offset)
     labels = np.argmin(scores, axis=1).astype(np.int64, copy=False)
     if start:
         labels[:k] = np.arange(k, dtype=np.int64)
@@ -124,3 +151,21 @@ def update_udm(udm: np.ndarray, shift: np.ndarray) -> np.ndarray:
     out = np.empty((u.shape[0], k, a), dtype=dtype)
     np.add(u[:, :k, :], s[None, :, :], out=out)
     return out
+
+
+def accumulate_shift(cumulative: np.ndarray | None, shift: np.ndarray) -> np.ndarray:
+    """Return C + S, the k x a cumulative shift after one more update (C None: the first update).
+
+    Step 2 in the cumulative form: instead of rewriting the n x k x a matrix it adds the k x a shift to
+    the running sum, so `update_udm(U0, accumulate_shift(C, S)) == update_udm(update_udm(U0, C), S)` up
+    to rounding order. The result is float64 at least (a float32 sum would drift over many rounds).
+    """
+    s = np.asarray(shift)
+    if s.ndim != 2:
+        raise CoreError(f"shift must be 2-D (k x a), got shape {s.shape}")
+    dtype = np.result_type(s.dtype, np.float64)
+    if cumulative is None:
+        return np.array(s, dtype=dtype, copy=True)
+    c = _check_offset(cumulative, *s.shape)
+    assert c is not None
+    return np.add(c, s, dtype=np.result_type(c.dtype, dtype))

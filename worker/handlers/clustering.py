@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from core.algorithms import dbskmeans as core_dbskmeans
+from core.algorithms import skmeans as core_skmeans
 from core.algorithms.convergence import mean_relative_error
 from schemas import keys
 from schemas.operations import (
@@ -98,7 +100,10 @@ def _check_encrypted(info: BallInfo, p: SecureKMeansParams) -> tuple[int, int, i
 
 class LiuScheme(Scheme[np.ndarray, None]):
     """Liu ciphertexts: the dataset is an n x a x m ndarray, centroids and shift k x a x m ndarrays;
-    step 2 without ``is_zero`` applies the V1 rule MRE(centi, centj) <= MIN_ERROR."""
+    step 2 without ``is_zero`` applies the V1 rule MRE(centi, centj) <= MIN_ERROR. The UDM is kept
+    in the cumulative form (worker/handlers/secure_kmeans.py): step 2 writes k x a numbers."""
+
+    cumulative_udm = True
 
     async def material(self, ctx: JobContext) -> None:
         return None
@@ -124,13 +129,21 @@ class LiuScheme(Scheme[np.ndarray, None]):
 
     async def encrypted_phase(
         self, ctx: JobContext, p: SecureKMeansParams, material: None, inputs: Sequence[str],
-        infos: Sequence[BallInfo], n: int, start: bool,
+        infos: Sequence[BallInfo], n: int, start: bool, udm_shift: str | None = None,
     ) -> Phase1[np.ndarray]:
-        arrays = await fetch_arrays(ctx, *inputs)
+        """One download round for every input (the cumulative shift ``udm_shift`` too, when current),
+        then the core's encrypted phase on the event loop for small inputs, else in the pool."""
+        arrays = await fetch_arrays(ctx, *inputs, *([udm_shift] if udm_shift else []))
+        encrypted, udm = arrays[0], arrays[1]
         previous = None if start else arrays[2]
-        labels, centi, centj, shift = await ctx.compute(
-            jobs.secure_kmeans_step1, arrays[0], arrays[1], p.k, start, previous, self.double_blind
+        offset = arrays[len(inputs)] if udm_shift else None
+        inline = infos[0].size + infos[1].size <= secure_kmeans.INLINE_COMPUTE_BYTES
+        core = core_dbskmeans if self.double_blind else core_skmeans
+        labels, centj, shift = await secure_kmeans.compute(
+            ctx, inline, core.encrypted_phase_arrays, encrypted, udm, p.k, start, previous, offset
         )
+        # centi: the centroids this round started from (at START the first k encrypted records).
+        centi = np.array(encrypted[: p.k] if previous is None else previous, dtype=np.float64)
         return Phase1(labels, centi, centj, shift)
 
     def state_write(self, key: str, value: np.ndarray, chunks: int, k: int) -> Write:
@@ -154,6 +167,7 @@ class LiuScheme(Scheme[np.ndarray, None]):
 
 
 SKMEANS = LiuScheme(Op.SKMEANS.value, double_blind=False, udm_update=jobs.udm_update)
+# (udm_update serves only schemes without the cumulative UDM; LiuScheme keeps C instead.)
 DBSKMEANS = LiuScheme(Op.DBSKMEANS.value, double_blind=True, udm_update=jobs.udm_update)
 
 

@@ -4,7 +4,8 @@ The four operations share the protocol and differ only in how the data is encryp
 :class:`Scheme` says what differs (how the encrypted dataset and the centroids are stored and checked,
 which compute-pool function runs each step, how step 2 judges convergence without ``is_zero``); the
 step logic below (key names, the resume rule, the write order, the results) exists only here.
-``worker.handlers.clustering`` binds it to the Liu schemes, ``worker.handlers.pqc`` to the CKKS ones.
+``worker.handlers.clustering`` binds it to the Liu schemes, ``worker.handlers.pqc_skmeans`` to the
+CKKS ones.
 
 A round, as the data owner drives it:
 
@@ -21,6 +22,23 @@ A round, as the data owner drives it:
   the UDM: atomic on the local backend; on MictlanX (delete-then-put) a write that fails after all
   retries loses it, and the owner must upload the UDM again (it can: U = D - c). docs/reliability.md
   states the same for every operation.
+
+Cumulative UDM (schemes with ``cumulative_udm``: SKMeans and DBSKMeans). Every record's UDM row is the
+uploaded one plus the same k x a sum of the shifts so far, U = U0[:, :k] + C (core/algorithms/udm.py).
+So the worker never rewrites the UDM: ``<P>udm`` / ``<P>encryptedudm`` stays exactly as the owner
+uploaded it, and the running sum C lives in ``<P>udmshift`` / ``<P>encryptedudmshift`` (k x a
+float64, :func:`udm_shift_key`), tagged with the version (etag) of the UDM it applies to
+(:data:`UDM_VERSION_TAG`). Step 1 at START writes C = 0; step 1 later reads C and scores U0 + C block
+by block; step 2 writes C + S (k x a numbers instead of n x k x a). A missing C, or one tagged with
+another UDM version (the owner uploaded a new UDM, e.g. ``refresh_udm``), counts as zero: exactly the
+old behaviour, where uploading a UDM replaced the state. The owner reads the current UDM as
+``core.algorithms.udm.update_udm(U0, C)``. Labels equal the in-place update's up to floating-point
+rounding order. What the worker and storage see does not change (docs/privacy.md, §2 and §3).
+
+Small jobs skip the compute pool: step 1 runs on the event loop when its inputs (encrypted data and
+UDM) hold at most :data:`INLINE_COMPUTE_BYTES` (well under a millisecond of numpy; the pool hop alone
+cost ~3.8 ms at n = 1,500, benchmarks/bench_e2e.py); bigger jobs still run in the pool so health and
+heartbeats answer while they compute. Step 2's k x a addition always runs inline.
 """
 
 from __future__ import annotations
@@ -28,14 +46,15 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 
+from core.algorithms.udm import accumulate_shift
 from schemas import keys
 from schemas.operations import ClusteringStatus, DbsKMeansParams, SecureKMeansParams, Step1Result, Step2Result
-from worker.errors import BadRequest, NotFound, ValidationFailed
+from worker.errors import BadRequest, DeadlineExceeded, NotFound, ValidationFailed
 from worker.handlers.common import (
     Write,
     check_dtype,
@@ -48,6 +67,8 @@ from worker.runtime.context import JobContext
 from worker.storage.base import BallInfo
 
 __all__ = [
+    "INLINE_COMPUTE_BYTES",
+    "UDM_VERSION_TAG",
     "Phase1",
     "Scheme",
     "Together",
@@ -61,7 +82,15 @@ __all__ = [
     "step1",
     "step2",
     "udm_key",
+    "udm_shift_key",
 ]
+
+#: Step 1 computes on the event loop when its encrypted data and UDM hold at most this many bytes:
+#: ~0.6 ms of numpy at n = 1,500, a = 8, k = 5 (benchmarks/bench_e2e.py), against ~3.8 ms for the
+#: pool's transfer and scheduling. Larger inputs go to the pool so health keeps answering.
+INLINE_COMPUTE_BYTES = 1 << 20
+#: Tag on the cumulative shift ``<P>udmshift``: the etag of the UDM version it applies to.
+UDM_VERSION_TAG = "rory_udm_version"
 
 #: How a scheme awaits several storage calls at once; results in order, the first failure raised.
 Together = Callable[..., Awaitable[list[Any]]]
@@ -97,6 +126,104 @@ def udm_key(p: SecureKMeansParams, double_blind: bool) -> str:
     return keys.encrypted_udm(root, ns) if double_blind else keys.udm(root, ns)
 
 
+def udm_shift_key(p: SecureKMeansParams, double_blind: bool) -> str:
+    """``<P>udmshift`` or ``<P>encryptedudmshift``: the cumulative shift C of the module docstring
+    (namespaced like every state key, ``schemas.keys.state``)."""
+    name = "encryptedudmshift" if double_blind else "udmshift"
+    return keys.state(f"{p.plaintext_matrix_id}{name}", p.namespace)
+
+
+async def _info_or_none(ctx: JobContext, key: str) -> BallInfo | None:
+    try:
+        return await ctx.store.info(key)
+    except NotFound:
+        return None
+
+
+def current_udm_shift(
+    info: BallInfo | None, udm: BallInfo, k: int, a: int, centroids: BallInfo | None
+) -> BallInfo | None:
+    """The stored cumulative shift if it applies to this UDM version, else None (counts as zero).
+
+    ``centroids``: the info of the centroids this round starts from; step 1 tags them with the UDM
+    version it used. A missing shift counts as zero when the UDM was uploaded after them (the owner
+    re-uploaded the current UDM) or they carry no version (an older worker updated the UDM in
+    place); but when they were computed on this very UDM version the shift must exist, so it was
+    lost (a delete-then-put write that failed, docs/reliability.md): 404, the owner uploads the
+    current UDM again (U = D - c) or restarts. 422 when the shift applies but is not k x a numeric.
+    A UDM whose backend names no version (etag None) cannot be told apart from a re-upload: its
+    shift is trusted and a missing one counts as zero (START resets it).
+    """
+    if info is None:
+        if udm.etag is not None and centroids is not None and centroids.tags.get(UDM_VERSION_TAG) == udm.etag:
+            raise NotFound(
+                f"the cumulative shift of {udm.ball_id} is missing although {centroids.ball_id} was computed "
+                "on this UDM version (a failed write lost it): upload the current UDM again, or send START"
+            )
+        return None
+    if udm.etag is not None and info.tags.get(UDM_VERSION_TAG) != udm.etag:
+        return None
+    check_numeric(info, info.ball_id, ndim=2)
+    if shape_of(info) != (k, a):
+        raise ValidationFailed(
+            f"{info.ball_id}: cumulative shift has shape {list(shape_of(info))}, expected {[k, a]} (k={k})"
+        )
+    return info
+
+
+def with_udm_version(write: Write, udm: BallInfo) -> Write:
+    """``write`` tagged with the UDM version it was computed on (:func:`current_udm_shift`)."""
+    if udm.etag is None:
+        return write
+    return replace(write, tags={**(write.tags or {}), UDM_VERSION_TAG: udm.etag})
+
+
+def udm_shift_write(key: str, value: np.ndarray, udm: BallInfo) -> Write:
+    """The write of a cumulative shift, bound to the UDM version it applies to."""
+    return with_udm_version(Write(key, np.ascontiguousarray(value, dtype=np.float64), num_chunks=1), udm)
+
+
+async def put_state(ctx: JobContext, writes: Sequence[Write], last: Write, start: bool) -> None:
+    """Store step 1's outputs: ``writes`` in any order, then ``last`` (``centj``, the next input).
+
+    At START, one :func:`put_all` (its new objects are written concurrently, and all removed again
+    if one fails: a failed first step leaves storage as it was). Later rounds overwrite existing
+    objects, which ``put_all`` does one at a time; here ``writes`` go concurrently (saving a storage
+    round trip or two per round) and only ``last`` waits for them. That keeps what the resume rule
+    needs (:func:`previous_centroids_info`): until ``centj`` is replaced no input of the step has
+    changed, and ``centi`` is complete before ``centj`` is touched. A failure among ``writes`` may
+    leave some of them rewritten: with the same values a retry writes again.
+    """
+    if start:
+        await put_all(ctx, [*writes, last])
+        return
+    # Every write settles before a failure is raised: none is still running when the reply goes out.
+    outcomes = await asyncio.gather(*(put_all(ctx, [write]) for write in writes), return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    await put_all(ctx, [last])
+
+
+async def compute(ctx: JobContext, inline: bool, fn: Callable[..., Any], /, *args: Any) -> Any:
+    """``fn(*args)`` on the event loop when ``inline`` (tiny work: the pool hop costs more than the
+    work), else in the compute pool. Inline time is still counted as compute in the job's timings."""
+    if not inline:
+        return await ctx.compute(fn, *args)
+    remaining = ctx.remaining()
+    if remaining is not None and remaining <= 0:
+        raise DeadlineExceeded("deadline passed before the computation started")
+    # worker/runtime/context.py: JobContext times ctx.compute with this StageMeter.
+    meter = getattr(ctx, "_compute", None)
+    if meter is not None:
+        meter.enter()
+    try:
+        return fn(*args)
+    finally:
+        if meter is not None:
+            meter.exit()
+
+
 def check_udm(info: BallInfo, k: int, *, n: int | None = None, a: int | None = None) -> tuple[int, int, int]:
     """422 unless the UDM is n x n x a (as the owner uploads it) or n x k' x a with k' >= k (after an
     update); ``n`` and ``a`` are checked when the caller knows them from another object."""
@@ -108,11 +235,18 @@ def check_udm(info: BallInfo, k: int, *, n: int | None = None, a: int | None = N
     return rows, cols, attrs
 
 
-def check_declared_udm(info: BallInfo, p: SecureKMeansParams) -> None:
-    """DBSKMeans commands may declare the encrypted UDM's shape and dtype: 422 when storage disagrees."""
+def check_declared_udm(info: BallInfo, p: SecureKMeansParams, *, cumulative: bool = False) -> None:
+    """DBSKMeans commands may declare the encrypted UDM's shape and dtype: 422 when storage disagrees.
+
+    ``cumulative``: storage keeps the uploaded UDM, so the n x k x a shape step 2 reports for the
+    current matrix is accepted as well as the stored one (a client may echo either).
+    """
     if isinstance(p, DbsKMeansParams):
         stored = list(shape_of(info))
-        if p.encrypted_udm_shape is not None and stored != list(p.encrypted_udm_shape):
+        accepted = [stored]
+        if cumulative and len(stored) == 3:
+            accepted.append([stored[0], p.k, stored[2]])
+        if p.encrypted_udm_shape is not None and list(p.encrypted_udm_shape) not in accepted:
             raise ValidationFailed(
                 f"{info.ball_id}: declared shape {p.encrypted_udm_shape} but storage holds {stored}"
             )
@@ -162,6 +296,9 @@ class Scheme(ABC, Generic[S, M]):
     reports_udm_in_step1: ClassVar[bool] = False
     #: Step 2 of a double-blind round looks for ``<P>shiftmatrixope`` when no id is given.
     ope_shift_fallback: ClassVar[bool] = False
+    #: Keep the uploaded UDM and a k x a cumulative shift (module docstring). Such a scheme's
+    #: :meth:`encrypted_phase` takes ``udm_shift=`` (the key of a current shift, or None for zero).
+    cumulative_udm: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -239,6 +376,8 @@ async def step1(ctx: JobContext, p: SecureKMeansParams, scheme: Scheme[S, M]) ->
     state_keys = scheme.state_inputs(p)
     centi_key, centj_key = keys.centroids_previous(root, ns), keys.centroids_current(root, ns)
 
+    cumulative_key = udm_shift_key(p, scheme.double_blind) if scheme.cumulative_udm else None
+
     lookups: list[Awaitable[BallInfo]] = [
         scheme.encrypted_info(ctx, p, enc_key),
         ctx.store.info(matrix_key),
@@ -246,24 +385,44 @@ async def step1(ctx: JobContext, p: SecureKMeansParams, scheme: Scheme[S, M]) ->
     ]
     if not start:
         lookups.append(previous_centroids_info(ctx, root, ns))
-    infos: list[BallInfo] = await scheme.together(*lookups)
+    # The cumulative shift's info joins the same round trip (START resets it: not read).
+    reads_shift = cumulative_key is not None and not start
+    found = await scheme.together(*lookups, *([_info_or_none(ctx, cumulative_key)] if reads_shift else []))
+    shift_info: BallInfo | None = found.pop() if reads_shift else None
+    infos: list[BallInfo] = found
     n = scheme.check_step1(p, infos[0], infos[1], infos[2:])
     source_key = centj_key if start else infos[-1].ball_id
     inputs = [enc_key, matrix_key, *state_keys, *([] if start else [source_key])]
-    phase = await scheme.encrypted_phase(ctx, p, material, inputs, infos, n, start)
+    if cumulative_key is None:
+        phase = await scheme.encrypted_phase(ctx, p, material, inputs, infos, n, start)
+    else:
+        started = None if start else infos[-1]
+        current = current_udm_shift(shift_info, infos[1], p.k, shape_of(infos[1])[2], started)
+        udm_shift = None if current is None else current.ball_id
+        phase = await scheme.encrypted_phase(ctx, p, material, inputs, infos, n, start, udm_shift=udm_shift)
 
     chunks = result_chunks(ctx, p)
     shift_key = keys.encrypted_shift_matrix(root, ns)
     payload, label_write = plan_labels(ctx, phase.labels, keys.label_vector(root, ns))
+    centi_write = scheme.state_write(centi_key, phase.centi, chunks, p.k)
+    centj_write = scheme.state_write(centj_key, phase.centj, chunks, p.k)
+    if cumulative_key is not None:
+        centi_write = with_udm_version(centi_write, infos[1])
+        centj_write = with_udm_version(centj_write, infos[1])
     writes = [
+        # START: the cumulative shift of this UDM is zero (a previous job's may remain).
+        *(
+            [udm_shift_write(cumulative_key, np.zeros((p.k, shape_of(infos[1])[2])), infos[1])]
+            if cumulative_key is not None and start
+            else []
+        ),
         # Skipped when resuming from centi: it already holds exactly these centroids.
-        *([] if source_key == centi_key else [scheme.state_write(centi_key, phase.centi, chunks, p.k)]),
+        *([] if source_key == centi_key else [centi_write]),
         scheme.state_write(shift_key, phase.shift, chunks, p.k),
         *([label_write] if label_write else []),
-        # Last: it is this step's input on the next round, so until it lands a retry is exact.
-        scheme.state_write(centj_key, phase.centj, chunks, p.k),
     ]
-    await put_all(ctx, writes)
+    # Last: it is this step's input on the next round, so until it lands a retry is exact.
+    await put_state(ctx, writes, centj_write, start)
     extra: dict[str, Any] = {}
     if scheme.double_blind and scheme.reports_udm_in_step1:
         extra = {"encrypted_udm_shape": list(shape_of(infos[1])), "encrypted_udm_dtype": infos[1].full_dtype}
@@ -307,7 +466,12 @@ async def step2(ctx: JobContext, p: SecureKMeansParams, scheme: Scheme[Any, Any]
             "from an FDH-OPE-encrypted shift (the data owner decides on the decrypted CKKS shift)"
         )
     matrix_key, shift_key = udm_key(p, scheme.double_blind), await _shift_key(ctx, p, scheme)
-    udm_info, shift_info = await scheme.together(ctx.store.info(matrix_key), ctx.store.info(shift_key))
+    cumulative_key = udm_shift_key(p, scheme.double_blind) if scheme.cumulative_udm else None
+    lookups = [ctx.store.info(matrix_key), ctx.store.info(shift_key)]
+    if cumulative_key is not None:
+        centj_key = keys.centroids_current(p.plaintext_matrix_id, p.namespace)
+        lookups += [_info_or_none(ctx, cumulative_key), _info_or_none(ctx, centj_key)]
+    udm_info, shift_info, *stored = await scheme.together(*lookups)
     check_numeric(shift_info, shift_key, ndim=2)
     k, a = shape_of(shift_info)
     if "k" in p.model_fields_set and k != p.k:
@@ -319,16 +483,20 @@ async def step2(ctx: JobContext, p: SecureKMeansParams, scheme: Scheme[Any, Any]
             f"{shift_key}: the shift matrix has {a} attributes, the UDM {matrix_key} has {udm_a}"
         )
     check_udm(udm_info, k, n=n, a=a)
-    check_declared_udm(udm_info, p)
+    check_declared_udm(udm_info, p, cumulative=cumulative_key is not None)
     check_declared_matrix(p, matrix_key, n, a)
+    current = None
+    if cumulative_key is not None:
+        current = current_udm_shift(stored[0], udm_info, k, a, centroids=stored[1])
 
     shift: np.ndarray | None = None
     if p.is_zero is None:
         done, shift = await scheme.converged(ctx, p, shift_key)
         if done:
-            return _step2_result(
-                ClusteringStatus.COMPLETED, scheme.double_blind, shape_of(udm_info), udm_info.full_dtype
-            )
+            shape = (n, k, a) if cumulative_key is not None else shape_of(udm_info)
+            return _step2_result(ClusteringStatus.COMPLETED, scheme.double_blind, shape, udm_info.full_dtype)
+    if cumulative_key is not None:
+        return await _step2_cumulative(ctx, scheme, (cumulative_key, current, udm_info), shift_key, shift)
     if shift is None:
         reads = (ctx.store.get_ndarray(matrix_key), ctx.store.get_ndarray(shift_key))
         udm, shift = await scheme.together(*reads)
@@ -338,6 +506,35 @@ async def step2(ctx: JobContext, p: SecureKMeansParams, scheme: Scheme[Any, Any]
     await put_all(ctx, [Write(matrix_key, updated, num_chunks=max(1, min(result_chunks(ctx, p), n)))])
     return _step2_result(
         ClusteringStatus.WORK_IN_PROGRESS, scheme.double_blind, updated.shape, str(updated.dtype)
+    )
+
+
+async def _step2_cumulative(
+    ctx: JobContext,
+    scheme: Scheme[Any, Any],
+    state: tuple[str, BallInfo | None, BallInfo],
+    shift_key: str,
+    shift: np.ndarray | None,
+) -> Step2Result:
+    """Step 2 in the cumulative form: C' = C + S (k x a), written bound to the UDM's version; the
+    UDM itself is neither read nor written. ``state``: C's key, C's info when current, the UDM's info.
+    """
+    key, current, udm_info = state
+    reads: list[Awaitable[np.ndarray]] = []
+    if shift is None:
+        reads.append(ctx.store.get_ndarray(shift_key))
+    if current is not None:
+        reads.append(ctx.store.get_ndarray(key))
+    arrays = await scheme.together(*reads) if reads else []
+    if shift is None:
+        shift = arrays.pop(0)
+    previous = arrays[0] if current is not None else None
+    updated = accumulate_shift(previous, shift)  # k x a: cheaper than any hop off the loop
+    await put_all(ctx, [udm_shift_write(key, updated, udm_info)])
+    n, _, a = shape_of(udm_info)
+    dtype = np.result_type(np.dtype(udm_info.full_dtype or "float64"), updated.dtype, np.float32)
+    return _step2_result(
+        ClusteringStatus.WORK_IN_PROGRESS, scheme.double_blind, (n, updated.shape[0], a), str(dtype)
     )
 
 
