@@ -16,13 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from dataowner.port import CallObserver, CallRecord, command_envelope, new_id, parse_reply, raise_error
+from dataowner.port import CommandPort, Outgoing, new_id
 from schemas import codec
-from schemas.operations import Op, Params, Result
+from schemas.envelopes import Reply
 
 __all__ = ["InProcessPort", "InlinePool"]
 
-R = TypeVar("R", bound=Result)
 T = TypeVar("T")
 
 
@@ -33,7 +32,7 @@ class InlinePool:
         return fn(*args, **kwargs)
 
 
-class InProcessPort:
+class InProcessPort(CommandPort):
     """:class:`dataowner.port.WorkerPort` over the worker's dispatcher in this process.
 
     ``store``: the worker's store (the owner usually shares the same object). ``keys_path``: the
@@ -82,41 +81,18 @@ class InProcessPort:
     async def close(self) -> None:
         return None
 
-    async def call(
-        self,
-        op: Op | str,
-        params: Params,
-        expect: type[R],
-        *,
-        node: str | None = None,
-        deadline_s: float | None = None,
-        job_id: str | None = None,
-        observer: CallObserver | None = None,
-        idempotent: bool = True,
-    ) -> R:
+    async def exchange(self, command: Outgoing) -> Reply:
         from worker.runtime.dispatch import Rejected
 
-        op_name = op.value if isinstance(op, Op) else op
-        command_id = new_id("cmd")
-        record = CallRecord(op=op_name, command_id=command_id, attempts=1)
-        started = time.perf_counter()
-        data = codec.encode_msgpack(command_envelope(op_name, params, command_id, job_id, deadline_s))
-        record.bytes_up = len(data)
+        data = command.attempt(command.envelope(command.deadline_s))
         headers = {codec.CONTENT_TYPE: codec.MSGPACK}
         try:
-            job = self.dispatcher.prepare(data, headers, op_name, time.perf_counter())
+            job = self.dispatcher.prepare(data, headers, command.op, time.perf_counter())
         except Rejected as rejected:
             answer = rejected.reply
         else:
             answer = await self.dispatcher.run(job)
         self.calls += 1
         encoded, _ = self.dispatcher.encode(answer, False, self.settings.max_message_bytes)
-        record.bytes_down = len(encoded)
-        record.wait_seconds = time.perf_counter() - started
-        reply, result = parse_reply(op_name, codec.decode(encoded, max_bytes=len(encoded) + 1), expect)
-        record.node_id, record.timings = reply.node_id, reply.timings
-        if observer is not None:
-            observer.record(record)
-        if result is None:
-            raise raise_error(op_name, reply)
-        return result
+        command.record.bytes_down = len(encoded)
+        return Reply.model_validate(codec.decode(encoded, max_bytes=len(encoded) + 1))

@@ -27,28 +27,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import Sequence
-from typing import Any, Literal, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Literal
 
 from dataowner.errors import NoWorkerError, WorkerError
-from dataowner.port import (
-    CallObserver,
-    CallRecord,
-    RetryEvent,
-    RetryPolicy,
-    command_envelope,
-    new_id,
-    parse_reply,
-    raise_error,
-)
+from dataowner.port import CommandPort, Outgoing, RetryEvent, RetryPolicy, raise_error
 from schemas import codec, subjects
 from schemas.envelopes import Reply
-from schemas.operations import Op, Params, Result
 
 __all__ = ["NatsPort", "Transport"]
 
-R = TypeVar("R", bound=Result)
 Transport = Literal["request", "jobs"]
 MAX_REPLY_BYTES = 64 * 1024 * 1024
 #: Extra seconds an attempt waits beyond the command's deadline, so the worker's 504 arrives first.
@@ -64,7 +52,7 @@ class _Retry(Exception):
         self.final = final
 
 
-class NatsPort:
+class NatsPort(CommandPort):
     """:class:`dataowner.port.WorkerPort` over a NATS connection.
 
     ``nats``: server URL(s), or a connected ``nats.aio.client.Client`` (not closed by :meth:`close`).
@@ -119,160 +107,106 @@ class NatsPort:
         target = node if node is not None else self.node
         return subjects.node_cmd(self.prefix, target, op) if target else subjects.pool_cmd(self.prefix, op)
 
-    async def call(
-        self,
-        op: Op | str,
-        params: Params,
-        expect: type[R],
-        *,
-        node: str | None = None,
-        deadline_s: float | None = None,
-        job_id: str | None = None,
-        observer: CallObserver | None = None,
-        idempotent: bool = True,
-    ) -> R:
+    async def prepare(self) -> None:
         await self.connect()
-        op_name = op.value if isinstance(op, Op) else op
-        command_id = new_id("cmd")
-        deadline = deadline_s if deadline_s is not None else self.timeout
-        record = CallRecord(op=op_name, command_id=command_id)
-        started = time.perf_counter()
-        try:
-            if self.transport == "jobs":
-                reply = await self._jobs(
-                    op_name, params, command_id, job_id, deadline, node, record, observer
-                )
-            else:
-                reply = await self._requests(
-                    op_name, params, command_id, job_id, deadline, node, record, observer, idempotent
-                )
-        finally:
-            record.wait_seconds = time.perf_counter() - started
-        record.node_id = reply.node_id
-        record.timings = reply.timings
-        if observer is not None:
-            observer.record(record)
-        if not reply.ok:
-            raise raise_error(op_name, reply)
-        _, result = parse_reply(op_name, reply.model_dump(), expect)
-        assert result is not None
-        return result
+
+    async def exchange(self, command: Outgoing) -> Reply:
+        deadline = command.deadline_s if command.deadline_s is not None else self.timeout
+        if self.transport == "jobs":
+            return await self._jobs(command, deadline)
+        return await self._requests(command, deadline)
 
     def _limit(self, deadline: float) -> float:
         return self.attempt_timeout if self.attempt_timeout is not None else deadline + DEADLINE_MARGIN
 
-    async def _backoff(
-        self, op: str, command_id: str, attempt: int, reason: str, observer: CallObserver | None
-    ) -> None:
-        delay = self.retry.delay(attempt)
-        if observer is not None:
-            observer.retry(RetryEvent(op, command_id, attempt + 1, delay, reason))
-        await asyncio.sleep(delay)
+    async def _retrying(self, command: Outgoing, attempt: Callable[[], Awaitable[Reply]]) -> Reply:
+        """Run ``attempt`` until it returns a Reply; after a :class:`_Retry` wait out the policy's
+        back-off (reported to the observer) and run it again, under the same command id."""
+        for n in range(self.retry.retries + 1):
+            try:
+                return await attempt()
+            except _Retry as retry:
+                if n >= self.retry.retries:
+                    raise retry.final from None
+                delay = self.retry.delay(n)
+                if command.observer is not None:
+                    event = RetryEvent(command.op, command.command_id, n + 1, delay, retry.reason)
+                    command.observer.retry(event)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # ------------------------------------------------------------------ core request-reply
-    async def _requests(
-        self,
-        op: str,
-        params: Params,
-        command_id: str,
-        job_id: str | None,
-        deadline: float,
-        node: str | None,
-        record: CallRecord,
-        observer: CallObserver | None,
-        idempotent: bool,
-    ) -> Reply:
+    async def _requests(self, command: Outgoing, deadline: float) -> Reply:
         from nats.errors import NoRespondersError
         from nats.errors import TimeoutError as NatsTimeout
 
-        subject = self.subject(op, node)
+        op, record = command.op, command.record
+        subject = self.subject(op, command.node)
         limit = self._limit(deadline)
-        for attempt in range(self.retry.retries + 1):
-            data = codec.encode_msgpack(command_envelope(op, params, command_id, job_id, deadline))
-            record.attempts += 1
-            record.bytes_up += len(data)
+
+        async def attempt() -> Reply:
+            data = command.attempt(command.envelope(deadline))
             try:
-                try:
-                    msg = await self.nc.request(
-                        subject, data, timeout=limit, headers={codec.CONTENT_TYPE: codec.MSGPACK}
-                    )
-                except NoRespondersError:
-                    raise _Retry(
-                        "no responders", NoWorkerError(f"no worker is listening on {subject!r}")
-                    ) from None
-                except NatsTimeout:
-                    error = WorkerError(op, 504, "TIMEOUT", f"no reply within {limit:g} s", True)
-                    if not idempotent:
-                        raise error from None  # the first copy may still run: a re-send could apply twice
-                    raise _Retry("timeout", error) from None
-                record.bytes_down += len(msg.data)
-                raw = codec.decode(msg.data, json_mode=codec.is_json(msg.headers), max_bytes=MAX_REPLY_BYTES)
-                reply = Reply.model_validate(raw)
-                if reply.ok or reply.error is None or not reply.error.retryable:
-                    return reply
-                raise _Retry(f"{reply.error.code} {reply.error.type}", raise_error(op, reply))
-            except _Retry as retry:
-                if attempt >= self.retry.retries:
-                    raise retry.final from None
-                await self._backoff(op, command_id, attempt, retry.reason, observer)
-        raise AssertionError("unreachable")  # pragma: no cover
+                msg = await self.nc.request(
+                    subject, data, timeout=limit, headers={codec.CONTENT_TYPE: codec.MSGPACK}
+                )
+            except NoRespondersError:
+                error = NoWorkerError(f"no worker is listening on {subject!r}")
+                raise _Retry("no responders", error) from None
+            except NatsTimeout:
+                error = WorkerError(op, 504, "TIMEOUT", f"no reply within {limit:g} s", True)
+                if not command.idempotent:
+                    raise error from None  # the first copy may still run: a re-send could apply twice
+                raise _Retry("timeout", error) from None
+            record.bytes_down += len(msg.data)
+            raw = codec.decode(msg.data, json_mode=codec.is_json(msg.headers), max_bytes=MAX_REPLY_BYTES)
+            reply = Reply.model_validate(raw)
+            if reply.ok or reply.error is None or not reply.error.retryable:
+                return reply
+            raise _Retry(f"{reply.error.code} {reply.error.type}", raise_error(op, reply))
+
+        return await self._retrying(command, attempt)
 
     # ------------------------------------------------------------------ JetStream jobs
-    async def _jobs(
-        self,
-        op: str,
-        params: Params,
-        command_id: str,
-        job_id: str | None,
-        deadline: float,
-        node: str | None,
-        record: CallRecord,
-        observer: CallObserver | None,
-    ) -> Reply:
+    async def _jobs(self, command: Outgoing, deadline: float) -> Reply:
         from nats.errors import NoRespondersError
 
         from worker.runtime.jetstream import publish_job
 
-        job = job_id or command_id
-        target = node if node is not None else self.node
+        job = command.job_id or command.command_id
+        target = command.node if command.node is not None else self.node
         replies: asyncio.Queue[Reply] = asyncio.Queue()
 
         async def on_result(msg: Any) -> None:
             with contextlib.suppress(Exception):  # someone else's garbage on our subject is ignored
                 raw = codec.decode(msg.data, json_mode=codec.is_json(msg.headers), max_bytes=MAX_REPLY_BYTES)
                 reply = Reply.model_validate(raw)
-                if reply.in_reply_to == command_id:
-                    record.bytes_down += len(msg.data)
+                if reply.in_reply_to == command.command_id:
+                    command.record.bytes_down += len(msg.data)
                     replies.put_nowait(reply)
+
+        js = self.nc.jetstream()
+        envelope = command.envelope(deadline)
+        limit = self._limit(deadline)
+
+        async def attempt() -> Reply:
+            command.attempt(envelope)  # counted: publish_job encodes it the same way
+            try:
+                await publish_job(js, self.prefix, target, envelope)
+            except NoRespondersError:
+                raise _Retry(
+                    "no responders", NoWorkerError(f"no JetStream stream takes jobs of {self.prefix!r}")
+                ) from None
+            try:
+                return await asyncio.wait_for(replies.get(), limit)
+            except TimeoutError:
+                error = WorkerError(command.op, 504, "TIMEOUT", f"no reply within {limit:g} s", True)
+                raise _Retry("timeout", error) from None
 
         sub = await self.nc.subscribe(subjects.results_of_job(self.prefix, job), cb=on_result)
         try:
             await self.nc.flush()
-            js = self.nc.jetstream()
-            command = command_envelope(op, params, command_id, job, deadline)
-            limit = self._limit(deadline)
-            for attempt in range(self.retry.retries + 1):
-                data = codec.encode_msgpack(command)
-                record.attempts += 1
-                record.bytes_up += len(data)
-                try:
-                    try:
-                        await publish_job(js, self.prefix, target, command)
-                    except NoRespondersError:
-                        raise _Retry(
-                            "no responders",
-                            NoWorkerError(f"no JetStream stream takes jobs of {self.prefix!r}"),
-                        ) from None
-                    try:
-                        return await asyncio.wait_for(replies.get(), limit)
-                    except TimeoutError:
-                        error = WorkerError(op, 504, "TIMEOUT", f"no reply within {limit:g} s", True)
-                        raise _Retry("timeout", error) from None
-                except _Retry as retry:
-                    if attempt >= self.retry.retries:
-                        raise retry.final from None
-                    await self._backoff(op, command_id, attempt, retry.reason, observer)
-            raise AssertionError("unreachable")  # pragma: no cover
+            return await self._retrying(command, attempt)
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 import secrets
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -22,12 +23,15 @@ from typing import Any, Protocol, TypeVar
 from pydantic import ValidationError
 
 from dataowner.errors import BadResult, WorkerError
+from schemas import codec
 from schemas.envelopes import PROTOCOL_VERSION, Reply, Timings
 from schemas.operations import Op, Params, Result
 
 __all__ = [
     "CallObserver",
     "CallRecord",
+    "CommandPort",
+    "Outgoing",
     "RetryEvent",
     "RetryPolicy",
     "WorkerPort",
@@ -146,10 +150,12 @@ def command_envelope(
 def parse_reply(op: str, data: Mapping[str, Any], expect: type[R]) -> tuple[Reply, R | None]:
     """Validate a Reply; on success also its result as ``expect`` (``None`` for an error Reply)."""
     reply = Reply.model_validate(data)
-    if not reply.ok:
-        return reply, None
+    return reply, (_result(op, reply, expect) if reply.ok else None)
+
+
+def _result(op: str, reply: Reply, expect: type[R]) -> R:
     try:
-        return reply, expect.model_validate(reply.result or {})
+        return expect.model_validate(reply.result or {})
     except ValidationError as error:
         raise BadResult(op, f"result is not a {expect.__name__}: {error}", reply.node_id) from None
 
@@ -159,3 +165,80 @@ def raise_error(op: str, reply: Reply) -> WorkerError:
     if err is None:  # pragma: no cover - Reply's own validation requires it
         return BadResult(op, "error Reply without error", reply.node_id)
     return WorkerError(op, err.code, err.type, err.message, err.retryable, reply.node_id)
+
+
+@dataclass
+class Outgoing:
+    """One command on its way: what a transport needs to deliver it, and the record it accounts into."""
+
+    op: str
+    params: Params
+    record: CallRecord
+    node: str | None
+    deadline_s: float | None
+    job_id: str | None
+    observer: CallObserver | None
+    idempotent: bool
+
+    @property
+    def command_id(self) -> str:
+        return self.record.command_id
+
+    def envelope(self, deadline_s: float | None) -> dict[str, Any]:
+        return command_envelope(self.op, self.params, self.command_id, self.job_id, deadline_s)
+
+    def attempt(self, envelope: Mapping[str, Any]) -> bytes:
+        """The bytes of one attempt, counted (every attempt's bytes are part of what the command cost)."""
+        data = codec.encode_msgpack(dict(envelope))
+        self.record.attempts += 1
+        self.record.bytes_up += len(data)
+        return data
+
+
+class CommandPort(ABC):
+    """What every port does around one command, whatever carries it (NATS, or this process).
+
+    :meth:`call` names the command, times it, reports its :class:`CallRecord` to the observer and
+    turns the Reply into the typed result or a :class:`dataowner.errors.WorkerError`; a subclass only
+    delivers the command and returns its final Reply (:meth:`exchange`), counting attempts and bytes.
+    """
+
+    async def call(
+        self,
+        op: Op | str,
+        params: Params,
+        expect: type[R],
+        *,
+        node: str | None = None,
+        deadline_s: float | None = None,
+        job_id: str | None = None,
+        observer: CallObserver | None = None,
+        idempotent: bool = True,
+    ) -> R:
+        await self.prepare()
+        op_name = op.value if isinstance(op, Op) else op
+        record = CallRecord(op=op_name, command_id=new_id("cmd"))
+        started = time.perf_counter()
+        try:
+            reply = await self.exchange(
+                Outgoing(op_name, params, record, node, deadline_s, job_id, observer, idempotent)
+            )
+        finally:
+            record.wait_seconds = time.perf_counter() - started
+        record.node_id, record.timings = reply.node_id, reply.timings
+        if observer is not None:
+            observer.record(record)
+        if not reply.ok:
+            raise raise_error(op_name, reply)
+        return _result(op_name, reply, expect)
+
+    async def prepare(self) -> None:
+        """Whatever must be ready before a command is sent (a connection); not part of its wait."""
+        return None
+
+    @abstractmethod
+    async def exchange(self, command: Outgoing) -> Reply:
+        """Deliver ``command`` and return its final Reply (after the port's own retries)."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
