@@ -56,12 +56,24 @@ class EndpointStats:
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
 
     def record(self, seconds: float, error: str | None = None) -> None:
+        """Count one answered request; ``error`` (``"<code> <TYPE>: <message>"``) when it was an error."""
         self.num_requests += 1
         self.processing_ns += int(seconds * 1e9)
         self.latencies.append(seconds)
         if error is not None:
             self.num_errors += 1
             self.last_error = error
+
+    def count_error(self, error: str) -> None:
+        """An answer already counted by :meth:`record` as a success went out as an error after all.
+
+        Why: the outcome can change after the run was counted, e.g. a result too large to encode
+        becomes a 500 (``Dispatcher.finalize`` in worker/runtime/dispatch.py), or its result record
+        could not be written (worker/runtime/jetstream_intake.py). The requester sees an error Reply,
+        so ``num_errors`` must count it, without counting the request twice.
+        """
+        self.num_errors += 1
+        self.last_error = error
 
     def reset(self) -> None:
         self.num_requests = self.num_errors = self.processing_ns = 0

@@ -258,7 +258,11 @@ class Dispatcher:
         first = self.replies.claim(command.id, command.op, command.job_id or command.id)
         if first is not None:
             self.release(job)
-            return await asyncio.shield(first)
+            replayed: dict[str, Any] = await asyncio.shield(first)
+            # The duplicate is answered too, with the first run's Reply: count it like any answer, so
+            # an error Reply sent twice shows twice in $SRV.STATS.
+            job.endpoint.record(time.perf_counter() - job.received, describe_reply(replayed))
+            return replayed
         reply: dict[str, Any] | None = None
         try:
             reply = await self._run_once(job)
@@ -381,6 +385,8 @@ class Dispatcher:
                 )
         except Exception as exc:
             error = exc if isinstance(exc, Internal) else Internal(f"result cannot be encoded: {exc}")
+            if reply.get("ok"):  # counted as a success when it ran; the requester gets this 500
+                self.discovery.endpoint(str(reply.get("op", ""))).count_error(_describe(error))
             reply = {**reply, "ok": False, "error": error_info(error)}
             reply.pop("result", None)
             data = codec.encode(reply, json_mode=json_mode)
@@ -394,7 +400,25 @@ def _describe(error: RoryError) -> str:
     return f"{error.code} {error.type}: {error.message}"
 
 
+def describe_reply(reply: Mapping[str, Any]) -> str | None:
+    """``"<code> <TYPE>: <message>"`` of an error Reply (as ``$SRV.STATS`` shows it), None for a success."""
+    if reply.get("ok"):
+        return None
+    error = reply.get("error")
+    if not isinstance(error, Mapping):
+        return "500 INTERNAL: error Reply without an error"
+    return f"{error.get('code')} {error.get('type')}: {error.get('message')}"
+
+
 _valid_id = is_valid_job_id
 
 
-__all__ = ["ERROR_CODE_HEADER", "ERROR_HEADER", "Dispatcher", "Job", "Rejected", "error_headers"]
+__all__ = [
+    "ERROR_CODE_HEADER",
+    "ERROR_HEADER",
+    "Dispatcher",
+    "Job",
+    "Rejected",
+    "describe_reply",
+    "error_headers",
+]

@@ -13,8 +13,12 @@ story; docs/reliability.md the guarantees):
    long job is not redelivered.
 4. **Settle:** :func:`~worker.runtime.jetstream_settle.settle` decides per delivery (ack, nak with
    back-off, term, dead-letter, hand back); :meth:`JetStreamIntake._carry_out` does the I/O. On
-   success the record is created first (the first run to finish wins; a later duplicate answers with
-   the recorded Reply).
+   success, and on a terminal failure of the run (4xx), the record is created first (the first run
+   to finish wins; a later duplicate answers with the recorded Reply, error or not).
+
+Every answer counts on its endpoint in ``$SRV.STATS`` (worker/runtime/discovery.py): a run through
+:meth:`Dispatcher.run`, a refusal through :meth:`Dispatcher.reject`, an answer from a record here,
+and an outcome that turned into an error after its run was counted (the record not written).
 
 Stop: no new pulls; messages still arriving for the outstanding request are handed back; in-flight
 jobs get the grace period, the rest are cancelled and handed back. A hand-back while our own pull is
@@ -41,7 +45,16 @@ from nats.js.kv import KeyValue
 
 from schemas import codec, subjects
 from worker.errors import Busy, Conflict, RoryError
-from worker.runtime.dispatch import ERROR_CODE_HEADER, ERROR_HEADER, Dispatcher, Job, Rejected, error_info
+from worker.runtime.dispatch import (
+    ERROR_CODE_HEADER,
+    ERROR_HEADER,
+    Dispatcher,
+    Job,
+    Rejected,
+    describe_reply,
+    error_headers,
+    error_info,
+)
 from worker.runtime.jetstream_deadletter import DeadLetterMover, MaxDeliveries, copy_to_dlq
 from worker.runtime.jetstream_pull import PULL_EXPIRES, PULL_MARGIN, Lanes
 from worker.runtime.jetstream_records import ResultRecords
@@ -55,6 +68,7 @@ from worker.runtime.jetstream_settle import (
     Term,
     settle,
     spent,
+    terminal,
 )
 from worker.runtime.jetstream_topology import (
     ConsumerLimits,
@@ -402,36 +416,61 @@ class JetStreamIntake:
             return
         self.counters["answered_from_record"] += 1
         log.info("answered from the result record", extra={"id": command.id, "job_id": command.job_id})
-        await self._carry_out(
-            state, None, (command.job_id or command.id, data, {codec.CONTENT_TYPE: codec.MSGPACK})
-        )
+        error, headers = self._recorded_outcome(data)
+        job = state.job
+        job.endpoint.record(time.perf_counter() - job.received, _describe_error(error))
+        await self._carry_out(state, error, (command.job_id or command.id, data, headers))
+
+    def _recorded_outcome(self, data: bytes) -> tuple[dict[str, Any] | None, dict[str, str]]:
+        """The error info (None: success) and the headers of a recorded Reply, as its first answer had
+        them (ADR-32 error headers on an error), so a recorded failure is answered and settled (term)
+        like the failure it records."""
+        headers = {codec.CONTENT_TYPE: codec.MSGPACK}
+        stored = self.records.decode(data)
+        if stored is None or stored.get("ok") or not isinstance(stored.get("error"), dict):
+            return None, headers
+        headers.update(error_headers(stored))
+        return stored["error"], headers
 
     async def _settle(self, state: _Running, reply: dict[str, Any]) -> None:
-        """Settle a run's Reply: on success record it first (the first run to finish wins)."""
-        command = state.job.command
+        """Settle a run's Reply. A final outcome (success, or a terminal 4xx failure) is recorded
+        first (the first run to finish wins), so a later delivery of the same command is answered
+        from the record instead of running again; a retryable failure (5xx) is not recorded."""
+        job = state.job
+        command = job.command
         job_id = command.job_id or command.id
         data, headers = self._encode(reply)
-        if ERROR_CODE_HEADER in headers:
-            await self._carry_out(state, _reply_error(reply, headers), (job_id, data, headers), self.stopping)
+        error = _reply_error(reply, headers) if ERROR_CODE_HEADER in headers else None
+        if error is not None and not terminal(error):
+            await self._carry_out(state, error, (job_id, data, headers), self.stopping)
             return
         try:
             earlier = await self.records.create(self.records.key(state.spec.source, command.id), data)
-        except Exception as error:
-            log.warning("result record not stored; the command will run again", extra={"error": repr(error)})
-            failure = error_info(Busy(f"the result could not be recorded: {error}"))
+        except Exception as exc:
+            if error is not None:  # final anyway: a copy published again would run and fail again
+                log.warning("error record not stored; answering without it", extra={"error": repr(exc)})
+                await self._carry_out(state, error, (job_id, data, headers))
+                return
+            log.warning("result record not stored; the command will run again", extra={"error": repr(exc)})
+            busy = Busy(f"the result could not be recorded: {exc}")
+            job.endpoint.count_error(f"{busy.code} {busy.type}: {busy.message}")  # the run counted a success
+            failure = error_info(busy)
             failed, failed_headers = self._encode(_failed(reply, failure))
             await self._carry_out(state, failure, (job_id, failed, failed_headers))
             return
         if earlier is not None:  # another run recorded first: answer with its result
             self.counters["lost_record_race"] += 1
             if self.records.mismatch(command, state.spec.source, earlier) is None:
-                data, headers = earlier, {codec.CONTENT_TYPE: codec.MSGPACK}
+                recorded_error, headers = self._recorded_outcome(earlier)
+                if recorded_error is not None and error is None:  # the run counted a success
+                    job.endpoint.count_error(_describe_error(recorded_error) or "")
+                data, error = earlier, recorded_error
             else:  # not this command's record: never answer with it; our own result stands
                 log.warning(
                     "the existing result record is not this command's; answering with our own result",
                     extra={"id": command.id, "job_id": job_id},
                 )
-        await self._carry_out(state, None, (job_id, data, headers))
+        await self._carry_out(state, error, (job_id, data, headers))
 
     async def _fail(self, state: _Running, error: RoryError) -> None:
         """Settle a command that was not run (or whose record failed) with ``error`` and its Reply."""
@@ -583,6 +622,11 @@ def _failed(reply: dict[str, Any], error: dict[str, Any]) -> dict[str, Any]:
     failed["ok"] = False
     failed["error"] = error
     return failed
+
+
+def _describe_error(error: Mapping[str, Any] | None) -> str | None:
+    """How ``$SRV.STATS`` names an error (None: a success)."""
+    return None if error is None else describe_reply({"ok": False, "error": error})
 
 
 def _reply_error(reply: dict[str, Any], headers: Mapping[str, str]) -> dict[str, Any]:

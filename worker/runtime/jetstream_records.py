@@ -1,16 +1,23 @@
-"""Result records: one msgpack Reply per successful command in the results bucket (RORY_RESULTS).
+"""Result records: the msgpack Reply of each command whose outcome is final, in the results bucket
+(RORY_RESULTS): a success, or a run's terminal failure (4xx: bad input, missing key, conflict,
+invalid data; ``terminal`` in worker/runtime/jetstream_settle.py). Retryable failures (5xx) are
+never recorded: running again is what their retry is for.
 
 Why: a command may be delivered more than once (a lost ack, a crash, a Manager re-publishing after
 the duplicate window); the record lets every later delivery be answered without recomputing, with
-the same Reply byte for byte (docs/reliability.md, "effectively-once results"). The record is
-*created*, never overwritten, so when two runs race the first to finish wins and the other answers
-with the recorded Reply.
+the same Reply byte for byte (docs/reliability.md, "effectively-once results"). A failed run is
+recorded too, because running it again would only fail again, after spending storage reads and
+compute, and could even succeed against storage that changed meanwhile, giving one command two
+outcomes. The record is *created*, never overwritten, so when two runs race the first to finish
+wins and the other answers with the recorded Reply. Records expire with the bucket's TTL
+(JETSTREAM_RESULT_TTL).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 import nats.js.errors
 from nats.js.kv import KeyValue
@@ -69,6 +76,15 @@ class ResultRecords:
                 raise TimeoutError("the result record could be neither created nor read")
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+    @staticmethod
+    def decode(data: bytes) -> dict[str, Any] | None:
+        """The recorded Reply as a map, or None when the record is not one."""
+        try:
+            stored = codec.decode(data, json_mode=False, max_bytes=max(len(data), 1))
+        except Exception:
+            return None
+        return stored if isinstance(stored, dict) else None
 
     def mismatch(self, command: Command, source: str, data: bytes) -> str | None:
         """Why a stored record is not the answer to ``command``, or None when it is.

@@ -7,7 +7,8 @@ what the decision says: publish the Reply, ack, nak, term, copy to the DLQ. The 
 
 * success -> :class:`Ack` (the Reply is recorded, published, then the message acked);
 * 4xx: the command can never succeed, retrying would fail again -> :class:`Term` after the error
-  Reply; an unreadable command (no job id to answer to) -> :class:`DeadLetter` without a Reply;
+  Reply (a run's 4xx is recorded first, like a success: :func:`terminal`); an unreadable command
+  (no job id to answer to) -> :class:`DeadLetter` without a Reply;
 * 503 BUSY because the worker is stopping -> :class:`HandBack`: nak'd for another worker at once
   (delayed only past this worker's own open pull, see ``JetStreamIntake.handback_delay``);
 * any other 5xx (storage 503, deadline 504, crashed compute process, internal error, the result
@@ -77,6 +78,13 @@ class DeadLetter:
 Decision = Ack | Term | Nak | HandBack | DeadLetter
 
 
+def terminal(error: Mapping[str, Any]) -> bool:
+    """A final failure (4xx: bad input, missing key, conflict, invalid data): running the command
+    again would fail the same way. Such an outcome of a run is recorded like a success, so a
+    re-published copy is answered from the record instead of running again (docs/reliability.md)."""
+    return int(error["code"]) < 500
+
+
 def spent(deliveries: int, limits: ConsumerLimits) -> bool:
     """True on the extra delivery beyond the run budget: every run so far died with its worker, so
     the command is not run again but dead-lettered (``MAX_DELIVERIES``)."""
@@ -103,7 +111,7 @@ def settle(
     """
     if error is None:
         return Ack()
-    if int(error["code"]) < 500:
+    if terminal(error):
         if answerable:
             return Term()
         # nobody to tell: the DLQ copy is the only trace; if the DLQ refuses, keep the command
@@ -128,4 +136,5 @@ __all__ = [
     "nak_delay",
     "settle",
     "spent",
+    "terminal",
 ]
