@@ -186,11 +186,15 @@ def tls_handshake_first(settings: Settings) -> bool:
 
 
 def _callbacks(
-    last_error: list[BaseException], on_reconnected: Callable[[], Awaitable[None]] | None
+    last_error: list[BaseException],
+    on_reconnected: Callable[[], Awaitable[None]] | None,
+    on_error: Callable[[BaseException], None] | None = None,
 ) -> dict[str, Any]:
     async def error_cb(error: Exception) -> None:
         last_error.append(error)  # a few recent ones: a refused login is often followed by a reset
         del last_error[:-8]
+        if on_error is not None:
+            on_error(error)
         if not _log_violation(error):
             log.warning("nats error", extra={"error": repr(error)})
 
@@ -214,13 +218,17 @@ def _callbacks(
 
 
 def _recording(
-    last_error: list[BaseException], inner: Callable[[Exception], Awaitable[None]]
+    last_error: list[BaseException],
+    inner: Callable[[Exception], Awaitable[None]],
+    on_error: Callable[[BaseException], None] | None = None,
 ) -> Callable[[Exception], Awaitable[None]]:
     """Wrap a caller's error_cb so a failed first connect can still say why."""
 
     async def error_cb(error: Exception) -> None:
         last_error.append(error)
         del last_error[:-8]
+        if on_error is not None:
+            on_error(error)
         _log_violation(error)
         await inner(error)
 
@@ -366,16 +374,21 @@ async def connect(
     *,
     timeout: float | None = None,
     on_reconnected: Callable[[], Awaitable[None]] | None = None,
+    on_error: Callable[[BaseException], None] | None = None,
     **overrides: Any,
 ) -> Client:
-    """Connect to NATS_URLS; raise :class:`NatsUnavailable` if no server answers within the timeout."""
+    """Connect to NATS_URLS; raise :class:`NatsUnavailable` if no server answers within the timeout.
+
+    ``on_error``: called synchronously with every error the client reports, before any other error
+    handling (the service tracks refused subscriptions with it, whatever ``error_cb`` a caller passes).
+    """
     options = connect_options(settings, **overrides)
     last_error: list[BaseException] = []
-    callbacks = _callbacks(last_error, on_reconnected)
+    callbacks = _callbacks(last_error, on_reconnected, on_error)
     for key, value in callbacks.items():
         options.setdefault(key, value)
     if options["error_cb"] is not callbacks["error_cb"]:  # the caller's own: still note the errors
-        options["error_cb"] = _recording(last_error, options["error_cb"])
+        options["error_cb"] = _recording(last_error, options["error_cb"], on_error)
     limit = settings.nats_connect_timeout if timeout is None else timeout
     client = _Client()
     require_tls = tls_expected(settings)

@@ -39,7 +39,7 @@ from worker.runtime import connection
 from worker.runtime.context import Resources
 from worker.runtime.discovery import Discovery
 from worker.runtime.dispatch import Dispatcher, Job, Rejected
-from worker.runtime.health import StorageProbe, nats_status
+from worker.runtime.health import RefusedSubscriptions, StorageProbe, nats_status
 from worker.runtime.heartbeat import Heartbeater, LoadSampler
 from worker.runtime.jetstream import JetStreamIntake
 from worker.runtime.pool import ComputePool
@@ -137,6 +137,9 @@ class WorkerService:
         self._probe: StorageProbe | None = None
         self._heartbeat: Heartbeater | None = None
         self._load = LoadSampler()
+        # subjects the server's permissions refused (worker/runtime/health.py): health says degraded
+        self.refused = RefusedSubscriptions(interval=settings.heartbeat_interval)
+        self._refused_watch: asyncio.Task[None] | None = None
         self._cmd_subs: list[Subscription] = []
         self.pool_gate: PoolGate | None = None  # the pool queue subscription, while a slot is free
         self._intake: JetStreamIntake | None = None
@@ -163,7 +166,8 @@ class WorkerService:
             self._store = await open_default_store(settings)
         self.pool.start()  # processes warm up while we connect; `started` does not wait for them
         try:
-            options = {"on_reconnected": self._on_reconnected, **self._connect_options}
+            options = {"on_reconnected": self._on_reconnected, "on_error": self.refused.note}
+            options.update(self._connect_options)
             self.nc = await connection.connect(settings, **options)
         except BaseException:
             await self.pool.shutdown()
@@ -238,6 +242,7 @@ class WorkerService:
             lambda: nc.is_connected,
         )
         self._heartbeat.start()
+        self._refused_watch = asyncio.get_running_loop().create_task(self.refused.watch(nc))
         self._started = True
         log.info(
             "worker started",
@@ -281,6 +286,8 @@ class WorkerService:
             # 3. leave
             if self._heartbeat is not None:
                 await self._heartbeat.stop()
+            if self._refused_watch is not None:
+                self._refused_watch.cancel()
             with contextlib.suppress(Exception):
                 await self._announce("stopped")
             if intake is not None:
@@ -395,6 +402,8 @@ class WorkerService:
             return WorkerStatus.DRAINING
         if (self._probe is not None and self._probe.reachable is False) or not self.pool.healthy():
             return WorkerStatus.DEGRADED
+        if self.refused.subjects:  # some subscription receives nothing: not fully serving
+            return WorkerStatus.DEGRADED
         if self.inflight >= self.settings.worker_capacity:
             return WorkerStatus.BUSY
         return WorkerStatus.READY
@@ -409,6 +418,11 @@ class WorkerService:
             "jobs_mode": str(self.settings.rory_jobs_mode),
             **({"jetstream": self._intake.stats()} if self._intake is not None else {}),
         }
+
+    def _refused_report(self) -> dict[str, list[str]]:
+        """``refused_subscriptions`` for health and heartbeats, only while any is refused."""
+        refused = self.refused.subjects
+        return {"refused_subscriptions": refused} if refused else {}
 
     def _common(self) -> dict[str, Any]:
         return {"node_id": self.node_id, "instance_id": self.instance_id}
@@ -468,6 +482,7 @@ class WorkerService:
             "operations": self.registry.names(),
             "storage": {**self._probe.report(), "reachable": reachable},
             "nats": await nats_status(self.nc),
+            **self._refused_report(),
         }
 
     async def _on_health(self, msg: Msg) -> None:
@@ -506,6 +521,7 @@ class WorkerService:
                 "operations": self.registry.names(),
                 "load": self._load.sample(self.pool.pids()),
                 **({"storage": self._probe.report()} if self._probe is not None else {}),
+                **self._refused_report(),
             }
         )
 
