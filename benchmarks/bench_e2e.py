@@ -21,10 +21,13 @@ Storage read cache: ``--store-cache-mb`` (default 512) wraps the worker's store 
 ``worker.storage.cache.CachedStore`` until the service does so itself (the wrapper is idempotent, so
 the flag changes nothing once it does); 0 runs the worker's store exactly as the service opens it.
 
-Printed: total seconds and the ratio (goal <= 1.5x), the owner's preparation, the mean round, and
-the per-round overhead split into messaging (request/reply time not spent in the worker), worker
-storage (get + put), worker queueing, and the owner's own storage + decryption between commands;
-"the core" is the in-process worker's compute time (the same core functions, inline).
+Printed: total seconds and their ratio, the owner's preparation, the mean round and the round ratio
+beside the goals of issue 14 (:func:`round_goal`), and the per-round overhead split into messaging
+(request/reply time not spent in the worker), worker storage (get + put), worker queueing, and the
+owner's own storage + decryption between commands; "the core" is the in-process worker's compute
+time (the same core functions, inline). Small jobs compute on the worker's event loop
+(``worker.handlers.secure_kmeans.INLINE_COMPUTE_BYTES``), so "worker compute" is pool or inline time.
+The goals are printed, never asserted: figures on a shared machine are noisy.
 """
 
 from __future__ import annotations
@@ -223,6 +226,16 @@ async def end_to_end(
         await server.stop()
 
 
+def round_goal(n: int) -> tuple[str, float]:
+    """Issue 14's goal for a round at ``n`` records: ("ms", 3.0) for small jobs (a round should cost
+    about the bus), else ("x", ratio) of the end-to-end round to the in-process round."""
+    if n <= 10_000:
+        return "ms", 3.0
+    if n < 1_000_000:
+        return "x", 1.5
+    return "x", 1.3
+
+
 def _ms(seconds: float) -> str:
     return f"{seconds * 1000:9.1f}"
 
@@ -308,12 +321,17 @@ def main(argv: list[str] | None = None) -> int:
         f"{'prepare: encrypt + UDM [+ upload] (s)':34}"
         f"{local.prepare_seconds:12.3f}{report.prepare_seconds:12.3f}"
     )
-    print(f"{'mean round (ms)':34}{local_round * 1000:12.1f}{e2e_round * 1000:12.1f}")
-    print(f"{'ratio end-to-end / in-process':34}{ratio:24.2f}x   (goal <= 1.5x)")
+    unit, goal = round_goal(args.n)
+    round_note = f"   (goal <= {goal:g} ms)" if unit == "ms" else ""
+    print(f"{'mean round (ms)':34}{local_round * 1000:12.1f}{e2e_round * 1000:12.1f}{round_note}")
+    round_ratio = e2e_round / local_round
+    ratio_note = f"   (goal <= {goal:g}x)" if unit == "x" else ""
+    print(f"{'round ratio end-to-end / in-process':34}{round_ratio:24.2f}x{ratio_note}")
+    print(f"{'total ratio (with preparation)':34}{ratio:24.2f}x")
     print()
     print("per-round overhead of the end-to-end path (ms, mean over rounds)")
     print(f"  {'round, owner view':40}{_ms(e2e_round)}")
-    print(f"  {'  worker compute (pool)':40}{_ms(compute)}")
+    print(f"  {'  worker compute (pool or inline)':40}{_ms(compute)}")
     print(f"  {'    of which the core (in process)':40}{_ms(core_round)}")
     print(f"  {'    pool transfer + scheduling':40}{_ms(compute - core_round)}")
     print(f"  {'  worker storage get + put':40}{_ms(storage)}")
