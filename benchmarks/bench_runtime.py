@@ -31,18 +31,15 @@ NODE = "bench-node"
 
 
 # ----------------------------------------------------------------------------- worker side
-def burn(seconds: float) -> int:
-    until = time.perf_counter() + seconds
-    n = 0
-    while time.perf_counter() < until:
-        n += 1
-    return n
-
-
 def register(registry) -> None:  # type: ignore[no-untyped-def]
-    """``--operations benchmarks.bench_runtime:register``: bench.noop and bench.burn."""
+    """``--operations benchmarks.bench_runtime:register``: bench.noop and bench.burn.
+
+    The CPU burner is the test operations' (tests/ops.py), as benchmarks/bench_jetstream.py borrows
+    them too; the slots preload that module so a burn starts at once.
+    """
     from pydantic import BaseModel, ConfigDict
 
+    from tests.ops import burn
     from worker.runtime.registry import Operation
 
     class NoParams(BaseModel):
@@ -57,7 +54,7 @@ def register(registry) -> None:  # type: ignore[no-untyped-def]
     async def cpu(ctx, params):  # type: ignore[no-untyped-def]
         return {"loops": await ctx.compute(burn, params.seconds)}
 
-    registry.preload("benchmarks.bench_runtime")
+    registry.preload("tests.ops")
     registry.register(Operation("bench.noop", NoParams, noop, "no-op"))
     registry.register(Operation("bench.burn", BurnParams, cpu, "CPU-bound op in the pool"))
 

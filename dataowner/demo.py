@@ -80,12 +80,39 @@ __all__ = [
     "nnc_threshold",
     "prepare",
     "run_demo",
+    "spawn_worker",
     "train_and_predict",
     "worker_env",
 ]
 
 
 # ----------------------------------------------------------------------------- worker process
+async def spawn_worker(
+    log_file: Path, env: dict[str, str], *args: str, cwd: Path | None = None
+) -> asyncio.subprocess.Process:
+    """Start ``python -m worker run ARGS`` in its own session, its output appended to ``log_file``.
+
+    Its own session: a terminal Ctrl-C reaches only its parent, and the process group is the worker's
+    to signal as a whole. The demo starts its workers this way, and so do the tests that kill real
+    worker processes (tests/faults/support.py, tests/security/test_orphans.py).
+    """
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "ab") as log:
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "worker",
+            "run",
+            *args,
+            cwd=None if cwd is None else str(cwd),
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=log,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 class WorkerProcess:
     """A ``python -m worker run`` child configured through the environment.
 
@@ -112,19 +139,7 @@ class WorkerProcess:
 
         sub = await nc.subscribe(subjects.started(prefix, self.node), cb=on_started)
         await nc.flush()
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_file, "ab") as log:
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "worker",
-                "run",
-                env=self.env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self.process = await spawn_worker(self.log_file, self.env)
         exited = asyncio.ensure_future(self.process.wait())
         try:
             done, _ = await asyncio.wait(

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,9 @@ from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
 
 from schemas import codec, subjects
-from tests.conftest import settings_for
+from tests.conftest import settings_for, start_in_process
 from tests.ops import Collector
+from worker.embedded import terminate
 from worker.runtime import jetstream
 from worker.settings import Settings
 from worker.storage import LocalStore
@@ -76,8 +76,12 @@ async def balls(store: LocalStore, key: str, kind: str) -> list[str]:
     return [ball for ball in await store.list_balls() if ball.startswith(f"{key}-{kind}-")]
 
 
-async def wait_for(predicate: Any, timeout: float, interval: float = 0.05) -> None:
-    """Poll an async or sync predicate until it is true."""
+async def wait_for(predicate: Any, timeout: float, what: str = "a condition", interval: float = 0.05) -> None:
+    """Poll an async or sync predicate until it is true; fail naming ``what`` after ``timeout``.
+
+    The one polling helper of the tests that watch real processes (also tests/security/test_orphans.py
+    and tests/security/test_tls_downgrade.py).
+    """
     loop = asyncio.get_running_loop()
     until = loop.time() + timeout
     while True:
@@ -87,7 +91,7 @@ async def wait_for(predicate: Any, timeout: float, interval: float = 0.05) -> No
         if value:
             return
         if loop.time() > until:
-            raise AssertionError(f"condition not met within {timeout}s")
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
         await asyncio.sleep(interval)
 
 
@@ -134,15 +138,19 @@ _ENV = {
 
 
 class WorkerProcess:
-    """``python -m worker run --operations tests.faults.ops:register`` in its own process group.
+    """``python -m worker run --operations OPERATIONS`` in its own process group.
 
-    The group is ours (``start_new_session``), so :meth:`kill` SIGKILLs the worker together with its
-    compute processes by the group id, like a node losing power.
+    ``operations`` defaults to the fault operations (tests.faults.ops:register). The group is ours
+    (``start_new_session``), so :meth:`kill` SIGKILLs the worker together with its compute processes
+    by the group id, like a node losing power.
     """
 
-    def __init__(self, settings: Settings, log_file: Path) -> None:
+    def __init__(
+        self, settings: Settings, log_file: Path, operations: str = "tests.faults.ops:register"
+    ) -> None:
         self.settings = settings
         self.log_file = log_file
+        self.operations = operations
         self.process: asyncio.subprocess.Process | None = None
 
     def environment(self) -> dict[str, str]:
@@ -154,24 +162,13 @@ class WorkerProcess:
 
     async def start(self, nc: Client, timeout: float = 60.0) -> WorkerProcess:
         """Start it and wait for its ``started`` announcement."""
+        from dataowner.demo import spawn_worker
+
         subject = subjects.started(self.settings.rory_subject_prefix, self.settings.node_id)
         started = await Collector.on(nc, subject)
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_file, "ab") as log:
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "worker",
-                "run",
-                "--operations",
-                "tests.faults.ops:register",
-                cwd=str(REPO),
-                env=self.environment(),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self.process = await spawn_worker(
+            self.log_file, self.environment(), "--operations", self.operations, cwd=REPO
+        )
         try:
             await started.wait(1, timeout=timeout)
         except AssertionError:
@@ -191,17 +188,12 @@ class WorkerProcess:
         await process.wait()
 
     async def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM (graceful stop); SIGKILL the group if it does not exit in time."""
+        """SIGTERM (graceful stop); SIGKILL if it does not exit in time, then the rest of the group."""
         process = self.process
         if process is None:
             return None
         if process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), timeout)
-            except TimeoutError:
-                await self.kill()
+            await terminate(process, timeout)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)  # leftovers of the group, if any
         return process.returncode
@@ -228,15 +220,9 @@ class Workers:
 
     async def start(self, settings: Settings, *, store: Any | None = None, **options: Any) -> Any:
         from tests.faults.ops import fault_registry
-        from worker.runtime.service import WorkerService
 
-        worker = WorkerService(
-            settings,
-            fault_registry(),
-            store=store if store is not None else self.store(settings),
-            connect_options={"reconnect_time_wait": 0.2, **options},
-        )
-        await worker.start()
+        store = store if store is not None else self.store(settings)
+        worker = await start_in_process(settings, fault_registry(), store, options)
         self.started.append(worker)
         return worker
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import settings_for
+from tests.conftest import settings_for, start_in_process
 from tests.security.pki import Authority, CertFiles, issue, make_ca
 from worker.embedded import EmbeddedNats
 from worker.runtime.service import WorkerService
@@ -87,8 +87,6 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 @pytest.fixture
 async def worker_on(tmp_path: Path) -> AsyncIterator[StartWorkerOn]:
     """Start a real WorkerService (test operations, in-memory store) against a given server URL."""
-    from tests.ops import MemoryStore, test_registry
-
     started: list[WorkerService] = []
 
     async def start(
@@ -96,13 +94,7 @@ async def worker_on(tmp_path: Path) -> AsyncIterator[StartWorkerOn]:
     ) -> WorkerService:
         overrides.setdefault("nats_connect_timeout", 5.0)
         settings = settings_for(url, tmp_path / f"w{len(started)}", **overrides)
-        worker = WorkerService(
-            settings,
-            test_registry(),
-            store=MemoryStore(),
-            connect_options={"reconnect_time_wait": 0.2, **(connect_options or {})},
-        )
-        await worker.start()
+        worker = await start_in_process(settings, connect_options=connect_options)
         started.append(worker)
         return worker
 

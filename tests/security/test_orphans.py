@@ -24,7 +24,6 @@ import json
 import os
 import signal
 import stat
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -84,21 +83,12 @@ def _alive(process: psutil.Process) -> bool:
         return False
 
 
-async def _until(predicate: Any, timeout: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return
-        assert loop.time() < deadline, f"timed out after {timeout:g}s waiting for {what}"
-        await asyncio.sleep(0.1)
-
-
 class Worker:
-    """A worker subprocess in its own session (a signal to it reaches no one else)."""
+    """A worker subprocess in its own session (a signal to it reaches no one else).
+
+    Started like the fault tests' workers (tests/faults/support.py), with this module's operations;
+    unlike theirs, :meth:`kill` hits the worker alone, so its children are left to notice.
+    """
 
     def __init__(self, settings: Any, log_file: Path) -> None:
         self.settings = settings
@@ -111,37 +101,10 @@ class Worker:
         return self.process.pid
 
     async def start(self, nc: Any) -> Worker:
-        from schemas import subjects
-        from tests.faults.support import REPO, WorkerProcess
-        from tests.ops import Collector
+        from tests.faults.support import WorkerProcess
 
-        env = WorkerProcess(self.settings, self.log_file).environment()
-        started = await Collector.on(
-            nc, subjects.started(self.settings.rory_subject_prefix, self.settings.node_id)
-        )
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_file, "ab") as log:
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "worker",
-                "run",
-                "--operations",
-                OPERATIONS_SPEC,
-                cwd=str(REPO),
-                env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
-            )
-        try:
-            await started.wait(1, timeout=90)
-        except AssertionError:
-            await self.kill()
-            raise AssertionError(f"worker did not start; log:\n{self.log_file.read_text()[-3000:]}") from None
-        finally:
-            await started.close()
+        runner = WorkerProcess(self.settings, self.log_file, operations=OPERATIONS_SPEC)
+        self.process = (await runner.start(nc, timeout=90)).process
         return self
 
     def descendants(self) -> list[psutil.Process]:
@@ -155,13 +118,13 @@ class Worker:
             await self.process.wait()
 
     async def stop(self, timeout: float = 30.0) -> int | None:
-        if self.process is None or self.process.returncode is not None:
-            return None if self.process is None else self.process.returncode
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(self.process.wait(), timeout)
-        except TimeoutError:
-            await self.kill()
+        """SIGTERM, SIGKILL after ``timeout``; the exit status (None if it never started)."""
+        from worker.embedded import terminate
+
+        if self.process is None:
+            return None
+        if self.process.returncode is None:
+            await terminate(self.process, timeout)
         return self.process.returncode
 
 
@@ -183,6 +146,7 @@ async def _health(nc: Any, settings: Any) -> dict[str, Any]:
 async def test_a_killed_worker_leaves_no_process_and_its_files_are_swept(nats_url, nc, tmp_path) -> None:
     from schemas import codec, subjects
     from tests.conftest import settings_for
+    from tests.faults.support import wait_for as _until
     from tests.ops import command, request
 
     settings = settings_for(nats_url, tmp_path / "doomed", worker_capacity=2)

@@ -34,6 +34,7 @@ import pytest
 
 from schemas import codec, subjects
 from tests.conftest import settings_for
+from tests.faults.support import wait_for as until
 from tests.ops import MemoryStore, command, test_registry
 from tests.security.util import client, echo_through
 from worker.embedded import EmbeddedNats
@@ -44,20 +45,6 @@ from worker.settings import SettingsError
 TLS_RECORD_HANDSHAKE = 0x16
 #: NATS protocol verbs a client sends; none may reach a plaintext peer.
 PROTOCOL = (b"CONNECT", b"SUB ", b"PUB ", b"HPUB ", b"UNSUB ", b"PING", b"PONG")
-
-
-async def until(predicate: Any, timeout: float, what: str, interval: float = 0.05) -> None:
-    """Poll ``predicate`` (sync or async) until it is true; fail naming ``what`` after ``timeout``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(interval)
 
 
 class Recorder:

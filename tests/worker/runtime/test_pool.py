@@ -8,21 +8,20 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from tests import ops
+from tests.conftest import running_pool
 from worker.runtime.pool import ComputeCrashed, ComputePool, process_identity, start_watchdog
 
 
 @pytest.fixture
-async def pool():
-    pool = ComputePool(2, preload=["tests.ops"])
-    pool.start()
-    await pool.wait_ready(timeout=30)
-    yield pool
-    await pool.shutdown()
+async def pool() -> AsyncIterator[ComputePool]:
+    async with running_pool(2, ["tests.ops"], ready_timeout=30) as started:
+        yield started
 
 
 async def test_runs_in_other_processes(pool: ComputePool) -> None:

@@ -7,12 +7,14 @@ import asyncio
 import gc
 import glob
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from tests.conftest import running_pool
 from worker import segments
 from worker.runtime import shared
 from worker.runtime.pool import ComputePool
@@ -48,12 +50,9 @@ def blas_threads() -> int:
 
 # ----------------------------------------------------------------------------- fixtures
 @pytest.fixture
-async def pool():
-    pool = ComputePool(2, preload=["tests.worker.runtime.test_shared"])
-    pool.start()
-    await pool.wait_ready(timeout=60)
-    yield pool
-    await pool.shutdown()
+async def pool() -> AsyncIterator[ComputePool]:
+    async with running_pool(2, ["tests.worker.runtime.test_shared"], ready_timeout=60) as started:
+        yield started
 
 
 def _our_files() -> set[str]:
