@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -22,6 +23,7 @@ from worker.runtime import pool_gate
 from worker.runtime.context import JobContext
 from worker.runtime.registry import Operation, Registry
 from worker.runtime.service import WorkerService
+from worker.runtime.slots import Slots
 
 HOLDS: dict[str, asyncio.Event] = {}
 RUNS: collections.Counter[str] = collections.Counter()
@@ -179,3 +181,50 @@ async def test_a_stopping_worker_drains_its_pool_subscription(
     assert not gate(worker).subscribed
     with pytest.raises(NoRespondersError):
         await nc.request(subjects.pool_cmd(worker.prefix, "gate.count"), codec.encode(command("gate.count")))
+
+
+# ----------------------------------------------------------------------------- the race, on its own
+async def _gate_on_one_slot(nc: Any, park_s: float) -> tuple[pool_gate.PoolGate, Slots, list[bool], str]:
+    """A gate over one slot on ``nc``, whose callback admits like the dispatcher and keeps the slot."""
+    slots = Slots(1)
+    admitted: list[bool] = []
+
+    async def callback(msg: Any) -> None:
+        admitted.append(slots.admit())  # False: the dispatcher would answer 503 BUSY
+
+    subject = f"gate{uuid.uuid4().hex[:8]}.pool.cmd.x"
+    gate = pool_gate.PoolGate(nc, subject, "q", callback, slots, accepting=lambda: True, park_s=park_s)
+    await gate.open()
+    await nc.flush()
+    return gate, slots, admitted, subject
+
+
+async def test_a_command_caught_in_the_race_waits_for_the_freed_slot(nc: Any) -> None:
+    gate, slots, admitted, subject = await _gate_on_one_slot(nc, park_s=30.0)
+    try:
+        assert slots.admit()  # the last slot is taken: the gate will UNSUB ...
+        # ... but this PUB leaves on the same connection before that UNSUB, so the server still
+        # delivers it here: the race, made certain
+        await nc.publish(subject, b"x")
+        await wait_until(lambda: gate.parked == 1)
+        assert admitted == [] and not gate.subscribed
+        slots.finish()  # the slot frees: the parked command takes it, the gate stays out
+        await wait_until(lambda: admitted == [True])
+        await asyncio.wait_for(gate.settled(), 20)
+        assert not gate.subscribed and gate.parked_busy == 0 and gate.withdrawals == 1
+        slots.finish()  # now the slot is really free: back in the queue group
+        await wait_until(lambda: gate.subscribed)
+        assert gate.restores == 1
+    finally:
+        await gate.close()
+
+
+async def test_a_command_caught_in_the_race_is_busy_when_no_slot_frees(nc: Any) -> None:
+    gate, slots, admitted, subject = await _gate_on_one_slot(nc, park_s=0.05)
+    try:
+        assert slots.admit()
+        await nc.publish(subject, b"x")
+        await wait_until(lambda: admitted == [False])  # waited its bound, then BUSY as before
+        assert gate.parked == 1 and gate.parked_busy == 1 and not gate.subscribed
+    finally:
+        await gate.close()
