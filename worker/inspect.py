@@ -200,6 +200,28 @@ stats = _srv_command(
 )
 
 
+async def _ask(
+    nc: Client,
+    subject: str,
+    payload: bytes,
+    timeout: float,
+    headers: dict[str, str] | None,
+    out: TextIO,
+    *,
+    nobody: str,
+    late: str,
+) -> Msg | None:
+    """One request, for ``health`` and ``req``: the answer, or ``None`` once ``out`` has been told
+    why there is none (``nobody`` listening, or the answer came too ``late``)."""
+    try:
+        return await nc.request(subject, payload, timeout=timeout, headers=headers)
+    except NoRespondersError:
+        print(nobody, file=out)
+    except NatsTimeout:
+        print(late, file=out)
+    return None
+
+
 async def health(
     nc: Client,
     prefix: str,
@@ -215,13 +237,13 @@ async def health(
     HEALTHCHECK built on it marks a ``draining`` or ``degraded`` worker unhealthy.
     """
     headers = {codec.ACCEPT: codec.MSGPACK} if use_msgpack else None
-    try:
-        msg = await nc.request(subjects.health(prefix, node), b"", timeout=timeout, headers=headers)
-    except NoRespondersError:
-        print(f"no worker {node!r} is listening on {subjects.health(prefix, node)}", file=out)
-        return EXIT_NO_ANSWER
-    except NatsTimeout:
-        print(f"worker {node!r} did not answer within {timeout:g}s", file=out)
+    subject = subjects.health(prefix, node)
+    msg = await _ask(
+        nc, subject, b"", timeout, headers, out,
+        nobody=f"no worker {node!r} is listening on {subject}",
+        late=f"worker {node!r} did not answer within {timeout:g}s",
+    )
+    if msg is None:
         return EXIT_NO_ANSWER
     body = codec.decode(msg.data, json_mode=codec.is_json(msg.headers) or not use_msgpack)
     print(dumps(body), file=out)
@@ -365,15 +387,12 @@ async def req(
     if deadline_s:
         body["deadline_s"] = deadline_s
     headers = {codec.CONTENT_TYPE: codec.content_type(json_mode)}
-    try:
-        msg = await nc.request(
-            subject, codec.encode(body, json_mode=json_mode), timeout=timeout, headers=headers
-        )
-    except NoRespondersError:
-        print(f"no worker is listening on {subject}", file=out)
-        return EXIT_NO_ANSWER
-    except NatsTimeout:
-        print(f"no reply on {subject} within {timeout:g}s", file=out)
+    msg = await _ask(
+        nc, subject, codec.encode(body, json_mode=json_mode), timeout, headers, out,
+        nobody=f"no worker is listening on {subject}",
+        late=f"no reply on {subject} within {timeout:g}s",
+    )
+    if msg is None:
         return EXIT_NO_ANSWER
     reply = codec.decode(msg.data, json_mode=codec.is_json(msg.headers), max_bytes=64 * 1024 * 1024)
     print(dumps(reply), file=out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Literal
 
 import numpy as np
@@ -83,11 +84,45 @@ class RegressionDriver(Driver):
             self.upload_ckks_rows(job, x_key, features, profile),
             self.put_ciphertexts(job, y_key, y_blobs, [n]),
         )
+
+        async def put(weights: np.ndarray, bias: float) -> None:
+            await self.put_model(job, ctx, w_key, b_key, weights, bias)
+
+        async def update(_: PplrTrainResult, weights: np.ndarray, bias: float) -> tuple[np.ndarray, float]:
+            w_vec, b_vec = await asyncio.gather(
+                self.get_vectors(job, w_key, profile), self.get_vectors(job, b_key, profile)
+            )
+            with job.owner():
+                return pqc_dataowner.decrypt_model(ctx, w_vec[0], b_vec[0], threshold=refresh_threshold)
+
+        weights, bias = await self._pplr_epochs(
+            job, (x_key, y_key, w_key, b_key), (n, d), epochs, learning_rate, put, update
+        )
+        job.report.iterations = epochs
+        job.report.extra.update(train_id=tid, weights=weights, bias=bias, profile=profile)
+        return job.finish()
+
+    async def _pplr_epochs(
+        self,
+        job: Job,
+        ids: tuple[str, str, str, str],
+        shape: tuple[int, int],
+        epochs: int,
+        learning_rate: float,
+        put: Callable[[np.ndarray, float], Awaitable[None]],
+        update: Callable[[PplrTrainResult, np.ndarray, float], Awaitable[tuple[np.ndarray, float]]],
+        **layout: str,
+    ) -> tuple[np.ndarray, float]:
+        """The epochs both PPLR layouts share: ``put`` the current model, one encrypted step on the
+        worker, then the owner's ``update`` from what it left. ``layout`` is passed on only where
+        given, so a rows-layout command stays as it was (without the field)."""
+        x_key, y_key, w_key, b_key = ids
+        n, d = shape
         job.prepared()
         weights, bias = np.zeros(d), 0.0
         for epoch in range(1, epochs + 1):
             with job.round():
-                await self.put_model(job, ctx, w_key, b_key, weights, bias)
+                await put(weights, bias)
                 job.emit("train", epoch)
                 params = PplrTrainParams(
                     encrypted_matrix_train_id=x_key,
@@ -98,19 +133,12 @@ class RegressionDriver(Driver):
                     n_features=d,
                     n_samples=n,
                     epochs=1,
+                    **layout,
                     **self.common(),
                 )
-                await job.call(params, PplrTrainResult)
-                w_vec, b_vec = await asyncio.gather(
-                    self.get_vectors(job, w_key, profile), self.get_vectors(job, b_key, profile)
-                )
-                with job.owner():
-                    weights, bias = pqc_dataowner.decrypt_model(
-                        ctx, w_vec[0], b_vec[0], threshold=refresh_threshold
-                    )
-        job.report.iterations = epochs
-        job.report.extra.update(train_id=tid, weights=weights, bias=bias, profile=profile)
-        return job.finish()
+                result = await job.call(params, PplrTrainResult)
+                weights, bias = await update(result, weights, bias)
+        return weights, bias
 
     async def _pplr_train_packed(
         self, job: Job, features: np.ndarray, target: np.ndarray, ids: tuple[str, str, str, str], epochs: int,
@@ -120,7 +148,7 @@ class RegressionDriver(Driver):
         owner uploads fresh replicated w and b, the worker returns per-slot gradients, the owner sums
         them and steps in plaintext. No Galois keys; 4 levels (the ``pplr-*`` profiles)."""
         x_key, y_key, w_key, b_key = ids
-        n, d = features.shape
+        n = features.shape[0]
         with job.owner():
             ctx = self.keys.ckks(profile)
             x_blobs, x_shape, y_blobs, size = pplr.encrypt_training_packed(ctx, features, target)
@@ -128,32 +156,23 @@ class RegressionDriver(Driver):
             self.put_ciphertexts(job, x_key, x_blobs, x_shape),
             self.put_ciphertexts(job, y_key, y_blobs, [x_shape[0]]),
         )
-        job.prepared()
-        weights, bias = np.zeros(d), 0.0
-        for epoch in range(1, epochs + 1):
-            with job.round():
-                await self.put_model_packed(job, ctx, w_key, b_key, weights, bias, size)
-                job.emit("train", epoch)
-                params = PplrTrainParams(
-                    encrypted_matrix_train_id=x_key,
-                    encrypted_label_vector_train_id=y_key,
-                    encrypted_weights_id=w_key,
-                    encrypted_bias_id=b_key,
-                    learning_rate=learning_rate,
-                    n_features=d,
-                    n_samples=n,
-                    epochs=1,
-                    layout="packed",
-                    **self.common(),
+
+        async def put(weights: np.ndarray, bias: float) -> None:
+            await self.put_model_packed(job, ctx, w_key, b_key, weights, bias, size)
+
+        async def update(
+            result: PplrTrainResult, weights: np.ndarray, bias: float
+        ) -> tuple[np.ndarray, float]:
+            assert result.encrypted_gradients_id is not None
+            gradients = await self.get_vectors(job, result.encrypted_gradients_id, profile)
+            with job.owner():
+                return pplr.update_from_packed(
+                    ctx, gradients, weights, bias, learning_rate, n, refresh_threshold
                 )
-                result = await job.call(params, PplrTrainResult)
-                assert result.encrypted_gradients_id is not None
-                gradients = await self.get_vectors(job, result.encrypted_gradients_id, profile)
-                with job.owner():
-                    weights, bias = pplr.update_from_packed(
-                        ctx, gradients, weights, bias, learning_rate, n, refresh_threshold
-                    )
-        return weights, bias
+
+        return await self._pplr_epochs(
+            job, ids, features.shape, epochs, learning_rate, put, update, layout="packed"
+        )
 
     async def put_model_packed(
         self, job: Job, ctx: ts.Context, w_key: str, b_key: str, weights: np.ndarray, bias: float, size: int
