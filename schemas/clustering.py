@@ -80,12 +80,9 @@ class SecureKMeansParams(Params):
     max_iterations: Count | None = legacy_field("ignored (the data owner's iteration cap)")
     encrypted_udm_dtype: Dtype | None = legacy_field("ignored (SKMeans has no encrypted UDM)")
 
-    LEGACY: ClassVar[Mapping[str, Compat]] = {
-        "request_id": Compat.IGNORED,
-        "experiment_iteration": Compat.IGNORED,
-        "max_iterations": Compat.IGNORED,
-        "encrypted_udm_dtype": Compat.IGNORED,
-    }
+    LEGACY: ClassVar[Mapping[str, Compat]] = dict.fromkeys(
+        ("request_id", "experiment_iteration", "max_iterations", "encrypted_udm_dtype"), Compat.IGNORED
+    )
 
 
 class DbsKMeansParams(SecureKMeansParams):
@@ -184,12 +181,9 @@ class NncParams(Params):
     dm_shape: Shape | None = legacy_field("checked against the distance matrix")
     dm_dtype: Dtype | None = legacy_field("checked against the distance matrix")
 
-    LEGACY: ClassVar[Mapping[str, Compat]] = {
-        "plaintext_matrix_shape": Compat.CHECKED,
-        "plaintext_matrix_dtype": Compat.CHECKED,
-        "dm_shape": Compat.CHECKED,
-        "dm_dtype": Compat.CHECKED,
-    }
+    LEGACY: ClassVar[Mapping[str, Compat]] = dict.fromkeys(
+        ("plaintext_matrix_shape", "plaintext_matrix_dtype", "dm_shape", "dm_dtype"), Compat.CHECKED
+    )
 
     def storage_claims(self) -> tuple[StorageClaim, ...]:
         dm_key = self.dm_id or keys.distance_matrix(self.plaintext_matrix_id)
