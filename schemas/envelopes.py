@@ -40,7 +40,8 @@ class WorkerStatus(StrEnum):
     READY = "ready"  # accepting commands
     BUSY = "busy"  # every slot taken: commands get 503 BUSY now
     DRAINING = "draining"  # stopping: no new commands, in-flight ones finishing
-    DEGRADED = "degraded"  # serving, but storage is unreachable or the compute pool is unhealthy
+    DEGRADED = "degraded"  # serving, but storage is unreachable, the compute pool is unhealthy,
+    # or the server's permissions refuse some of the worker's subscriptions
 
 
 class Event(StrEnum):
@@ -196,6 +197,9 @@ class Health(_Wire):
     operations: list[str] = Field(description="operation names this worker serves")
     storage: StorageHealth
     nats: NatsHealth
+    refused_subscriptions: list[str] | None = Field(
+        None, description="subjects the server's permissions refuse this worker (absent when none)"
+    )
 
 
 class Load(_Wire):
@@ -219,6 +223,9 @@ class Heartbeat(_Wire):
     operations: list[str]
     load: Load
     storage: StorageHealth | None = Field(None, description="storage as in Health (absent before start)")
+    refused_subscriptions: list[str] | None = Field(
+        None, description="subjects the server's permissions refuse this worker (absent when none)"
+    )
 
 
 class Announcement(_Wire):
