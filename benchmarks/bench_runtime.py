@@ -147,8 +147,9 @@ async def main() -> int:
 
     import nats
 
+    from dataowner.demo import spawn_worker
     from schemas import codec, subjects
-    from worker.embedded import EmbeddedNats
+    from worker.embedded import EmbeddedNats, terminate
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-runtime-"))
     server = await EmbeddedNats(tmp / "nats", jetstream=False).start()
@@ -166,17 +167,9 @@ async def main() -> int:
         "HEARTBEAT_INTERVAL": "1",
     }
     bare_subject = f"{PREFIX}.bare"
-    worker = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "worker",
-        "run",
-        "--operations",
-        "benchmarks.bench_runtime:register",
-        env=env,
-        cwd=ROOT,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
+    # Started as the demo starts its workers (its output kept in <tmp>/worker.log).
+    worker = await spawn_worker(
+        tmp / "worker.log", env, "--operations", "benchmarks.bench_runtime:register", cwd=ROOT
     )
     bare = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -253,12 +246,7 @@ async def main() -> int:
         await nc.close()
         for proc in (worker, bare):
             if proc.returncode is None:
-                proc.terminate()
-                try:
-                    await asyncio.wait_for(proc.wait(), 15)
-                except TimeoutError:
-                    proc.kill()
-                    await proc.wait()
+                await terminate(proc, 15)
         await server.stop()
 
     rows = [
