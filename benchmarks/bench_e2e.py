@@ -17,9 +17,12 @@ In process = the same client over ``dataowner.inprocess_port.InProcessPort``: th
 dispatcher and handlers in this process, compute inline (no bus, no pool), local storage with the
 same read cache.
 
-Storage read cache: ``--store-cache-mb`` (default 512) wraps the worker's store in
-``worker.storage.cache.CachedStore`` until the service does so itself (the wrapper is idempotent, so
-the flag changes nothing once it does); 0 runs the worker's store exactly as the service opens it.
+Storage read cache: ``--store-cache-mb`` (default 512) sizes the worker's read cache
+(``worker.storage.cache.CachedStore``; the service opens it with ``STORAGE_CACHE_BYTES``, which the
+flag sets for the worker process) and the in-process side's; 0 runs the worker's store exactly as the
+service opens it by default. A secure k-means round reads the encrypted data and the UDM every round:
+give the cache room for both (n = 1,000,000, a = 8, k = 5, m = 3: 512 MB of inputs, so
+``--store-cache-mb 1024``), or every round reads them from disk again.
 
 Printed: total seconds and their ratio, the owner's preparation, the mean round and the round ratio
 beside the goals of issue 14 (:func:`round_goal`), and the per-round overhead split into messaging
@@ -202,6 +205,11 @@ async def end_to_end(
     store = LocalStore(data_dir / "storage", "rory")
     try:
         env = worker_env(data_dir, "bench-0", server.url, data_dir / "worker-keys")
+        if cache_mb > 0:
+            # The service wraps its store in a cache of STORAGE_CACHE_BYTES itself (worker/runtime/
+            # service.py) and with_cache keeps the first wrapper: size that one, or the flag does
+            # nothing (at n = 1,000,000 the dataset and the UDM alone fill the 512 MB default).
+            env["STORAGE_CACHE_BYTES"] = str(cache_mb << 20)
         if in_process_worker:
             from dataowner.demo import _start_in_process
 

@@ -129,18 +129,17 @@ class LiuScheme(Scheme[np.ndarray, None]):
 
     async def encrypted_phase(
         self, ctx: JobContext, p: SecureKMeansParams, material: None, inputs: Sequence[str],
-        infos: Sequence[BallInfo], n: int, start: bool, udm_shift: str | None = None,
+        infos: Sequence[BallInfo], n: int, start: bool, udm_shift: np.ndarray | None = None,
     ) -> Phase1[np.ndarray]:
-        """One download round for every input (the cumulative shift ``udm_shift`` too, when current),
-        then the core's encrypted phase on the event loop for small inputs, else in the pool."""
-        arrays = await fetch_arrays(ctx, *inputs, *([udm_shift] if udm_shift else []))
+        """One download round for every input, then the core's encrypted phase on U0 + ``udm_shift``
+        (the cumulative shift, None: zero): on the event loop for small inputs, else in the pool."""
+        arrays = await fetch_arrays(ctx, *inputs)
         encrypted, udm = arrays[0], arrays[1]
         previous = None if start else arrays[2]
-        offset = arrays[len(inputs)] if udm_shift else None
         inline = infos[0].size + infos[1].size <= secure_kmeans.INLINE_COMPUTE_BYTES
         core = core_dbskmeans if self.double_blind else core_skmeans
         labels, centj, shift = await secure_kmeans.compute(
-            ctx, inline, core.encrypted_phase_arrays, encrypted, udm, p.k, start, previous, offset
+            ctx, inline, core.encrypted_phase_arrays, encrypted, udm, p.k, start, previous, udm_shift
         )
         # centi: the centroids this round started from (at START the first k encrypted records).
         centi = np.array(encrypted[: p.k] if previous is None else previous, dtype=np.float64)

@@ -140,9 +140,24 @@ async def _info_or_none(ctx: JobContext, key: str) -> BallInfo | None:
         return None
 
 
+async def fetch_udm_shift(ctx: JobContext, key: str) -> tuple[np.ndarray, BallInfo] | None:
+    """The stored cumulative shift and the info of the version read, or None when there is none.
+
+    One storage call (``fetch_ndarray``) instead of ``info`` then ``get``: the object is k x a and
+    the worker's own, so nothing large is downloaded before it is checked.
+    """
+    try:
+        array, info = await ctx.store.fetch_ndarray(key)
+    except NotFound:
+        return None
+    if info is None:  # a backend that cannot describe the version it read
+        info = await ctx.store.info(key)
+    return array, info
+
+
 def current_udm_shift(
-    info: BallInfo | None, udm: BallInfo, k: int, a: int, centroids: BallInfo | None
-) -> BallInfo | None:
+    found: tuple[np.ndarray, BallInfo] | None, udm: BallInfo, k: int, a: int, centroids: BallInfo | None
+) -> np.ndarray | None:
     """The stored cumulative shift if it applies to this UDM version, else None (counts as zero).
 
     ``centroids``: the info of the centroids this round starts from; step 1 tags them with the UDM
@@ -154,21 +169,22 @@ def current_udm_shift(
     A UDM whose backend names no version (etag None) cannot be told apart from a re-upload: its
     shift is trusted and a missing one counts as zero (START resets it).
     """
-    if info is None:
+    if found is None:
         if udm.etag is not None and centroids is not None and centroids.tags.get(UDM_VERSION_TAG) == udm.etag:
             raise NotFound(
                 f"the cumulative shift of {udm.ball_id} is missing although {centroids.ball_id} was computed "
                 "on this UDM version (a failed write lost it): upload the current UDM again, or send START"
             )
         return None
+    array, info = found
     if udm.etag is not None and info.tags.get(UDM_VERSION_TAG) != udm.etag:
         return None
     check_numeric(info, info.ball_id, ndim=2)
-    if shape_of(info) != (k, a):
+    if shape_of(info) != (k, a) or array.shape != (k, a):
         raise ValidationFailed(
             f"{info.ball_id}: cumulative shift has shape {list(shape_of(info))}, expected {[k, a]} (k={k})"
         )
-    return info
+    return array
 
 
 def with_udm_version(write: Write, udm: BallInfo) -> Write:
@@ -297,7 +313,7 @@ class Scheme(ABC, Generic[S, M]):
     #: Step 2 of a double-blind round looks for ``<P>shiftmatrixope`` when no id is given.
     ope_shift_fallback: ClassVar[bool] = False
     #: Keep the uploaded UDM and a k x a cumulative shift (module docstring). Such a scheme's
-    #: :meth:`encrypted_phase` takes ``udm_shift=`` (the key of a current shift, or None for zero).
+    #: :meth:`encrypted_phase` takes ``udm_shift=`` (the current k x a shift, or None for zero).
     cumulative_udm: ClassVar[bool] = False
 
     def __init__(
@@ -385,10 +401,10 @@ async def step1(ctx: JobContext, p: SecureKMeansParams, scheme: Scheme[S, M]) ->
     ]
     if not start:
         lookups.append(previous_centroids_info(ctx, root, ns))
-    # The cumulative shift's info joins the same round trip (START resets it: not read).
+    # The cumulative shift (k x a) is read in the same round trip (START resets it: not read).
     reads_shift = cumulative_key is not None and not start
-    found = await scheme.together(*lookups, *([_info_or_none(ctx, cumulative_key)] if reads_shift else []))
-    shift_info: BallInfo | None = found.pop() if reads_shift else None
+    found = await scheme.together(*lookups, *([fetch_udm_shift(ctx, cumulative_key)] if reads_shift else []))
+    stored_shift: tuple[np.ndarray, BallInfo] | None = found.pop() if reads_shift else None
     infos: list[BallInfo] = found
     n = scheme.check_step1(p, infos[0], infos[1], infos[2:])
     source_key = centj_key if start else infos[-1].ball_id
@@ -397,8 +413,7 @@ async def step1(ctx: JobContext, p: SecureKMeansParams, scheme: Scheme[S, M]) ->
         phase = await scheme.encrypted_phase(ctx, p, material, inputs, infos, n, start)
     else:
         started = None if start else infos[-1]
-        current = current_udm_shift(shift_info, infos[1], p.k, shape_of(infos[1])[2], started)
-        udm_shift = None if current is None else current.ball_id
+        udm_shift = current_udm_shift(stored_shift, infos[1], p.k, shape_of(infos[1])[2], started)
         phase = await scheme.encrypted_phase(ctx, p, material, inputs, infos, n, start, udm_shift=udm_shift)
 
     chunks = result_chunks(ctx, p)
@@ -467,10 +482,9 @@ async def step2(ctx: JobContext, p: SecureKMeansParams, scheme: Scheme[Any, Any]
         )
     matrix_key, shift_key = udm_key(p, scheme.double_blind), await _shift_key(ctx, p, scheme)
     cumulative_key = udm_shift_key(p, scheme.double_blind) if scheme.cumulative_udm else None
-    lookups = [ctx.store.info(matrix_key), ctx.store.info(shift_key)]
+    lookups: list[Awaitable[Any]] = [ctx.store.info(matrix_key), ctx.store.info(shift_key)]
     if cumulative_key is not None:
-        centj_key = keys.centroids_current(p.plaintext_matrix_id, p.namespace)
-        lookups += [_info_or_none(ctx, cumulative_key), _info_or_none(ctx, centj_key)]
+        lookups.append(fetch_udm_shift(ctx, cumulative_key))
     udm_info, shift_info, *stored = await scheme.together(*lookups)
     check_numeric(shift_info, shift_key, ndim=2)
     k, a = shape_of(shift_info)
@@ -485,9 +499,12 @@ async def step2(ctx: JobContext, p: SecureKMeansParams, scheme: Scheme[Any, Any]
     check_udm(udm_info, k, n=n, a=a)
     check_declared_udm(udm_info, p, cumulative=cumulative_key is not None)
     check_declared_matrix(p, matrix_key, n, a)
-    current = None
+    current: np.ndarray | None = None
     if cumulative_key is not None:
-        current = current_udm_shift(stored[0], udm_info, k, a, centroids=stored[1])
+        # The centroids' UDM version only matters when the shift is missing (lost, or not needed).
+        centj_key = keys.centroids_current(p.plaintext_matrix_id, p.namespace)
+        centroids = None if stored[0] is not None else await _info_or_none(ctx, centj_key)
+        current = current_udm_shift(stored[0], udm_info, k, a, centroids)
 
     shift: np.ndarray | None = None
     if p.is_zero is None:
@@ -512,24 +529,18 @@ async def step2(ctx: JobContext, p: SecureKMeansParams, scheme: Scheme[Any, Any]
 async def _step2_cumulative(
     ctx: JobContext,
     scheme: Scheme[Any, Any],
-    state: tuple[str, BallInfo | None, BallInfo],
+    state: tuple[str, np.ndarray | None, BallInfo],
     shift_key: str,
     shift: np.ndarray | None,
 ) -> Step2Result:
     """Step 2 in the cumulative form: C' = C + S (k x a), written bound to the UDM's version; the
-    UDM itself is neither read nor written. ``state``: C's key, C's info when current, the UDM's info.
+    UDM itself is neither read nor written. ``state``: C's key, C when current (None: zero), the
+    UDM's info.
     """
     key, current, udm_info = state
-    reads: list[Awaitable[np.ndarray]] = []
     if shift is None:
-        reads.append(ctx.store.get_ndarray(shift_key))
-    if current is not None:
-        reads.append(ctx.store.get_ndarray(key))
-    arrays = await scheme.together(*reads) if reads else []
-    if shift is None:
-        shift = arrays.pop(0)
-    previous = arrays[0] if current is not None else None
-    updated = accumulate_shift(previous, shift)  # k x a: cheaper than any hop off the loop
+        shift = await ctx.store.get_ndarray(shift_key)
+    updated = accumulate_shift(current, shift)  # k x a: cheaper than any hop off the loop
     await put_all(ctx, [udm_shift_write(key, updated, udm_info)])
     n, _, a = shape_of(udm_info)
     dtype = np.result_type(np.dtype(udm_info.full_dtype or "float64"), updated.dtype, np.float32)
