@@ -15,13 +15,15 @@ A round, as the data owner drives it:
   ``<P>centj`` (the new centroids), so a step that fails half-way can simply be retried: until
   ``centj`` is replaced the inputs are unchanged, and if a delete-then-put backend lost ``centj`` in
   the failure, ``centi`` holds exactly the centroids the step started from and the retry resumes from
-  it (:func:`previous_centroids_info`);
+  it (:func:`previous_centroids_info`); after START, ``centi`` and the shift are written
+  concurrently and ``centj`` after both (:func:`put_state`);
 * step 2 reads the UDM and the owner's decrypted (double-blind: FDH-OPE re-encrypted) shift.
   ``is_zero`` true -> COMPLETED without touching storage; false -> update the UDM -> WORK_IN_PROGRESS;
   absent -> the scheme's worker-side rule (:meth:`Scheme.converged`). Step 2 overwrites one object,
-  the UDM: atomic on the local backend; on MictlanX (delete-then-put) a write that fails after all
-  retries loses it, and the owner must upload the UDM again (it can: U = D - c). docs/reliability.md
-  states the same for every operation.
+  the UDM (CKKS schemes) or the cumulative shift (below): atomic on the local backend; on MictlanX
+  (delete-then-put) a write that fails after all retries loses it, and the owner must upload the UDM
+  again (it can: U = D - c; a lost cumulative shift is answered 404 until it does, never taken for
+  zero). docs/reliability.md states the same for every operation.
 
 Cumulative UDM (schemes with ``cumulative_udm``: SKMeans and DBSKMeans). Every record's UDM row is the
 uploaded one plus the same k x a sum of the shifts so far, U = U0[:, :k] + C (core/algorithms/udm.py).
@@ -29,9 +31,10 @@ So the worker never rewrites the UDM: ``<P>udm`` / ``<P>encryptedudm`` stays exa
 uploaded it, and the running sum C lives in ``<P>udmshift`` / ``<P>encryptedudmshift`` (k x a
 float64, :func:`udm_shift_key`), tagged with the version (etag) of the UDM it applies to
 (:data:`UDM_VERSION_TAG`). Step 1 at START writes C = 0; step 1 later reads C and scores U0 + C block
-by block; step 2 writes C + S (k x a numbers instead of n x k x a). A missing C, or one tagged with
-another UDM version (the owner uploaded a new UDM, e.g. ``refresh_udm``), counts as zero: exactly the
-old behaviour, where uploading a UDM replaced the state. The owner reads the current UDM as
+by block; step 2 writes C + S (k x a numbers instead of n x k x a). A C tagged with another UDM
+version (the owner uploaded a new UDM, e.g. ``refresh_udm``) counts as zero: exactly the old
+behaviour, where uploading a UDM replaced the state; so does a missing C unless the round's centroids
+were computed on this UDM version (:func:`current_udm_shift`). The owner reads the current UDM as
 ``core.algorithms.udm.update_udm(U0, C)``. Labels equal the in-place update's up to floating-point
 rounding order. What the worker and storage see does not change (docs/privacy.md, §2 and §3).
 
