@@ -28,6 +28,7 @@ import numpy as np
 from dataowner import demo
 from dataowner.datasets import Dataset, DatasetError, load_dataset, scale, subset, train_test_split
 from dataowner.keys import DEFAULT_PROFILES, KeysError, OwnerKeys
+from worker.cli import add_bus_options
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -58,14 +59,7 @@ def _common(p: argparse.ArgumentParser, *, network: bool = True) -> None:
         help="storage backend (default STORAGE_BACKEND); nats = a JetStream object store on --nats",
     )
     if network:
-        p.add_argument(
-            "--nats",
-            action="append",
-            default=None,
-            metavar="URL",
-            help="NATS server URL (default <data-dir>/nats.url, else NATS_URLS)",
-        )
-        p.add_argument("--prefix", default=None, help="subject prefix (default RORY_SUBJECT_PREFIX)")
+        add_bus_options(p, "--nats", "NATS server URL (default <data-dir>/nats.url, else NATS_URLS)")
         target = p.add_mutually_exclusive_group()
         target.add_argument("--node", default=None, help="send commands to this worker node")
         target.add_argument("--pool", action="store_true", help="send commands to any worker (default)")

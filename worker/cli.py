@@ -26,6 +26,13 @@ EXIT_SETTINGS = 2
 EXIT_UNAVAILABLE = 1
 
 
+def add_bus_options(parser: argparse.ArgumentParser, flag: str, url_help: str) -> None:
+    """The NATS server URL option (``flag``, repeatable) and ``--prefix``: every command that talks to
+    the bus takes them, here and in ``rory-client`` (dataowner/cli.py), with the same defaults."""
+    parser.add_argument(flag, action="append", default=None, metavar="URL", help=url_help)
+    parser.add_argument("--prefix", default=None, help="subject prefix (default RORY_SUBJECT_PREFIX)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rory-worker",
@@ -62,14 +69,7 @@ def _parser() -> argparse.ArgumentParser:
 
     def inspection(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
-        p.add_argument(
-            "--server",
-            action="append",
-            default=None,
-            metavar="URL",
-            help="NATS server URL (repeatable; default NATS_URLS)",
-        )
-        p.add_argument("--prefix", default=None, help="subject prefix (default RORY_SUBJECT_PREFIX)")
+        add_bus_options(p, "--server", "NATS server URL (repeatable; default NATS_URLS)")
         p.add_argument("--timeout", type=float, default=None, help="seconds to wait for answers")
         return p
 
