@@ -39,6 +39,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,10 +121,19 @@ class WorkerProcess:
     worker in order (SIGTERM: graceful drain; SIGKILL after ``stop_timeout``).
     """
 
-    def __init__(self, node: str, env: dict[str, str], log_file: Path) -> None:
+    def __init__(
+        self,
+        node: str,
+        env: dict[str, str],
+        log_file: Path,
+        args: Sequence[str] = (),
+        cwd: Path | None = None,
+    ) -> None:
         self.node = node
         self.env = env
         self.log_file = log_file
+        self.args = tuple(args)  # after ``python -m worker run`` (e.g. ``--operations MODULE:FUNC``)
+        self.cwd = cwd
         self.process: asyncio.subprocess.Process | None = None
         self.announcement: dict[str, Any] = {}
 
@@ -139,7 +149,7 @@ class WorkerProcess:
 
         sub = await nc.subscribe(subjects.started(prefix, self.node), cb=on_started)
         await nc.flush()
-        self.process = await spawn_worker(self.log_file, self.env)
+        self.process = await spawn_worker(self.log_file, self.env, *self.args, cwd=self.cwd)
         exited = asyncio.ensure_future(self.process.wait())
         try:
             done, _ = await asyncio.wait(

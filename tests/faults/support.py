@@ -18,6 +18,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
 
+from dataowner import demo
 from schemas import codec, subjects
 from tests.conftest import settings_for, start_in_process
 from tests.ops import Collector
@@ -137,21 +138,21 @@ _ENV = {
 }
 
 
-class WorkerProcess:
-    """``python -m worker run --operations OPERATIONS`` in its own process group.
+class WorkerProcess(demo.WorkerProcess):
+    """``python -m worker run --operations OPERATIONS``, started and awaited as the demo starts its
+    workers (dataowner/demo.py), configured from ``settings`` through the environment.
 
-    ``operations`` defaults to the fault operations (tests.faults.ops:register). The group is ours
-    (``start_new_session``), so :meth:`kill` SIGKILLs the worker together with its compute processes
-    by the group id, like a node losing power.
+    ``operations`` defaults to the fault operations (tests.faults.ops:register). The process group is
+    ours (its own session), so :meth:`kill` SIGKILLs the worker together with its compute processes by
+    the group id, like a node losing power.
     """
 
     def __init__(
         self, settings: Settings, log_file: Path, operations: str = "tests.faults.ops:register"
     ) -> None:
         self.settings = settings
-        self.log_file = log_file
-        self.operations = operations
-        self.process: asyncio.subprocess.Process | None = None
+        super().__init__(settings.node_id, {}, log_file, args=("--operations", operations), cwd=REPO)
+        self.env = self.environment()
 
     def environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
@@ -160,22 +161,15 @@ class WorkerProcess:
         env["PYTHONPATH"] = str(REPO)
         return env
 
-    async def start(self, nc: Client, timeout: float = 60.0) -> WorkerProcess:
-        """Start it and wait for its ``started`` announcement."""
-        from dataowner.demo import spawn_worker
-
-        subject = subjects.started(self.settings.rory_subject_prefix, self.settings.node_id)
-        started = await Collector.on(nc, subject)
-        self.process = await spawn_worker(
-            self.log_file, self.environment(), "--operations", self.operations, cwd=REPO
-        )
+    async def start(  # type: ignore[override]  # returns itself, for ``await WorkerProcess(...).start(nc)``
+        self, nc: Client, prefix: str | None = None, timeout: float = 60.0
+    ) -> WorkerProcess:
+        """Start it and wait for its ``started`` announcement; on failure nothing of it is left."""
         try:
-            await started.wait(1, timeout=timeout)
-        except AssertionError:
+            await super().start(nc, prefix or self.settings.rory_subject_prefix, timeout)
+        except RuntimeError:
             await self.kill()
-            raise AssertionError(f"worker did not start; log:\n{self.log_file.read_text()[-3000:]}") from None
-        finally:
-            await started.close()
+            raise
         return self
 
     async def kill(self) -> None:
