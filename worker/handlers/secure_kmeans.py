@@ -15,8 +15,7 @@ A round, as the data owner drives it:
   ``<P>centj`` (the new centroids), so a step that fails half-way can simply be retried: until
   ``centj`` is replaced the inputs are unchanged, and if a delete-then-put backend lost ``centj`` in
   the failure, ``centi`` holds exactly the centroids the step started from and the retry resumes from
-  it (:func:`previous_centroids_info`); after START, ``centi`` and the shift are written
-  concurrently and ``centj`` after both (:func:`put_state`);
+  it (:func:`previous_centroids_info`);
 * step 2 reads the UDM and the owner's decrypted (double-blind: FDH-OPE re-encrypted) shift.
   ``is_zero`` true -> COMPLETED without touching storage; false -> update the UDM -> WORK_IN_PROGRESS;
   absent -> the scheme's worker-side rule (:meth:`Scheme.converged`). Step 2 overwrites one object,
@@ -200,28 +199,6 @@ def with_udm_version(write: Write, udm: BallInfo) -> Write:
 def udm_shift_write(key: str, value: np.ndarray, udm: BallInfo) -> Write:
     """The write of a cumulative shift, bound to the UDM version it applies to."""
     return with_udm_version(Write(key, np.ascontiguousarray(value, dtype=np.float64), num_chunks=1), udm)
-
-
-async def put_state(ctx: JobContext, writes: Sequence[Write], last: Write, start: bool) -> None:
-    """Store step 1's outputs: ``writes`` in any order, then ``last`` (``centj``, the next input).
-
-    At START, one :func:`put_all` (its new objects are written concurrently, and all removed again
-    if one fails: a failed first step leaves storage as it was). Later rounds overwrite existing
-    objects, which ``put_all`` does one at a time; here ``writes`` go concurrently (saving a storage
-    round trip or two per round) and only ``last`` waits for them. That keeps what the resume rule
-    needs (:func:`previous_centroids_info`): until ``centj`` is replaced no input of the step has
-    changed, and ``centi`` is complete before ``centj`` is touched. A failure among ``writes`` may
-    leave some of them rewritten: with the same values a retry writes again.
-    """
-    if start:
-        await put_all(ctx, [*writes, last])
-        return
-    # Every write settles before a failure is raised: none is still running when the reply goes out.
-    outcomes = await asyncio.gather(*(put_all(ctx, [write]) for write in writes), return_exceptions=True)
-    for outcome in outcomes:
-        if isinstance(outcome, BaseException):
-            raise outcome
-    await put_all(ctx, [last])
 
 
 async def compute(ctx: JobContext, inline: bool, fn: Callable[..., Any], /, *args: Any) -> Any:
@@ -440,7 +417,7 @@ async def step1(ctx: JobContext, p: SecureKMeansParams, scheme: Scheme[S, M]) ->
         *([label_write] if label_write else []),
     ]
     # Last: it is this step's input on the next round, so until it lands a retry is exact.
-    await put_state(ctx, writes, centj_write, start)
+    await put_all(ctx, [*writes, centj_write])
     extra: dict[str, Any] = {}
     if scheme.double_blind and scheme.reports_udm_in_step1:
         extra = {"encrypted_udm_shape": list(shape_of(infos[1])), "encrypted_udm_dtype": infos[1].full_dtype}
