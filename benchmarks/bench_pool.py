@@ -24,7 +24,7 @@ Modes:
 
 Gate variants (``--gate``, core mode): ``on`` = worker/runtime/pool_gate.py as shipped; ``off`` = the
 old behaviour (pool subscription always on, BUSY at once); ``nopark`` = the gate without parking (a
-command caught in the race is answered BUSY at once).
+command caught in the race is answered BUSY at once); ``park=S`` = the gate with PARK_S = S seconds.
 
 Printed: commands/s (the median run of ``--rounds``, and the best), bounces, no-responder refusals,
 slot occupancy (worker-side seconds of the runs over slots x wall seconds: how well the commands
@@ -75,6 +75,12 @@ def step1(data: np.ndarray, k: int, seed: int, iterations: int) -> list[int]:
     return np.bincount(labels, minlength=k).tolist()
 
 
+def hold(data: np.ndarray, seconds: float) -> int:
+    """``--work sleep``: occupy the compute process without using a CPU (runs in the pool)."""
+    time.sleep(seconds)
+    return int(data.shape[0])
+
+
 def register(registry: Any) -> None:
     """``--operations benchmarks.bench_pool:register``: ``bench.step1``."""
     from pydantic import BaseModel, ConfigDict, Field
@@ -87,9 +93,12 @@ def register(registry: Any) -> None:
         k: int = Field(5, ge=1)
         seed: int = 0
         iterations: int = Field(10, ge=1)
+        sleep: float = Field(0.0, ge=0.0)
 
     async def handler(ctx: Any, params: Step1Params) -> dict[str, Any]:
         data = await ctx.store.get_ndarray(params.dataset)
+        if params.sleep > 0:
+            return {"rows": await ctx.compute(hold, data, params.sleep)}
         counts = await ctx.compute(step1, data, params.k, params.seed, params.iterations)
         return {"counts": counts}
 
@@ -103,6 +112,8 @@ def serve_worker(gate: str) -> int:
 
     if gate in ("off", "nopark"):
         pool_gate.PARK_S = 0.0  # a command reaching a full worker is answered BUSY at once
+    elif gate.startswith("park="):
+        pool_gate.PARK_S = float(gate.removeprefix("park="))
     if gate == "off":
         # the subscription never follows the slots: the behaviour before issue 14
         pool_gate.PoolGate._on_slots = lambda self: None  # type: ignore[method-assign]
@@ -132,7 +143,9 @@ class Row:
 
 
 def _command(args: argparse.Namespace, seed: int) -> dict[str, Any]:
-    params = {"dataset": DATASET, "k": args.k, "seed": seed, "iterations": args.iterations}
+    params: dict[str, Any] = {"dataset": DATASET, "k": args.k, "seed": seed, "iterations": args.iterations}
+    if args.work == "sleep":
+        params["sleep"] = args.sleep
     return {"v": 1, "id": uuid.uuid4().hex, "op": "bench.step1", "ts": time.time(), "params": params}
 
 
@@ -351,12 +364,18 @@ async def main() -> int:
     parser.add_argument("--slots", default="2,1", help="slots per worker: one value, or one per --workers")
     parser.add_argument("--commands", type=int, default=32, help="jobs per series")
     parser.add_argument("--modes", default="core,jetstream", help="core, jetstream or both")
-    parser.add_argument("--gate", default="on,off", help="core-mode gate variants: on, off, nopark")
+    parser.add_argument("--gate", default="on,off", help="core-mode gate variants: on, off, nopark, park=S")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each series (median reported)")
     parser.add_argument("--n", type=int, default=20000, help="dataset rows")
     parser.add_argument("--a", type=int, default=8, help="dataset columns")
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--iterations", type=int, default=30, help="assignment rounds per job (its cost)")
+    parser.add_argument(
+        "--work", choices=("cpu", "sleep"), default="cpu",
+        help="cpu: the numpy step (real CPU contention); sleep: each job holds its compute process "
+        "--sleep seconds without a CPU, which measures the spreading alone, immune to other load",
+    )
+    parser.add_argument("--sleep", type=float, default=0.2, help="seconds per job with --work sleep")
     parser.add_argument("--inflight", type=int, default=0, help="core: requests out at once (0: all slots)")
     parser.add_argument("--backoff", type=float, default=0.01, help="core: first re-send delay, seconds")
     parser.add_argument("--max-backoff", type=float, default=0.2)
@@ -379,27 +398,32 @@ async def main() -> int:
                     row = await _series(args, mode, gate, w, s)
                     runs.setdefault((mode, gate, w, s), []).append(row)
                     print(
-                        f"  {mode:9} gate {gate:6} {w:3} x {s} slots: {row.rate:8.2f} commands/s "
+                        f"  {mode:9} gate {gate:9} {w:3} x {s} slots: {row.rate:8.2f} commands/s "
                         f"({row.seconds:.2f} s), {row.bounces} BUSY, {row.refused} no-responders, "
                         f"slots {row.busy:.0%} occupied",
                         flush=True,
                     )
     rows = [_median(group) for group in runs.values()]
+    work = (
+        f"sleep {args.sleep:g} s each in the compute process, n={args.n}"
+        if args.work == "sleep"
+        else f"n={args.n}, a={args.a}, k={args.k}, {args.iterations} iterations"
+    )
 
     print(
         f"\npool benchmark: {os.cpu_count()} CPUs, {args.commands} commands of bench.step1 "
-        f"(n={args.n}, a={args.a}, k={args.k}, {args.iterations} iterations), median of {args.rounds} "
+        f"({work}), median of {args.rounds} "
         "rounds; BUSY, no-resp and errors summed over the rounds\n"
     )
     print(
-        f"{'mode':10} {'gate':7} {'workers':>7} {'slots':>5} {'cmd/s':>9} {'best':>9} {'seconds':>8} "
+        f"{'mode':10} {'gate':10} {'workers':>7} {'slots':>5} {'cmd/s':>9} {'best':>9} {'seconds':>8} "
         f"{'BUSY':>6} {'no-resp':>7} {'errors':>6} {'occup.':>6} {'ratio':>6}"
     )
     bases: dict[tuple[str, str], Row] = {}
     for row in rows:
         base = bases.setdefault((row.mode, row.gate), row)
         print(
-            f"{row.mode:10} {row.gate:7} {row.workers:7} {row.slots:5} {row.rate:9.2f} {row.best:9.2f} "
+            f"{row.mode:10} {row.gate:10} {row.workers:7} {row.slots:5} {row.rate:9.2f} {row.best:9.2f} "
             f"{row.seconds:8.2f} {row.bounces:6} {row.refused:7} {row.errors:6} "
             f"{row.busy:6.0%} {row.rate / base.rate:6.2f}"
         )

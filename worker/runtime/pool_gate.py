@@ -39,7 +39,11 @@ from worker.runtime.slots import Slots
 log = logging.getLogger("rory.worker.pool")
 
 #: How long a pool command that reached a full worker waits for a slot before it is answered BUSY.
-PARK_S = 1.0
+#: Short on purpose: while it waits here another worker may sit idle, and the requester's own retry
+#: (the data owner's first comes after 0.1-0.2 s, dataowner/port.py RetryPolicy) would find that one.
+#: benchmarks/bench_pool.py --work sleep measured 2 workers x 1 slot at 0.99x of 1 x 2 with 0.05 s
+#: and 0.85x with 1 s (commands waited a whole job at one worker while the other was free).
+PARK_S = 0.05
 #: Bound on one UNSUB + flush (a disconnected client cannot flush; the subscription is then dropped).
 DRAIN_TIMEOUT_S = 5.0
 
@@ -153,6 +157,20 @@ class PoolGate:
                 return
 
     async def _drain(self, sub: Subscription) -> None:
+        """UNSUB, then handle what the server had already sent, then forget the subscription.
+
+        Why not ``sub.drain()`` alone: in nats-py 2.16 it queues its UNSUB in the pending buffer but
+        writes its PING straight to the socket, so the PONG can come back before the server has read
+        the UNSUB; drain then forgets the subscription, and a command the server routed to it in
+        between is dropped (a requester timed out in benchmarks/bench_pool.py). So the UNSUB goes
+        first, through nats-py's own ``Client._send_unsubscribe`` (an internal, like the re-SUB in
+        worker/runtime/health.py), and a flush makes the flusher write it; drain's UNSUB is then a
+        no-op for the server and its PING follows ours, so its PONG means every command routed here
+        has arrived and is handled before the subscription is forgotten.
+        """
+        with contextlib.suppress(Exception):  # disconnected: drain below still hands over the queue
+            await self.nc._send_unsubscribe(sub._id)
+            await self.nc.flush(timeout=DRAIN_TIMEOUT_S)
         try:
             await asyncio.wait_for(sub.drain(), DRAIN_TIMEOUT_S)
         except Exception as error:  # disconnected or draining: the server drops the interest anyway

@@ -228,3 +228,39 @@ async def test_a_command_caught_in_the_race_is_busy_when_no_slot_frees(nc: Any) 
         assert gate.parked == 1 and gate.parked_busy == 1 and not gate.subscribed
     finally:
         await gate.close()
+
+
+async def test_no_command_is_lost_while_the_subscription_comes_and_goes(
+    start_worker: Callable[..., Awaitable[WorkerService]], make_settings: Callable[..., Any], nc: Any
+) -> None:
+    # Many withdrawals and restores under load: every command is answered and runs once. The loss
+    # that nats-py's drain alone allowed (worker/runtime/pool_gate.py, _drain) needs another client's
+    # command to reach the server between our PING and our UNSUB, too rare to reproduce on demand;
+    # this exercises the path, it does not prove the fix.
+    one = await start_worker(registry=registry(), worker_capacity=1)
+    two = await start_worker(
+        registry=registry(), settings=make_settings(rory_subject_prefix=one.prefix, worker_capacity=1)
+    )
+    subject = subjects.pool_cmd(one.prefix, "gate.count")
+    bodies = [command("gate.count") for _ in range(150)]
+    queue = list(bodies)
+
+    async def client() -> None:
+        while queue:
+            body = queue.pop()
+            for _ in range(3000):  # bounded: 3000 x 5 ms
+                try:
+                    reply, _ = await request(nc, subject, body, timeout=20)  # a lost command times out
+                except NoRespondersError:
+                    await asyncio.sleep(0.005)
+                    continue
+                if reply["ok"]:
+                    break
+                assert reply["error"]["type"] == "BUSY", reply
+                await asyncio.sleep(0.005)
+            else:
+                raise AssertionError(f"{body['id']} never answered")
+
+    await asyncio.wait_for(asyncio.gather(*(client() for _ in range(4))), 120)
+    assert collections.Counter(body["id"] for body in bodies) == RUNS
+    assert gate(one).withdrawals + gate(two).withdrawals > 10  # the gate was exercised
