@@ -56,7 +56,7 @@ import numpy as np
 from core.algorithms.udm import accumulate_shift
 from schemas import keys
 from schemas.operations import ClusteringStatus, DbsKMeansParams, SecureKMeansParams, Step1Result, Step2Result
-from worker.errors import BadRequest, DeadlineExceeded, NotFound, ValidationFailed
+from worker.errors import BadRequest, NotFound, ValidationFailed
 from worker.handlers.common import (
     Write,
     check_dtype,
@@ -203,21 +203,8 @@ def udm_shift_write(key: str, value: np.ndarray, udm: BallInfo) -> Write:
 
 async def compute(ctx: JobContext, inline: bool, fn: Callable[..., Any], /, *args: Any) -> Any:
     """``fn(*args)`` on the event loop when ``inline`` (tiny work: the pool hop costs more than the
-    work), else in the compute pool. Inline time is still counted as compute in the job's timings."""
-    if not inline:
-        return await ctx.compute(fn, *args)
-    remaining = ctx.remaining()
-    if remaining is not None and remaining <= 0:
-        raise DeadlineExceeded("deadline passed before the computation started")
-    # worker/runtime/context.py: JobContext times ctx.compute with this StageMeter.
-    meter = getattr(ctx, "_compute", None)
-    if meter is not None:
-        meter.enter()
-    try:
-        return fn(*args)
-    finally:
-        if meter is not None:
-            meter.exit()
+    work), else in the compute pool; timed as compute either way."""
+    return await ctx.compute(fn, *args, inline=inline)
 
 
 def check_udm(info: BallInfo, k: int, *, n: int | None = None, a: int | None = None) -> tuple[int, int, int]:
