@@ -147,7 +147,10 @@ class PoolGate:
                     log.warning("pool subscription not restored", extra={"error": repr(error)})
                     return
                 self.restores += 1
-                with contextlib.suppress(Exception):  # the server has the SUB: settled() means it
+                # Two flushes: nats-py writes a PING ahead of the queued SUB (see _drain), so only the
+                # second PONG says the server has the SUB; settled() relies on it.
+                with contextlib.suppress(Exception):
+                    await self.nc.flush(timeout=DRAIN_TIMEOUT_S)
                     await self.nc.flush(timeout=DRAIN_TIMEOUT_S)
             elif not want and self._sub is not None:
                 sub, self._sub = self._sub, None
