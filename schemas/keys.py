@@ -72,6 +72,16 @@ def encrypted_udm(root: str, namespace: str | None = None) -> str:
     return state(f"{root}encryptedudm", namespace)
 
 
+def udm_shift(root: str, namespace: str | None = None) -> str:
+    """The k x a running sum of the shifts: the current UDM is ``udm`` plus this (SKMeans)."""
+    return state(f"{root}udmshift", namespace)
+
+
+def encrypted_udm_shift(root: str, namespace: str | None = None) -> str:
+    """As :func:`udm_shift`, for the FDH-OPE UDM of DBSKMeans."""
+    return state(f"{root}encryptedudmshift", namespace)
+
+
 def encrypted_shift_matrix(root: str, namespace: str | None = None) -> str:
     return state(f"{root}encryptedshiftmatrix", namespace)
 

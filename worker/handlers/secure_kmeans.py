@@ -129,10 +129,9 @@ def udm_key(p: SecureKMeansParams, double_blind: bool) -> str:
 
 
 def udm_shift_key(p: SecureKMeansParams, double_blind: bool) -> str:
-    """``<P>udmshift`` or ``<P>encryptedudmshift``: the cumulative shift C of the module docstring
-    (namespaced like every state key, ``schemas.keys.state``)."""
-    name = "encryptedudmshift" if double_blind else "udmshift"
-    return keys.state(f"{p.plaintext_matrix_id}{name}", p.namespace)
+    """``<P>udmshift`` or ``<P>encryptedudmshift``: the cumulative shift C of the module docstring."""
+    shift = keys.encrypted_udm_shift if double_blind else keys.udm_shift
+    return shift(p.plaintext_matrix_id, p.namespace)
 
 
 async def _info_or_none(ctx: JobContext, key: str) -> BallInfo | None:
