@@ -264,3 +264,22 @@ async def test_no_command_is_lost_while_the_subscription_comes_and_goes(
     await asyncio.wait_for(asyncio.gather(*(client() for _ in range(4))), 120)
     assert collections.Counter(body["id"] for body in bodies) == RUNS
     assert gate(one).withdrawals + gate(two).withdrawals > 10  # the gate was exercised
+
+
+# ----------------------------------------------------------------------------- Slots, without a server
+async def test_admittable_says_whether_a_core_command_could_be_admitted() -> None:
+    slots = Slots(1)
+    changes: list[bool] = []
+    unwatch = slots.watch(lambda: changes.append(slots.admittable))
+    assert slots.admittable
+    reservation = await slots.acquire("pool", 1)  # an idle pull request holds the only slot
+    assert reservation is not None and slots.free == 0 and slots.admittable  # a core command reclaims it
+    assert reservation.take()  # its message came: the slot is no longer idle
+    assert not slots.admittable and not slots.admit()
+    assert slots.admit(reserved=True)
+    slots.finish()
+    slots.end(reservation)
+    assert changes == [True, False, True]  # acquire, admit(reserved), finish (end: nothing left)
+    unwatch()
+    assert slots.admit()
+    assert changes == [True, False, True]  # not watched any more
