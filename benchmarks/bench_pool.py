@@ -351,8 +351,8 @@ def _goals(rows: list[Row]) -> list[str]:
                 lines.append(label)
         if mode == "core":
             bounced = sum(row.bounces for row in group)
-            goal = "goal 0 while a slot is free (gate on)"
-            lines.append(f"{mode}/{gate}: {bounced} BUSY bounces in all; {goal}")
+            goal = "; goal 0 while a slot is free" if gate == "on" else ""
+            lines.append(f"{mode}/{gate}: {bounced} BUSY bounces in all{goal}")
     return lines
 
 
