@@ -45,6 +45,7 @@ __all__ = [
     "claims",
     "dtype_claim",
     "legacy_field",
+    "mark_legacy",
 ]
 
 class ClusteringStatus(IntEnum):
@@ -164,11 +165,22 @@ def _legacy(what: str) -> str:
     return f"Accepted for compatibility with the original worker; {what}."
 
 
-def legacy_field(what: str, **constraints: Any) -> Any:
+def mark_legacy(how: Compat, field: Any) -> Any:
+    """Mark ``field`` (a ``Field(...)``) as accepted only because the original worker did, treated ``how``.
+
+    The mark rides in the field's metadata, which pydantic ignores when it validates and writes the JSON
+    schema; :attr:`Params.LEGACY` is derived from the marks, so a legacy field and its treatment are
+    declared once, on the field.
+    """
+    field.metadata.append(how)
+    return field
+
+
+def legacy_field(how: Compat, what: str, **constraints: Any) -> Any:
     """A field accepted only because the original worker did: absent by default, and its description
     says so (``what`` tells how this worker treats it). One helper so every legacy field reads alike
     in ``docs/protocol.md``; ``constraints`` are the usual ``Field`` bounds."""
-    return Field(None, description=_legacy(what), **constraints)
+    return mark_legacy(how, Field(None, description=_legacy(what), **constraints))
 
 
 def dtype_claim(params: BaseModel, key: str, dtype_field: str) -> StorageClaim | None:
@@ -189,9 +201,21 @@ class Params(BaseModel):
     )
 
     #: Fields accepted only because the original V1 or V2 worker accepted them (contract section 4,
-    #: "Legacy fields"), and how this worker treats each. The CHECKED ones are turned into
-    #: :meth:`storage_claims`, which the worker compares with storage before the handler runs.
+    #: "Legacy fields"), and how this worker treats each, in field order. The CHECKED ones are turned
+    #: into :meth:`storage_claims`, which the worker compares with storage before the handler runs.
+    #: Derived from the fields :func:`mark_legacy` marks (:meth:`__pydantic_init_subclass__`); a
+    #: subclass that redeclares a field without the mark makes it a real field.
     LEGACY: ClassVar[Mapping[str, Compat]] = {}
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        cls.LEGACY = {
+            name: how
+            for name, info in cls.model_fields.items()
+            for how in info.metadata
+            if isinstance(how, Compat)
+        }
 
     def storage_claims(self) -> tuple[StorageClaim, ...]:
         """What this command's legacy fields declare about stored objects (empty when none)."""

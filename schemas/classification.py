@@ -7,8 +7,7 @@ One module per operation family (as ``worker/handlers/classification.py`` and
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import ClassVar, Literal
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 
@@ -51,23 +50,18 @@ class SknnParams(Params):
     distance: Distance | None = Field(None, description="Default DISTANCE (CKKS: EUCLIDEAN only).")
     # Required but only presence-checked by the original worker (reference section 4.10).
     encrypted_model_dtype: Dtype | None = legacy_field(
-        "checked against the encrypted model in step 1 when given"
+        Compat.CHECKED, "checked against the encrypted model in step 1 when given"
     )
     encrypted_records_dtype: Dtype | None = legacy_field(
-        "checked against the encrypted records in step 1 when given"
+        Compat.CHECKED, "checked against the encrypted records in step 1 when given"
     )
     min_distances_index_id: Key | None = legacy_field(
+        Compat.IGNORED,
         "ignored: step 2 reads distancesindex<records_test_id>, as the original",
         validation_alias=AliasChoices(
             "min_distances_index_id", "Min-Distances-Index-Id", "Min_Distances_Index_Id"
         ),
     )
-
-    LEGACY: ClassVar[Mapping[str, Compat]] = {
-        "encrypted_model_dtype": Compat.CHECKED,
-        "encrypted_records_dtype": Compat.CHECKED,
-        "min_distances_index_id": Compat.IGNORED,
-    }
 
     def storage_claims(self) -> tuple[StorageClaim, ...]:
         if self.step_index != 1:  # step 2 reads neither ciphertext object
@@ -90,6 +84,9 @@ class DistancesResult(Result):
 
 
 
+_NO_DTYPE = "ignored: CKKS ciphertext lists have no dtype"
+
+
 class PqcSknnParams(SknnParams):
     """``classification.pqc.sknn.predict``: SKNN over CKKS (squared Euclidean only).
 
@@ -103,11 +100,9 @@ class PqcSknnParams(SknnParams):
     """
 
     layout: Literal["rows", "packed"] = Field("rows", description="Ciphertext packing of model/records.")
-    encrypted_model_dtype: Dtype | None = legacy_field("ignored: CKKS ciphertext lists have no dtype")
-    encrypted_records_dtype: Dtype | None = legacy_field("ignored: CKKS ciphertext lists have no dtype")
-
-    #: The same legacy fields as SKNN's, all ignored: a ciphertext list has no dtype to check.
-    LEGACY: ClassVar[Mapping[str, Compat]] = dict.fromkeys(SknnParams.LEGACY, Compat.IGNORED)
+    # The same legacy fields as SKNN's, all ignored: a ciphertext list has no dtype to check.
+    encrypted_model_dtype: Dtype | None = legacy_field(Compat.IGNORED, _NO_DTYPE)
+    encrypted_records_dtype: Dtype | None = legacy_field(Compat.IGNORED, _NO_DTYPE)
 
     def storage_claims(self) -> tuple[StorageClaim, ...]:
         return ()

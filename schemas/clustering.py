@@ -8,9 +8,6 @@ models is ``schemas/operations.py``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import ClassVar
-
 from pydantic import Field
 
 from schemas import keys
@@ -75,29 +72,22 @@ class SecureKMeansParams(Params):
         None, description="Owner's convergence verdict; when absent step 2 applies MIN_ERROR to centroids."
     )
     # The original client's extra headers (reference section 4.3), which its worker ignored.
-    request_id: str | None = legacy_field("ignored", max_length=128)
-    experiment_iteration: Count | None = legacy_field("ignored")
-    max_iterations: Count | None = legacy_field("ignored (the data owner's iteration cap)")
-    encrypted_udm_dtype: Dtype | None = legacy_field("ignored (SKMeans has no encrypted UDM)")
-
-    LEGACY: ClassVar[Mapping[str, Compat]] = dict.fromkeys(
-        ("request_id", "experiment_iteration", "max_iterations", "encrypted_udm_dtype"), Compat.IGNORED
-    )
+    request_id: str | None = legacy_field(Compat.IGNORED, "ignored", max_length=128)
+    experiment_iteration: Count | None = legacy_field(Compat.IGNORED, "ignored")
+    max_iterations: Count | None = legacy_field(Compat.IGNORED, "ignored (the data owner's iteration cap)")
+    encrypted_udm_dtype: Dtype | None = legacy_field(Compat.IGNORED, "ignored (SKMeans has no encrypted UDM)")
 
 
 class DbsKMeansParams(SecureKMeansParams):
     encrypted_udm_shape: Shape | None = None
+    # A real field here (the dtype of the FDH-OPE UDM), not a legacy one: redeclared without the mark.
     encrypted_udm_dtype: Dtype | None = None
     shift_matrix_ope_id: Key | None = Field(
         None, description="Legacy name of the OPE-encrypted shift matrix."
     )
-    start_time: float | None = legacy_field("ignored (the V1 data owner's global start time)", ge=0)
-
-    LEGACY: ClassVar[Mapping[str, Compat]] = {
-        # encrypted_udm_dtype is a real field here (the dtype of the FDH-OPE UDM), not a legacy one.
-        **{name: how for name, how in SecureKMeansParams.LEGACY.items() if name != "encrypted_udm_dtype"},
-        "start_time": Compat.IGNORED,
-    }
+    start_time: float | None = legacy_field(
+        Compat.IGNORED, "ignored (the V1 data owner's global start time)", ge=0
+    )
 
 
 class PqcKMeansParams(Params):
@@ -176,14 +166,10 @@ class NncParams(Params):
     dm_id: Key | None = Field(None, description="Default <P>dm.")
     threshold: float = Field(..., description="-1 picks the smallest non-zero distance.")
     # Required but unused by the original worker (reference section 4.5).
-    plaintext_matrix_shape: Shape | None = legacy_field("checked against <P> when given")
-    plaintext_matrix_dtype: Dtype | None = legacy_field("checked against <P> when given")
-    dm_shape: Shape | None = legacy_field("checked against the distance matrix")
-    dm_dtype: Dtype | None = legacy_field("checked against the distance matrix")
-
-    LEGACY: ClassVar[Mapping[str, Compat]] = dict.fromkeys(
-        ("plaintext_matrix_shape", "plaintext_matrix_dtype", "dm_shape", "dm_dtype"), Compat.CHECKED
-    )
+    plaintext_matrix_shape: Shape | None = legacy_field(Compat.CHECKED, "checked against <P> when given")
+    plaintext_matrix_dtype: Dtype | None = legacy_field(Compat.CHECKED, "checked against <P> when given")
+    dm_shape: Shape | None = legacy_field(Compat.CHECKED, "checked against the distance matrix")
+    dm_dtype: Dtype | None = legacy_field(Compat.CHECKED, "checked against the distance matrix")
 
     def storage_claims(self) -> tuple[StorageClaim, ...]:
         dm_key = self.dm_id or keys.distance_matrix(self.plaintext_matrix_id)
@@ -202,23 +188,18 @@ class DbsNncParams(Params):
     encrypted_threshold: float
     # Required but unused by the original worker (reference section 4.6): it downloaded the encrypted
     # matrix only to report its shape.
-    encrypted_matrix_id: Key | None = legacy_field("must exist when given (default encrypted<P>)")
-    encrypted_matrix_shape: Shape | None = legacy_field(
-        "checked against the encrypted matrix when given (a prefix suffices)"
+    encrypted_matrix_id: Key | None = legacy_field(
+        Compat.CHECKED, "must exist when given (default encrypted<P>)"
     )
-    encrypted_matrix_dtype: Dtype | None = legacy_field("checked against the encrypted matrix when given")
-    encrypted_dm_shape: Shape | None = legacy_field(_CHECKED_DM)
-    encrypted_dm_dtype: Dtype | None = legacy_field(_CHECKED_DM)
-    m: int | None = legacy_field("ignored", ge=3, le=64)
-
-    LEGACY: ClassVar[Mapping[str, Compat]] = {
-        "encrypted_matrix_id": Compat.CHECKED,
-        "encrypted_matrix_shape": Compat.CHECKED,
-        "encrypted_matrix_dtype": Compat.CHECKED,
-        "encrypted_dm_shape": Compat.CHECKED,
-        "encrypted_dm_dtype": Compat.CHECKED,
-        "m": Compat.IGNORED,
-    }
+    encrypted_matrix_shape: Shape | None = legacy_field(
+        Compat.CHECKED, "checked against the encrypted matrix when given (a prefix suffices)"
+    )
+    encrypted_matrix_dtype: Dtype | None = legacy_field(
+        Compat.CHECKED, "checked against the encrypted matrix when given"
+    )
+    encrypted_dm_shape: Shape | None = legacy_field(Compat.CHECKED, _CHECKED_DM)
+    encrypted_dm_dtype: Dtype | None = legacy_field(Compat.CHECKED, _CHECKED_DM)
+    m: int | None = legacy_field(Compat.IGNORED, "ignored", ge=3, le=64)
 
     def storage_claims(self) -> tuple[StorageClaim, ...]:
         matrix_key = self.encrypted_matrix_id or keys.encrypted(self.plaintext_matrix_id)

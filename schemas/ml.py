@@ -7,12 +7,11 @@ them); the shared rules are ``schemas/base.py``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import ClassVar, Literal
+from typing import Literal
 
 from pydantic import Field
 
-from schemas.base import ClusteringStatus, Compat, Count, Key, Params, Result, legacy_field
+from schemas.base import ClusteringStatus, Compat, Count, Key, Params, Result, legacy_field, mark_legacy
 
 __all__ = [
     "LrPredictParams",
@@ -24,6 +23,9 @@ __all__ = [
     "PplrTrainResult",
     "TrainResult",
 ]
+
+#: ``scale`` of the PPLR operations: the original client sent it; the public context carries its own.
+_SCALE = "Accepted for compatibility; the public context's own scale is used."
 
 
 class LrTrainParams(Params):
@@ -37,11 +39,11 @@ class LrTrainParams(Params):
 
 class LrPredictParams(Params):
     plaintext_matrix_test_id: Key = "test_x"
-    plaintext_matrix_train_id: Key | None = legacy_field("ignored (the original only logged it)")
+    plaintext_matrix_train_id: Key | None = legacy_field(
+        Compat.IGNORED, "ignored (the original only logged it)"
+    )
     weights_id: Key
     bias_id: Key
-
-    LEGACY: ClassVar[Mapping[str, Compat]] = {"plaintext_matrix_train_id": Compat.IGNORED}
 
 
 class TrainResult(Result):
@@ -72,9 +74,7 @@ class PplrTrainParams(Params):
     encrypted_weights_id: Key = Field(..., description="w: 1 ciphertext; overwritten with the new weights.")
     encrypted_bias_id: Key = Field(..., description="b: 1 ciphertext; overwritten with the new bias.")
     learning_rate: float = Field(0.01, gt=0)
-    scale: float = Field(
-        40, gt=0, description="Accepted for compatibility; the public context's own scale is used."
-    )
+    scale: float = mark_legacy(Compat.IGNORED, Field(40, gt=0, description=_SCALE))
     n_features: Count = Field(0, description="d; 0 = from the ciphertexts, else checked against them.")
     n_samples: Count = Field(0, description="n; 0 = from storage, else checked against it.")
     epochs: int = Field(1, ge=1, le=1000, description="Passes in this call (each needs 6 levels).")
@@ -86,10 +86,8 @@ class PplrTrainParams(Params):
         " [parts, d+1] under encrypted_gradients_id and leaves w and b untouched (the owner updates).",
     )
     clustering_status: ClusteringStatus | None = legacy_field(
-        "ignored (the original client sent START, then WORK_IN_PROGRESS)"
+        Compat.IGNORED, "ignored (the original client sent START, then WORK_IN_PROGRESS)"
     )
-
-    LEGACY: ClassVar[Mapping[str, Compat]] = {"scale": Compat.IGNORED, "clustering_status": Compat.IGNORED}
 
 
 class PplrTrainResult(Result):
@@ -113,17 +111,13 @@ class PplrPredictParams(Params):
     encrypted_matrix_test_id: Key = Field(..., description="X_test: n row ciphertexts.")
     encrypted_weights_id: Key
     encrypted_bias_id: Key
-    scale: float = Field(
-        40, gt=0, description="Accepted for compatibility; the public context's own scale is used."
-    )
+    scale: float = mark_legacy(Compat.IGNORED, Field(40, gt=0, description=_SCALE))
     n_features: Count = Field(0, description="d; 0 = from the ciphertexts, else checked against them.")
     layout: Literal["rows", "packed"] = Field(
         "rows",
         description="packed: X_test column-packed [blocks, d], w and b replicated; one prediction"
         " ciphertext per block (n_records = blocks × block size; the owner trims the padding).",
     )
-
-    LEGACY: ClassVar[Mapping[str, Compat]] = {"scale": Compat.IGNORED}
 
 
 class PplrPredictResult(Result):
