@@ -40,8 +40,12 @@ class Counting(ForwardingStore):
         return await self.inner.get_ndarray(ball_id)
 
 
+#: What the ``pair`` fixture yields, named once for every test that takes it.
+Pair = tuple[CachedStore, Counting, ObjectStore]
+
+
 @pytest.fixture
-async def pair(backend: Backend, tmp_path: Path) -> AsyncIterator[tuple[CachedStore, Counting, ObjectStore]]:
+async def pair(backend: Backend, tmp_path: Path) -> AsyncIterator[Pair]:
     """(the worker's cached store, its counting inner store, ANOTHER client on the same bucket)."""
     if backend.name == "local":
         worker_inner: ObjectStore = LocalStore(backend.root, "rory")
@@ -71,9 +75,7 @@ async def test_info_names_the_version_and_changes_on_rewrite(store: ObjectStore)
 
 
 # ----------------------------------------------------------------------------- hits
-async def test_second_read_is_a_hit_and_downloads_nothing(
-    pair: tuple[CachedStore, Counting, ObjectStore],
-) -> None:
+async def test_second_read_is_a_hit_and_downloads_nothing(pair: Pair) -> None:
     cached, counting, owner = pair
     data = _data(3)
     await owner.put_ndarray("data", data, num_chunks=2)
@@ -87,9 +89,7 @@ async def test_second_read_is_a_hit_and_downloads_nothing(
         second[0, 0] = 1.0
 
 
-async def test_own_writes_are_cached_as_a_private_snapshot(
-    pair: tuple[CachedStore, Counting, ObjectStore],
-) -> None:
+async def test_own_writes_are_cached_as_a_private_snapshot(pair: Pair) -> None:
     cached, counting, _ = pair
     data = _data(4)
     await cached.put_ndarray("udm", data, num_chunks=2)
@@ -116,9 +116,7 @@ async def test_large_cached_arrays_cross_into_the_pool_without_a_copy(tmp_path: 
 
 # ----------------------------------------------------------------------------- never stale
 @pytest.mark.parametrize("same_shape", [True, False])
-async def test_an_overwrite_by_another_client_is_never_served_stale(
-    pair: tuple[CachedStore, Counting, ObjectStore], same_shape: bool
-) -> None:
+async def test_an_overwrite_by_another_client_is_never_served_stale(pair: Pair, same_shape: bool) -> None:
     cached, counting, owner = pair
     await owner.put_ndarray("x", _data(6))
     np.testing.assert_array_equal(await cached.get_ndarray("x"), _data(6))
@@ -128,16 +126,14 @@ async def test_an_overwrite_by_another_client_is_never_served_stale(
     assert counting.reads == 2 and cached.hits == 0
 
 
-async def test_another_worker_overwriting_what_we_wrote(
-    pair: tuple[CachedStore, Counting, ObjectStore],
-) -> None:
+async def test_another_worker_overwriting_what_we_wrote(pair: Pair) -> None:
     cached, _, other = pair
     await cached.put_ndarray("centj", _data(8))
     await other.put_ndarray("centj", _data(9))
     np.testing.assert_array_equal(await cached.get_ndarray("centj"), _data(9))
 
 
-async def test_a_delete_by_another_client_is_seen(pair: tuple[CachedStore, Counting, ObjectStore]) -> None:
+async def test_a_delete_by_another_client_is_seen(pair: Pair) -> None:
     cached, _, owner = pair
     await owner.put_ndarray("gone", _data(10))
     await cached.get_ndarray("gone")
@@ -161,9 +157,7 @@ async def test_two_caches_on_one_bucket_stay_coherent(tmp_path: Path) -> None:
         await second.aclose()
 
 
-async def test_a_read_racing_our_own_write_keeps_nothing_stale(
-    pair: tuple[CachedStore, Counting, ObjectStore],
-) -> None:
+async def test_a_read_racing_our_own_write_keeps_nothing_stale(pair: Pair) -> None:
     cached, counting, owner = pair
     await owner.put_ndarray("race", _data(11))
     counting.delay = 0.05
@@ -243,7 +237,7 @@ async def test_with_cache_wraps_once_and_can_be_disabled(tmp_path: Path) -> None
     await wrapped.aclose()
 
 
-async def test_byte_lists_and_deletes_pass_through(pair: tuple[CachedStore, Counting, ObjectStore]) -> None:
+async def test_byte_lists_and_deletes_pass_through(pair: Pair) -> None:
     cached, _, _ = pair
     await cached.put_ndarray("k", _data(15))
     await cached.put_bytes_list("k", [b"a", b"b"])

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import nats
 import numpy as np
 import pytest
 from nats.aio.client import Client
+from nats.js.api import ClusterInfo
 
 from core.algorithms.kmeans import l1_kmeans
 from scripts.cluster import LocalCluster
@@ -80,36 +81,38 @@ async def _verify(store: NatsObjectStore, arrays: dict[str, np.ndarray], lists: 
     assert await store.list_balls() == sorted([*arrays, *lists])
 
 
-async def _leader(nc: Client, stream: str) -> str:
-    """The stream's current leader, waiting (bounded) while one is being elected."""
+async def _cluster_once(
+    nc: Client, stream: str, ready: Callable[[ClusterInfo], bool], what: str
+) -> ClusterInfo:
+    """The stream's cluster info once ``ready`` accepts it, polled within a 60 s deadline (a leader
+    election or a replica catching up takes however long it takes; no assertion depends on it)."""
     js = nc.jetstream(timeout=2.0)
     deadline = time.monotonic() + 60
     while True:
         try:
             info = await js.stream_info(stream)
-            if info.cluster is not None and info.cluster.leader:
-                return info.cluster.leader
+            if info.cluster is not None and ready(info.cluster):
+                return info.cluster
         except (nats.errors.Error, TimeoutError):
             pass
-        assert time.monotonic() < deadline, f"{stream} got no leader within 60 s"
+        assert time.monotonic() < deadline, f"{stream}: {what} within 60 s"
         await asyncio.sleep(0.2)
+
+
+async def _leader(nc: Client, stream: str) -> str:
+    """The stream's current leader, waiting (bounded) while one is being elected."""
+    cluster = await _cluster_once(nc, stream, lambda c: bool(c.leader), "got no leader")
+    assert cluster.leader is not None
+    return cluster.leader
+
+
+def _both_replicas_current(cluster: ClusterInfo) -> bool:
+    replicas = cluster.replicas or []
+    return bool(cluster.leader) and len(replicas) == 2 and all(r.current and not r.offline for r in replicas)
 
 
 async def _all_replicas_current(nc: Client, stream: str) -> None:
-    js = nc.jetstream(timeout=2.0)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            info = await js.stream_info(stream)
-            replicas = info.cluster.replicas if info.cluster is not None else None
-            leader = info.cluster.leader if info.cluster is not None else None
-            caught_up = bool(replicas) and all(r.current and not r.offline for r in replicas or [])
-            if leader and caught_up and len(replicas or []) == 2:
-                return
-        except (nats.errors.Error, TimeoutError):
-            pass
-        assert time.monotonic() < deadline, f"{stream}: replicas did not catch up within 60 s"
-        await asyncio.sleep(0.2)
+    await _cluster_once(nc, stream, _both_replicas_current, "replicas did not catch up")
 
 
 def _index(cluster: LocalCluster, name: str) -> int:
