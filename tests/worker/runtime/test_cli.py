@@ -7,6 +7,7 @@ import io
 import json
 import os
 import signal
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -28,17 +29,16 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-async def _run_cli(*args: str, env: dict[str, str], timeout: float = 20) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "worker",
-        *args,
-        env=env,
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+async def _spawn_cli(*args: str, env: dict[str, str], stdout: int) -> asyncio.subprocess.Process:
+    """``python -m worker <args>`` from the checkout (what the ``rory-worker`` entry point runs), its
+    stderr piped: every test here reads the worker's log lines or its one-line errors from it."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "worker", *args, env=env, cwd=ROOT, stdout=stdout, stderr=subprocess.PIPE
     )
+
+
+async def _run_cli(*args: str, env: dict[str, str], timeout: float = 20) -> tuple[int, str, str]:
+    proc = await _spawn_cli(*args, env=env, stdout=subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     return proc.returncode, out.decode(), err.decode()
 
@@ -85,18 +85,7 @@ async def test_sigterm_stops_gracefully_with_command_in_flight(nats_url, nc, tmp
         SINK_PATH=str(tmp_path),
         SHUTDOWN_GRACE_PERIOD="10",
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "worker",
-        "run",
-        "--operations",
-        "tests.ops:register",
-        env=env,
-        cwd=ROOT,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    proc = await _spawn_cli("run", "--operations", "tests.ops:register", env=env, stdout=subprocess.DEVNULL)
     try:
         await started.wait(1, timeout=20)
         health = json.loads((await nc.request(subjects.health(prefix, node), b"", timeout=2)).data)
