@@ -151,7 +151,9 @@ class NatsPort(CommandPort):
                     subject, data, timeout=limit, headers={codec.CONTENT_TYPE: codec.MSGPACK}
                 )
             except NoRespondersError:
-                error = NoWorkerError(f"no worker is listening on {subject!r}")
+                # A pool worker with every slot taken leaves the queue group until one frees
+                # (worker/runtime/pool_gate.py), so "nobody" may mean "everybody is busy".
+                error = NoWorkerError(f"no worker is listening on {subject!r} (none running, or all busy)")
                 raise _Retry("no responders", error) from None
             except NatsTimeout:
                 error = WorkerError(op, 504, "TIMEOUT", f"no reply within {limit:g} s", True)
