@@ -15,9 +15,9 @@ from __future__ import annotations
 import math
 import re
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from schemas.errors import BadRequest, UnsupportedVersion
 
@@ -65,10 +65,16 @@ def _strict_int_version(value: Any) -> Any:
     return value
 
 
+#: ``v`` of a Command and of a Reply: the integer protocol major version, checked strictly.
+Version = Annotated[
+    Literal[1], BeforeValidator(_strict_int_version), Field(description="protocol major version, 1")
+]
+
+
 class Command(_Wire):
     """A request to run one operation. Sent to ``<p>.worker.<node>.cmd.<op>`` or ``<p>.pool.cmd.<op>``."""
 
-    v: Literal[1] = Field(description="protocol major version, 1")
+    v: Version
     id: str = Field(
         pattern=ID_PATTERN, description="unique message id; a retry of the same command reuses it"
     )
@@ -92,11 +98,6 @@ class Command(_Wire):
         allow_inf_nan=False,
         description="give up with error 504 if not finished this many seconds after the worker received it",
     )
-
-    @field_validator("v", mode="before")
-    @classmethod
-    def _check_v(cls, value: Any) -> Any:
-        return _strict_int_version(value)
 
     @model_validator(mode="after")
     def _default_job_id(self) -> Command:
@@ -137,7 +138,7 @@ class ErrorInfo(_Wire):
 class Reply(_Wire):
     """The answer to a Command: sent to the request's reply inbox and to ``<p>.results.<node>.<job_id>``."""
 
-    v: Literal[1] = Field(description="protocol major version, 1")
+    v: Version
     id: str = Field(pattern=ID_PATTERN, description="new unique id of this reply")
     in_reply_to: str = Field(
         pattern=ECHO_ID_PATTERN, description="the command's `id`; empty when the command was unreadable"
@@ -151,11 +152,6 @@ class Reply(_Wire):
     result: dict[str, Any] | None = Field(None, description="on success: the operation's result")
     error: ErrorInfo | None = Field(None, description="on failure: what went wrong")
     timings: Timings = Field(description="seconds per stage")
-
-    @field_validator("v", mode="before")
-    @classmethod
-    def _check_v(cls, value: Any) -> Any:
-        return _strict_int_version(value)
 
     @model_validator(mode="after")
     def _ok_matches(self) -> Reply:

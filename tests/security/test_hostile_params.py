@@ -22,11 +22,10 @@ import pytest
 
 from schemas import keys, subjects
 from schemas.operations import MAX_COUNT, Op
+from tests.every_operation import start_every_operation
 from tests.ops import command, request
 from tests.schemas.legacy_requests import ORIGINAL_REQUESTS
 from tests.worker.handlers.owner import snapshot, upload_secure_kmeans
-from worker.handlers import register_all
-from worker.runtime.registry import Registry
 from worker.runtime.service import WorkerService
 from worker.settings import Settings
 from worker.storage.local import LocalStore
@@ -52,11 +51,7 @@ async def hostile_rig(
 ) -> AsyncIterator[tuple[WorkerService, LocalStore]]:
     store = LocalStore(tmp_path / "css")
     await _inputs(store)
-    registry = Registry()
-    register_all(registry)
-    settings = make_settings(storage_path=str(store.root), keys_path=str(tmp_path / "no-keys"))
-    worker = await start_worker(registry=registry, store=store, settings=settings)
-    await worker.pool.wait_ready(timeout=60)
+    worker, _ = await start_every_operation(start_worker, make_settings, store, tmp_path)
     yield worker, store
     await store.aclose()
 
