@@ -21,17 +21,13 @@ from dataowner.progress import ProgressEvent
 from schemas import keys as names
 from schemas.operations import Op
 from tests.core.inprocess_owner import InProcessOwner
+from tests.dataowner.blobs import labelled_blobs
 from worker.handlers import default_registry
 from worker.storage import LocalStore
 
 
 def _blobs(seed: int, n_per: int, a: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    centres = np.array([[0.0] * a, [4.0] * a, [-4.0, 4.0, 0.0][:a] + [0.0] * max(0, a - 3)])
-    x = np.concatenate([rng.normal(c, 0.8, size=(n_per, a)) for c in centres])
-    y = np.repeat(np.arange(3), n_per)
-    order = rng.permutation(x.shape[0])
-    return x[order], y[order]
+    return labelled_blobs(seed, n_per, a, spread=4.0, sigma=0.8)
 
 
 @pytest.fixture(scope="module")

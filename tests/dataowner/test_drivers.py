@@ -18,17 +18,13 @@ from dataowner.inprocess_port import InProcessPort
 from dataowner.keys import OwnerKeys
 from dataowner.progress import ProgressEvent
 from schemas.operations import KMeansParams, KMeansResult
+from tests.dataowner.blobs import labelled_blobs
 from worker.handlers import default_registry
 from worker.storage import LocalStore
 
 
 def _blobs(seed: int, n_per: int, a: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    centres = np.array([[0.0] * a, [5.0] * a, [-5.0, 5.0, 0.0][:a] + [0.0] * max(0, a - 3)])
-    x = np.concatenate([rng.normal(c, 0.7, size=(n_per, a)) for c in centres])
-    y = np.repeat(np.arange(3), n_per)
-    order = rng.permutation(x.shape[0])
-    return np.round(x[order], 3), y[order]
+    return labelled_blobs(seed, n_per, a, spread=5.0, sigma=0.7, decimals=3)
 
 
 @pytest.fixture(scope="module")
