@@ -17,6 +17,8 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 
+from worker.settings import Settings
+
 T = TypeVar("T")
 Kind = Literal["ndarray", "blob", "bytes_list"]
 #: Makes the output array of a read: ``allocate(shape, dtype)`` -> an uninitialised C-order ndarray.
@@ -164,6 +166,19 @@ class ObjectStore(ABC):
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+def settings_options(settings: Settings, options: Mapping[str, Any], **backend: Any) -> dict[str, Any]:
+    """A backend's constructor options for ``from_settings``: the caller's ``options`` win over the
+    ``backend``'s own values from ``settings``, which win over what every backend takes from them
+    (its thread pool size and the largest object a read accepts). One place for the shared pair, so
+    a setting added for every backend is mapped once."""
+    return {
+        "max_workers": settings.mictlanx_max_workers,
+        "max_object_bytes": settings.max_object_bytes,
+        **backend,
+        **options,
+    }
 
 
 class ForwardingStore(ObjectStore):

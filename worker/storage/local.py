@@ -57,7 +57,7 @@ import numpy as np
 
 from worker.errors import CorruptObject, NotFound, StorageUnavailable
 from worker.settings import Settings
-from worker.storage.base import Allocator, BallInfo, allocate_output
+from worker.storage.base import Allocator, BallInfo, allocate_output, settings_options
 from worker.storage.codec import DEFAULT_MAX_OBJECT_BYTES, BallPlan, Layout, decode_bytes_list
 from worker.storage.local_bucket import BucketFiles
 from worker.storage.local_files import FILE_MODE, O_CLOEXEC, Job, fsync_path, unavailable
@@ -191,10 +191,9 @@ class LocalStore(PlannedStore, BucketFiles):
 
     @classmethod
     def from_settings(cls, settings: Settings, **options: Any) -> LocalStore:
-        options.setdefault("max_workers", settings.mictlanx_max_workers)
-        options.setdefault("producer_id", settings.mictlanx_client_id)
-        options.setdefault("max_object_bytes", settings.max_object_bytes)
-        options.setdefault("fsync", settings.storage_fsync)
+        options = settings_options(
+            settings, options, producer_id=settings.mictlanx_client_id, fsync=settings.storage_fsync
+        )
         return cls(settings.storage_path, settings.mictlanx_bucket_id, **options)
 
     def _check_open(self) -> None:

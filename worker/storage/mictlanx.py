@@ -55,7 +55,7 @@ import aiohttp
 
 from worker.errors import Conflict, CorruptObject, NotFound, StorageUnavailable
 from worker.settings import Settings
-from worker.storage.base import BallInfo
+from worker.storage.base import BallInfo, settings_options
 from worker.storage.breaker import CircuitBreaker, pause
 from worker.storage.codec import DEFAULT_MAX_OBJECT_BYTES, BallPlan, ChunkMeta, ChunkPayload, Layout
 from worker.storage.mictlanx_http import (
@@ -132,14 +132,13 @@ class MictlanXStore(RemoteStore):
 
     @classmethod
     def from_settings(cls, settings: Settings, **options: Any) -> MictlanXStore:
-        options.setdefault("client_id", settings.mictlanx_client_id)
-        options.setdefault("timeout", settings.mictlanx_timeout)
-        options.setdefault("max_workers", settings.mictlanx_max_workers)
-        options.setdefault("chunk_size", settings.mictlanx_chunk_size)
-        options.setdefault("max_object_bytes", settings.max_object_bytes)
-        options.setdefault(
-            "retry",
-            RetryPolicy(
+        options = settings_options(
+            settings,
+            options,
+            client_id=settings.mictlanx_client_id,
+            timeout=settings.mictlanx_timeout,
+            chunk_size=settings.mictlanx_chunk_size,
+            retry=RetryPolicy(
                 max_retries=settings.mictlanx_max_retries,
                 delay=settings.mictlanx_delay,
                 backoff_factor=settings.mictlanx_backoff_factor,

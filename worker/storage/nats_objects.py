@@ -61,7 +61,7 @@ from nats.js.object_store import ObjectStore as JsObjectStore
 
 from worker.errors import CorruptObject, NotFound, RoryError, StorageFull, StorageUnavailable
 from worker.settings import Settings
-from worker.storage.base import BallInfo
+from worker.storage.base import BallInfo, settings_options
 from worker.storage.codec import (
     DEFAULT_MAX_OBJECT_BYTES,
     BallPlan,
@@ -226,14 +226,13 @@ class NatsObjectStore(RemoteStore):
         log in to NATS is the caller's business (``worker.storage.open_store``'s ``nats_connect``)."""
         if "nc" not in options and "connect" not in options:
             raise TypeError("NatsObjectStore.from_settings needs nc= or connect=")
-        options.setdefault("replicas", settings.nats_object_replicas)
-        options.setdefault("max_bucket_bytes", settings.nats_object_max_bytes)
-        options.setdefault("timeout", min(settings.mictlanx_timeout, DEFAULT_REQUEST_TIMEOUT))
-        options.setdefault("max_workers", settings.mictlanx_max_workers)
-        options.setdefault("max_object_bytes", settings.max_object_bytes)
-        options.setdefault(
-            "retry",
-            RetryPolicy(
+        options = settings_options(
+            settings,
+            options,
+            replicas=settings.nats_object_replicas,
+            max_bucket_bytes=settings.nats_object_max_bytes,
+            timeout=min(settings.mictlanx_timeout, DEFAULT_REQUEST_TIMEOUT),
+            retry=RetryPolicy(
                 max_retries=min(settings.mictlanx_max_retries, DEFAULT_RETRY.max_retries),
                 delay=min(settings.mictlanx_delay, DEFAULT_RETRY.delay),
                 backoff_factor=settings.mictlanx_backoff_factor,
