@@ -210,6 +210,8 @@ class Params(BaseModel):
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
         super().__pydantic_init_subclass__(**kwargs)
+        if "LEGACY" in vars(cls):  # it would be silently replaced: the fields are the one declaration
+            raise TypeError(f"{cls.__name__}: mark legacy fields with legacy_field/mark_legacy, not LEGACY")
         cls.LEGACY = {
             name: how
             for name, info in cls.model_fields.items()

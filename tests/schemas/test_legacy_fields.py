@@ -8,12 +8,14 @@ requests to a real worker.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import pytest
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
 from schemas import docgen, keys
+from schemas.base import legacy_field, mark_legacy
 from schemas.operations import OPERATIONS, PARAMS, Compat, NncParams, Op, Params, SknnParams
 from tests.schemas.legacy_requests import MISSPELT, ORIGINAL_REQUESTS, header_name, misspelt
 
@@ -133,6 +135,32 @@ def test_sknn_checks_the_ciphertext_dtypes_only_in_step_1() -> None:
 def test_the_base_model_has_no_legacy_fields() -> None:
     assert Params.LEGACY == {}
     assert Params.model_validate({}).storage_claims() == ()
+
+
+def test_legacy_is_derived_from_the_marked_fields_in_field_order() -> None:
+    """schemas/base.py derives LEGACY from legacy_field/mark_legacy; a redeclared field without the
+    mark (DbsKMeansParams.encrypted_udm_dtype) is a real field of the subclass."""
+
+    class Marked(Params):
+        kept: int | None = legacy_field(Compat.CHECKED, "checked against storage when given")
+        real: int = 0
+        old: float = mark_legacy(Compat.IGNORED, Field(1.0, description="Accepted for compatibility."))
+
+    class Redeclared(Marked):
+        kept: int | None = None
+
+    assert list(Marked.LEGACY.items()) == [("kept", Compat.CHECKED), ("old", Compat.IGNORED)]
+    assert Redeclared.LEGACY == {"old": Compat.IGNORED}
+    assert "encrypted_udm_dtype" in PARAMS[Op.SKMEANS].LEGACY
+    assert "encrypted_udm_dtype" not in PARAMS[Op.DBSKMEANS].LEGACY
+
+
+def test_a_hand_written_legacy_map_is_refused() -> None:
+    """It would be replaced by the derived one without a word."""
+    with pytest.raises(TypeError, match="mark legacy fields"):
+
+        class HandWritten(Params):
+            LEGACY: ClassVar[Mapping[str, Compat]] = {"nothing": Compat.IGNORED}
 
 
 def _section(text: str, op: Op) -> str:
