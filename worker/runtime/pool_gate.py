@@ -180,6 +180,11 @@ class PoolGate:
             log.debug("pool subscription drain failed", extra={"error": repr(error)})
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+        # A drain that timed out leaves the subscription closed for nats-py's API (unsubscribe raises)
+        # but still in the client's table, and a reconnect would subscribe it again: a hidden second
+        # pool subscription that the gate never withdraws. Forget it for good (a nats-py internal);
+        # its message task keeps running, so commands already queued to it are still handled.
+        self.nc._remove_sub(sub._id)
 
     # ------------------------------------------------------------------ messages
     async def _on_msg(self, msg: Msg) -> None:

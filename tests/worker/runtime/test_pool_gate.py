@@ -283,3 +283,65 @@ async def test_admittable_says_whether_a_core_command_could_be_admitted() -> Non
     unwatch()
     assert slots.admit()
     assert changes == [True, False, True]  # not watched any more
+
+
+async def test_a_drain_that_times_out_leaves_no_hidden_subscription(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server stalls (a partition without a reset) while the worker fills up: the gate's drain
+    times out. After the server is replaced, the full worker must not be subscribed to the pool again
+    behind the gate's back, and freeing the slot restores exactly one subscription."""
+    import signal
+
+    import nats
+
+    from worker.embedded import EmbeddedNats
+
+    monkeypatch.setattr(pool_gate, "DRAIN_TIMEOUT_S", 0.5)
+    server = EmbeddedNats(tmp_path / "nats", jetstream=False, monitoring=False)
+    await server.start()
+    port = server.port
+    nc = await nats.connect(server.url, reconnect_time_wait=0.2, max_reconnect_attempts=-1)
+    got: list[bytes] = []
+
+    async def callback(msg: Any) -> None:
+        got.append(msg.data)
+
+    slots = Slots(1)
+    gate = pool_gate.PoolGate(nc, "stall.pool.>", "q", callback, slots, accepting=lambda: True, park_s=0.01)
+    replacement: EmbeddedNats | None = None
+    try:
+        await gate.open()
+        await gate.settled()
+        assert server.process is not None
+        server.process.send_signal(signal.SIGSTOP)
+        assert slots.admit()  # full: the gate withdraws, and its drain cannot finish
+        await gate.settled()
+        server.process.send_signal(signal.SIGKILL)
+        await server.stop()
+        replacement = EmbeddedNats(tmp_path / "nats2", port=port, jetstream=False, monitoring=False)
+        await replacement.start()
+        for _ in range(300):  # bounded: the client reconnects within a few of its 0.2 s waits
+            if nc.is_connected:
+                break
+            await asyncio.sleep(0.05)
+        assert nc.is_connected
+        other = await nats.connect(replacement.url)
+        try:
+            for i in range(5):
+                await other.publish("stall.pool.x", str(i).encode())
+            await other.flush()
+            await nc.flush()
+            assert got == []  # full and withdrawn: nothing reaches it
+            slots.finish()
+            await gate.settled()
+            pool_subs = [s for s in nc._subs.values() if s.subject == "stall.pool.>"]
+            assert len(pool_subs) == 1 and gate.subscribed
+        finally:
+            await other.close()
+    finally:
+        await gate.close()
+        await nc.close()
+        for running in (server, replacement):
+            if running is not None:
+                await running.stop()
