@@ -117,7 +117,7 @@ class LiuScheme(Scheme[np.ndarray, None]):
         n, a, m = _check_encrypted(encrypted, p)
         check_k(p.k, n)
         check_udm(udm, p.k, n=n, a=a)
-        check_declared_udm(udm, p)
+        check_declared_udm(udm, p, cumulative=True)  # Liu schemes keep the upload (secure_kmeans.py)
         for previous in state:  # the previous centroids (none at START)
             check_numeric(previous, previous.ball_id)
             if _shape(previous) != (p.k, a, m):

@@ -13,12 +13,14 @@ from typing import Any
 import numpy as np
 import pytest
 
+from core import dataowner
 from core.algorithms.kmeans import l1_kmeans
 from core.algorithms.udm import update_udm
 from schemas import keys
 from tests.worker.handlers.owner import (
     START,
     WIP,
+    Rig,
     blobs,
     labels_of,
     mirror_secure_kmeans,
@@ -141,3 +143,20 @@ async def test_small_step1_runs_inline_larger_in_the_pool(rig, monkeypatch, thre
     # Step 2 adds k x a numbers: never worth a process hop.
     assert calls == ([] if threshold else ["encrypted_phase_arrays"] * len(calls))
     assert bool(calls) == (threshold == 0)
+
+
+async def test_dbskmeans_step1_accepts_the_shape_step2_reported(rig: Rig) -> None:
+    """A Manager that echoes step 2's ``encrypted_udm_shape`` (n x k x a) into the next step 1 is
+    served, although storage keeps the n x n x a upload."""
+    data = blobs(40, 3, 3, seed=21)
+    job = await upload_secure_kmeans(rig.store, data, 3, "echo", double_blind=True)
+    await rig.ok(job.op, {**job.base(), "step_index": 1, "clustering_status": START, "iterations": 0})
+    assert job.fkey is not None
+    sent = dataowner.encrypt_shift_ope(job.fkey, np.full((3, 3), 0.5), job.rng)
+    await rig.store.put_ndarray(keys.shift_matrix(job.root, job.namespace), sent)
+    r2 = await rig.ok(job.op, {**job.base(), "step_index": 2, "is_zero": False})
+    echo = {k: r2[k] for k in ("encrypted_udm_shape", "encrypted_udm_dtype")}
+    assert echo["encrypted_udm_shape"] == [40, 3, 3]
+    step1 = {**job.base(), **echo, "step_index": 1, "clustering_status": WIP, "iterations": 1}
+    r1 = await rig.ok(job.op, step1)
+    assert r1["n_iterations"] == 2
