@@ -5,13 +5,17 @@
   8 MiB chunk of empty msgpack maps (which msgpack.unpackb turns into ~600 MiB of dicts) and an
   array header claiming 2**32 items are CorruptObject, with a few MiB of memory at most. Lists of
   many tiny valid items are charged their per-item overhead against MAX_OBJECT_BYTES.
-* A local manifest over 16 MiB is refused without being read, whatever MAX_OBJECT_BYTES says.
+* A local manifest over 16 MiB is refused without being read, whatever MAX_OBJECT_BYTES says; a small
+  one declaring a 2**40-byte chunk is refused from the declared size, with no block list built for it.
+* A symlink or FIFO planted in place of a local pointer, manifest or chunk file is CorruptObject
+  (never followed, never blocking the store's thread).
 * Every MictlanX HTTP body is read with a bound: an oversized error body or JSON answer is a typed
   storage error after reading at most a little of it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -239,6 +243,75 @@ async def test_a_put_needing_a_huge_manifest_is_refused(
             await store.put_bytes_list("many", [b"x"] * 64, num_chunks=64)
         assert not await store.exists("many")
         assert [p.name for p in (tmp_path / "rory").iterdir() if p.name.startswith("many")] == []
+
+
+async def test_a_manifest_declaring_a_terabyte_chunk_costs_nothing(tmp_path: Path) -> None:
+    """A ~300-byte manifest claims a 2**40-byte chunk (131072 blocks) with one hash per hash list: it
+    is refused from the declared size, before anything as long as the size claims is built (the
+    unpatched store built the whole block list first: 2**31 cost 65 MiB, 2**40 would need ~32 GiB)."""
+    async with LocalStore(tmp_path) as store:  # the default budget (4 GiB)
+        await store.put_bytes_list("m", [b"x"])
+        version = (tmp_path / "rory" / "m.ref").read_text().split()[0]
+        path = tmp_path / "rory" / f"m.{version}" / "manifest.json"
+        manifest = json.loads(path.read_text())
+        manifest["chunks"][0]["size"] = 1 << 40
+        path.write_text(json.dumps(manifest))
+        assert path.stat().st_size < 1024
+
+        async def read() -> None:
+            with pytest.raises(PayloadTooLarge, match="MAX_OBJECT_BYTES"):
+                await store.info("m")
+
+        assert await _apeak_while(read) < MIB
+        with pytest.raises(PayloadTooLarge):
+            await store.get_bytes_list("m")
+    async with LocalStore(tmp_path, max_object_bytes=1 << 50) as roomy:
+        # Within a (huge) budget the lie is still cheap: one hash where 131072 are due is corrupt.
+
+        async def read_roomy() -> None:
+            with pytest.raises(CorruptObject, match="131072"):
+                await roomy.info("m")
+
+        assert await _apeak_while(read_roomy) < MIB
+
+
+# ----------------------------------------------------------------------------- planted files
+def _version_dir(root: Path, ball: str) -> Path:
+    version = (root / "rory" / f"{ball}.ref").read_text().split()[0]
+    return root / "rory" / f"{ball}.{version}"
+
+
+def _plant_special(target: Path, how: str, outside: Path) -> None:
+    """Replace ``target`` by a FIFO, or by a symlink to a copy of its bytes outside the store (so
+    following it would succeed: only the refusal to follow makes the read fail)."""
+    content = target.read_bytes()
+    target.unlink()
+    if how == "fifo":
+        os.mkfifo(target, 0o600)
+    else:
+        outside.write_bytes(content)
+        target.symlink_to(outside)
+
+
+@pytest.mark.parametrize("how", ["fifo", "symlink"])
+@pytest.mark.parametrize("which", ["pointer", "manifest", "chunk"])
+async def test_planted_fifos_and_symlinks_are_refused(tmp_path: Path, which: str, how: str) -> None:
+    root = tmp_path / "store"
+    async with LocalStore(root) as store:
+        await store.put_bytes_list("p", [b"a" * 100, b"b" * 100], num_chunks=2)
+        directory = _version_dir(root, "p")
+        target = {
+            "pointer": root / "rory" / "p.ref",
+            "manifest": directory / "manifest.json",
+            "chunk": directory / "p_1",
+        }[which]
+        _plant_special(target, how, tmp_path / "outside")
+        with pytest.raises(CorruptObject, match=f"{target.name}.*(symlink|not a regular file)"):
+            # wait_for only guards against a hang (a FIFO opened without O_NONBLOCK never returns)
+            await asyncio.wait_for(store.get_bytes_list("p"), 30)
+        if which != "chunk":
+            with pytest.raises(CorruptObject, match=r"symlink|not a regular file"):
+                await asyncio.wait_for(store.info("p"), 30)
 
 
 # ----------------------------------------------------------------------------- MictlanX bodies

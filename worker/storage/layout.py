@@ -223,11 +223,24 @@ def _blob_layout(ball_id: str, metas: Sequence[ChunkMeta]) -> tuple[tuple[int, .
 
 
 # ----------------------------------------------------------------------------- budgets
+#: The smallest byte-list chunk a writer produces: a msgpack array header (1 byte) and one empty
+#: ``bin8`` item (2 bytes). Bounds a byte list's ``num_chunks`` by the budget (:func:`check_first_chunk`).
+MIN_BYTE_LIST_CHUNK = 3
+
+
 def _too_large(ball_id: str, what: str, size: int, max_bytes: int) -> PayloadTooLarge:
     return PayloadTooLarge(
         f"{ball_id}: {what} declares {size} bytes, over the worker's MAX_OBJECT_BYTES={max_bytes}; "
         "refused before reading"
     )
+
+
+def check_declared(ball_id: str, what: str, size: int, max_bytes: int) -> None:
+    """Refuse (PayloadTooLarge) a size some metadata declares before anything is built from it: a
+    backend's own records (the local store's manifest) are checked chunk by chunk while parsed, so a
+    lying ``size`` never drives an allocation or a loop (``local_format.py``)."""
+    if size > max_bytes:
+        raise _too_large(ball_id, what, size, max_bytes)
 
 
 def _declared_bytes(shape_tag: object, dtype_tag: object) -> int | None:
@@ -246,7 +259,8 @@ def check_first_chunk(ball_id: str, first: ChunkMeta, count: int, max_bytes: int
 
     Runs before the metadata of chunks 1..n-1 is fetched, so a lying ``num_chunks`` or shape tag costs
     one request, not a million. Lower bounds on the ball's size that every writer satisfies: chunk 0
-    itself; for arrays, ``(num_chunks - 1) x`` chunk 0's size (rows are split evenly with the remainder
+    itself; for byte lists, ``(num_chunks - 1) x`` :data:`MIN_BYTE_LIST_CHUNK` more; for arrays,
+    ``(num_chunks - 1) x`` chunk 0's size (rows are split evenly with the remainder
     last, blob pieces are equal but the last) and chunk 0's ``shape`` x ``dtype`` (the chunk's, or the
     whole array's for a blob). Raises PayloadTooLarge (400), or CorruptObject (422) for a chunk count
     no writer produces.
@@ -259,7 +273,18 @@ def check_first_chunk(ball_id: str, first: ChunkMeta, count: int, max_bytes: int
         )
     kind = first.tags.get(KIND_TAG)
     if kind not in ("ndarray", "blob") and not (kind is None and "dtype" in first.tags):
-        return  # a byte list: chunk sizes vary with the items
+        # A byte list: chunk sizes vary with the items, but every chunk after chunk 0 holds at least
+        # one item (items are split like rows, chunking.py split_rows), so it takes at least
+        # MIN_BYTE_LIST_CHUNK bytes.
+        least = first.size + (count - 1) * MIN_BYTE_LIST_CHUNK
+        if least > max_bytes:
+            raise _too_large(
+                ball_id,
+                f"num_chunks={count} (byte-list chunks of at least {MIN_BYTE_LIST_CHUNK} bytes)",
+                least,
+                max_bytes,
+            )
+        return
     if (count - 1) * first.size > max_bytes:
         raise _too_large(
             ball_id, f"num_chunks={count} x chunk 0's {first.size} bytes", (count - 1) * first.size, max_bytes

@@ -60,7 +60,7 @@ from worker.settings import Settings
 from worker.storage.base import Allocator, BallInfo, allocate_output, settings_options
 from worker.storage.codec import DEFAULT_MAX_OBJECT_BYTES, BallPlan, Layout, decode_bytes_list
 from worker.storage.local_bucket import BucketFiles
-from worker.storage.local_files import FILE_MODE, O_CLOEXEC, Job, fsync_path, unavailable
+from worker.storage.local_files import FILE_MODE, O_CLOEXEC, Job, fsync_path, open_regular, unavailable
 from worker.storage.local_format import (
     FORMAT,
     FORMAT_VERSION,
@@ -122,7 +122,7 @@ def _read_pieces(pieces: Sequence[Piece], verify: bool) -> None:
     """preadv each piece straight into its slice of the output, checking size and block hash."""
     for piece in pieces:
         try:
-            fd = os.open(piece.path, os.O_RDONLY | O_CLOEXEC)
+            fd = open_regular(piece.path)  # a planted symlink or FIFO is CorruptObject, never followed
         except FileNotFoundError:
             raise VersionGone(str(piece.path)) from None
         try:

@@ -20,7 +20,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from worker.errors import CorruptObject
-from worker.storage.local_files import DIR_MODE, FILE_MODE, O_CLOEXEC, fsync_path, make_dirs, write_file
+from worker.storage.local_files import (
+    DIR_MODE,
+    FILE_MODE,
+    O_CLOEXEC,
+    fsync_path,
+    make_dirs,
+    open_regular,
+    write_file,
+)
 from worker.storage.local_format import MANIFEST, VERSION_RE, Refs, parse_refs, refs_bytes
 
 log = logging.getLogger("worker.storage.local")
@@ -102,9 +110,13 @@ class BucketFiles:
 
     # ------------------------------------------------------------------ reading pointers
     def _read_refs(self, ball_id: str) -> Refs | None:
-        """The pointer: (current version, previous version or None); None when the ball is absent."""
+        """The pointer: (current version, previous version or None); None when the ball is absent.
+
+        Opened with :func:`~worker.storage.local_files.open_regular`: a symlink or FIFO planted as
+        the pointer is ``CorruptObject`` instead of a read elsewhere or a thread blocked for ever.
+        """
         try:
-            with open(self._ref(ball_id), "rb") as handle:
+            with open(self._ref(ball_id), "rb", opener=open_regular) as handle:
                 text = handle.read(256).decode("ascii", "replace")
         except FileNotFoundError:
             return None

@@ -11,14 +11,17 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
+import fcntl
 import logging
 import os
+import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from worker.errors import StorageUnavailable
+from worker.errors import CorruptObject, StorageUnavailable
 
 log = logging.getLogger("worker.storage.local")
 T = TypeVar("T")
@@ -27,6 +30,42 @@ T = TypeVar("T")
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+#: Added to every open of a file the store reads (pointer, manifest, chunk): the bucket directory may
+#: hold whatever another process planted there, and a symlink would read a file outside the store,
+#: a FIFO would block the store's thread for ever in ``open`` or ``read``.
+READ_FLAGS = os.O_RDONLY | O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+
+
+def open_regular(path: str | os.PathLike[str], flags: int = 0) -> int:
+    """Open ``path`` for reading only if it is a regular file, not following a final symlink and
+    without blocking on a FIFO; anything else is ``CorruptObject`` naming the path.
+
+    ``FileNotFoundError`` (and other ``OSError``) propagate: a missing file means something else to
+    each caller (a vanished version, an incomplete write). Usable as ``open(..., opener=open_regular)``:
+    the flags ``open`` passes are combined with :data:`READ_FLAGS` (writing flags are refused).
+    """
+    if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+        raise ValueError("open_regular opens for reading only")
+    try:
+        fd = os.open(path, flags | READ_FLAGS)
+    except OSError as error:
+        if error.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink
+            raise CorruptObject(
+                f"local storage: {os.fspath(path)} is a symlink, not a regular file"
+            ) from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise CorruptObject(
+                f"local storage: {os.fspath(path)} is not a regular file (mode 0o{stat.S_IFMT(mode):o})"
+            )
+        # A regular file never blocks; clear the flag anyway so no later read sees EAGAIN.
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def unavailable(error: OSError) -> StorageUnavailable:
@@ -112,9 +151,11 @@ __all__ = [
     "DIR_MODE",
     "FILE_MODE",
     "O_CLOEXEC",
+    "READ_FLAGS",
     "Job",
     "fsync_path",
     "make_dirs",
+    "open_regular",
     "unavailable",
     "write_file",
 ]

@@ -36,6 +36,8 @@ from worker.storage.codec import (
     normalise_checksum,
     read_layout,
 )
+from worker.storage.layout import check_declared
+from worker.storage.local_files import open_regular
 
 FORMAT = "rory-css-local"
 FORMAT_VERSION = 1
@@ -93,6 +95,13 @@ class Piece:
 def new_version() -> str:
     """A fresh version name (``v<ns timestamp hex><random hex>``, matching :data:`VERSION_RE`)."""
     return f"v{time.time_ns():x}{secrets.token_hex(4)}"
+
+
+def block_count(size: int, block_size: int) -> int:
+    """How many blocks :func:`blocks` gives, by arithmetic: a manifest's declared ``size`` is checked
+    against its hash lists without building a list as long as the size claims (a 272-byte manifest
+    declaring 2**40 bytes must cost nothing)."""
+    return max(1, -(-size // block_size))
 
 
 def blocks(size: int, block_size: int) -> list[tuple[int, int]]:
@@ -199,14 +208,17 @@ def refs_bytes(version: str, replaced: Refs | None) -> bytes:
 
 def read_manifest(ball_id: str, path: Path, max_bytes: int) -> bytes:
     """The manifest's bytes; one over ``max_bytes`` is refused without reading it, and an
-    empty one (a write cut short by a power loss) counts as incomplete."""
-    with open(path, "rb") as handle:
+    empty one (a write cut short by a power loss) counts as incomplete. A symlink or anything but a
+    regular file is ``CorruptObject`` (``open_regular``): a FIFO would block the store's thread."""
+    with open(path, "rb", opener=open_regular) as handle:
         size = os.fstat(handle.fileno()).st_size
         if size > max_bytes:
             raise CorruptObject(f"{ball_id}: a {size}-byte manifest (the limit is {max_bytes})")
-        raw = handle.read(max_bytes + 1)
-    if len(raw) > max_bytes:
-        raise CorruptObject(f"{ball_id}: the manifest grew past {max_bytes} bytes")
+        # read(n) allocates n bytes up front: ask for what fstat says (+1 to notice growth), not the
+        # limit, or every manifest read would cost MAX_MANIFEST_BYTES of memory.
+        raw = handle.read(size + 1)
+    if len(raw) > size:
+        raise CorruptObject(f"{ball_id}: the manifest grew while it was read (past {size} bytes)")
     if not raw:
         raise Incomplete(f"{ball_id}: the manifest {path.parent.name}/{MANIFEST} is empty")
     return raw
@@ -245,8 +257,12 @@ def parse_manifest(
     if verified not in recorded:
         raise CorruptObject(f"{ball_id}: written with {recorded} block hashes; install xxhash to read it")
     metas, checks = [], []
+    declared = 0  # each record's size is charged before its hash lists are looked at
     for record in chunks:
-        meta, values = parse_chunk(ball_id, record, block_size, recorded, verified)
+        meta, values = parse_chunk(
+            ball_id, record, block_size, recorded, verified, declared, max_object_bytes
+        )
+        declared += meta.size
         metas.append(meta)
         checks.append(values)
     layout = read_layout(ball_id, metas)
@@ -255,10 +271,20 @@ def parse_manifest(
 
 
 def parse_chunk(
-    ball_id: str, record: Any, block_size: int, recorded: Sequence[str], verified: str
+    ball_id: str,
+    record: Any,
+    block_size: int,
+    recorded: Sequence[str],
+    verified: str,
+    declared: int,
+    max_object_bytes: int,
 ) -> tuple[ChunkMeta, tuple[int, ...]]:
     """One chunk record: its metadata and the ``verified`` hash of each block (every hash in
-    ``recorded`` must be there, one well-formed value per block)."""
+    ``recorded`` must be there, one well-formed value per block).
+
+    A ``size`` that with the ``declared`` bytes of the chunks before it exceeds ``max_object_bytes``
+    is PayloadTooLarge before the block count it implies is used for anything: the ball could not be
+    read anyway, and the refusal must not cost what the lie claims."""
     if not isinstance(record, dict):
         raise CorruptObject(f"{ball_id}: chunk record is not an object")
     key, size, tags = record.get("key"), record.get("size"), record.get("tags")
@@ -268,7 +294,8 @@ def parse_chunk(
         isinstance(k, str) and isinstance(v, str) for k, v in tags.items()
     ):
         raise CorruptObject(f"{key}: tags must map str to str")
-    count = len(blocks(size, block_size))
+    check_declared(ball_id, f"the manifest up to chunk {key}", declared + size, max_object_bytes)
+    count = block_count(size, block_size)
     for name in recorded:
         values, bits = record.get(HASH_FIELD[name]), HASH_BITS[name]
         if (
@@ -297,6 +324,7 @@ __all__ = [
     "Refs",
     "Stored",
     "VersionGone",
+    "block_count",
     "blocks",
     "build_manifest",
     "group",
