@@ -106,6 +106,11 @@ class _Running:
     def attach(self, delivery: _Delivery) -> None:
         self.deliveries[delivery.stream_seq] = delivery
 
+    def same_command(self, job: Job, spec: ConsumerSpec) -> bool:
+        """Whether ``job`` is another delivery of this command, not a different one reusing its id."""
+        mine, theirs = self.job.command, job.command
+        return spec.source == self.spec.source and (mine.op, mine.job_id) == (theirs.op, theirs.job_id)
+
 
 def _delivery(msg: Msg) -> _Delivery:
     meta = msg.metadata
@@ -156,6 +161,7 @@ class JetStreamIntake:
                 "dead_lettered",
                 "answered_from_record",
                 "joined_running",
+                "id_collisions",
                 "lost_record_race",
                 "rejected",
                 "in_progress",
@@ -329,6 +335,15 @@ class JetStreamIntake:
             return
         command_id = job.command.id
         running = self._running.get(command_id)
+        if running is not None and not running.closing and not running.same_command(job, spec):
+            # A different command reusing a running id: never join it to the other's run (it would be
+            # answered with the other's result). It is answered 409 at once and not recorded, so the
+            # running command's record is left to that command.
+            self.dispatcher.release(job)
+            self.counters["id_collisions"] += 1
+            conflict = Conflict(f"command id {command_id!r} is in use by another running command")
+            self._spawn(self._fail(_Running(job, spec, {delivery.stream_seq: delivery}), conflict))
+            return
         if running is not None and not running.closing:
             self.dispatcher.release(job)  # the running one answers for both deliveries
             running.attach(delivery)

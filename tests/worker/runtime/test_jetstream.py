@@ -387,6 +387,27 @@ async def test_a_second_delivery_joins_the_running_command(workers: Workers, nc:
     assert len(collector.bodies) == 1
 
 
+async def test_another_command_reusing_a_running_id_is_not_answered_with_its_result(
+    workers: Workers, nc: Client
+) -> None:
+    """Same id, another job: it must neither join the running command nor get its result; it gets
+    409 CONFLICT and never runs, and the first command is answered with its own result."""
+    settings = workers.settings(worker_capacity=4)
+    worker = await workers.start(settings)
+    await wait_for(lambda: worker.dispatcher.reserved == 2, 3)
+    collector = await results(nc, settings)
+    first = command("collidea", seconds=0.8)
+    second = {**command("collideb"), "id": first["id"], "job_id": "another-job"}
+    await _publish_copy(nc, settings, first, None, "a")
+    await _publish_copy(nc, settings, second, None, "b")
+    replies = await collector.wait(2, timeout=30)
+    by_job = {reply.get("job_id"): reply for reply in replies}
+    assert by_job[first["id"]]["ok"], replies
+    assert not by_job["another-job"]["ok"] and by_job["another-job"]["error"]["type"] == "CONFLICT"
+    assert len(await balls(workers.store(settings), "collideb", "run")) == 0
+    assert worker._intake is not None and worker._intake.counters["joined_running"] == 0
+
+
 async def test_concurrent_duplicates_on_two_workers_record_one_result(workers: Workers, nc: Client) -> None:
     """Two instances of one node (one durable, one record key ``<p>.<node>.<id>``) each run a copy."""
     settings = workers.settings(worker_capacity=1)
