@@ -11,9 +11,10 @@ Local backend: the manifest is edited on disk. MictlanX: the fake router's store
 
 from __future__ import annotations
 
+import asyncio
 import json
 import tracemalloc
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -173,6 +174,74 @@ async def test_absurd_chunk_count_costs_one_metadata_request() -> None:
             assert router.count("GET", r"/metadata/") - before == 1
         finally:
             await store.aclose()
+
+
+async def test_a_lying_byte_list_chunk_count_costs_a_few_requests() -> None:
+    """A 4 KiB byte-list chunk 0 claims 1,000,000 chunks: refused from chunk 0 by the budget; and
+    with the default budget the read stops at the first missing chunk, never more than
+    ``max_workers`` requests past chunk 0 and without a task per claimed chunk (the unpatched store
+    created all N-1 tasks up front: 200k blocked the loop 5.4 s and took 357 MiB)."""
+    async with FakeRouter() as router:
+        routers = parse_mictlanx_uri(router.uri)
+        async with MictlanXStore(routers, retry=FAST, timeout=30.0) as writer:
+            await writer.put_bytes_list("lies", [b"x" * 4092])  # one 4096-byte msgpack chunk
+        stored = router.objects[("rory", "lies_0")]
+        assert stored.metadata["size"] == 4096  # not refused by the "splits that finely" rule
+        stored.metadata["tags"]["num_chunks"] = str(1_000_000)
+        async with MictlanXStore(routers, max_object_bytes=BUDGET, retry=FAST, timeout=30.0) as store:
+            before = router.count("GET", r"/metadata/")
+            with pytest.raises(PayloadTooLarge, match="num_chunks=1000000"):
+                await store.get_bytes_list("lies")
+            assert router.count("GET", r"/metadata/") - before == 1
+        async with MictlanXStore(routers, retry=FAST, timeout=30.0) as roomy:  # 4 GiB: the bound passes
+            before = router.count("GET", r"/metadata/")
+            tracemalloc.start()
+            try:
+                with pytest.raises(NotFound, match="chunk 1 of 1000000"):
+                    await asyncio.wait_for(roomy.get_bytes_list("lies"), 30)  # a hang guard only
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+            assert router.count("GET", r"/metadata/") - before <= 1 + roomy.max_workers
+            assert peak < 8 * 1024 * 1024
+
+
+async def test_bounded_pulls_work_lazily() -> None:
+    """``_bounded`` takes a generator and runs at most ``max_workers`` items at a time; a failure
+    stops the iteration: a million claimed items cost a handful of coroutines."""
+    async with (
+        FakeRouter() as router,
+        MictlanXStore(parse_mictlanx_uri(router.uri), max_workers=3, retry=FAST) as store,
+    ):
+        made, running, most = 0, 0, 0
+
+        def factories(fail_at: int | None) -> Iterator[Callable[[], Awaitable[int]]]:
+            nonlocal made
+            for index in range(1_000_000 if fail_at is not None else 50):
+                made += 1
+
+                async def work(index: int = index) -> int:
+                    nonlocal running, most
+                    running += 1
+                    most = max(most, running)
+                    try:
+                        await asyncio.sleep(0)
+                        if index == fail_at:
+                            raise NotFound(f"item {index}")
+                        return index * 2
+                    finally:
+                        running -= 1
+
+                yield work
+
+        assert await store._bounded(factories(None)) == [index * 2 for index in range(50)]
+        assert most == 3
+        made, most = 0, 0
+        with pytest.raises(NotFound, match="item 5"):
+            await store._bounded(factories(5))
+        assert made <= 5 + 3  # the items up to the failure (0..5) and the other runners' current ones
+        assert most <= 3 and running == 0
+        assert await store._bounded([]) == []
 
 
 def test_budget_comes_from_settings(tmp_path: Path) -> None:

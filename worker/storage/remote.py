@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from abc import abstractmethod
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence, Sized
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -122,24 +122,46 @@ class RemoteStore(PlannedStore):
         return replace(layout.info(), etag=content_etag([(m.size, m.checksum) for m in layout.chunks]))
 
     # ------------------------------------------------------------------ shared machinery
-    async def _bounded(self, factories: Sequence[Callable[[], Awaitable[T]]]) -> list[T]:
-        """Run at most ``max_workers`` at a time; the first failure cancels the rest."""
-        if not factories:
+    async def _bounded(self, factories: Iterable[Callable[[], Awaitable[T]]]) -> list[T]:
+        """Run the factories' awaitables, at most ``max_workers`` at a time, results in order; the
+        first failure cancels the rest.
+
+        ``max_workers`` runners pull the next factory from one shared iterator, so ``factories`` may be
+        a lazy generator and nothing is created per item up front: a chunk 0 whose ``num_chunks`` lies
+        costs ``max_workers`` tasks, not one task (and coroutine) per claimed chunk, and a failing
+        fetch stops the iteration there.
+        """
+        source = enumerate(factories)
+        results: dict[int, T] = {}
+        failed = False
+
+        async def runner() -> None:
+            nonlocal failed
+            while not failed:  # after a failure no runner takes another item
+                try:
+                    index, factory = next(source)  # never awaits: no two runners take the same item
+                except StopIteration:
+                    return
+                try:
+                    results[index] = await factory()
+                except BaseException:
+                    failed = True
+                    raise
+
+        width = self.max_workers
+        if isinstance(factories, Sized):
+            width = min(width, len(factories))
+        if width < 1:
             return []
-        gate = asyncio.Semaphore(self.max_workers)
-
-        async def run(factory: Callable[[], Awaitable[T]]) -> T:
-            async with gate:
-                return await factory()
-
-        tasks = [asyncio.ensure_future(run(factory)) for factory in factories]
+        tasks = [asyncio.ensure_future(runner()) for _ in range(width)]
         try:
-            return list(await asyncio.gather(*tasks))
+            await asyncio.gather(*tasks)
         except BaseException:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
+        return [results[index] for index in range(len(results))]
 
     async def _load(self, ball_id: str) -> tuple[Layout, list[Any]]:
         """The validated layout of a ball and the record of each of its chunks, in index order.
@@ -159,7 +181,7 @@ class RemoteStore(PlannedStore):
             except NotFound:
                 raise self._chunk_missing(ball_id, index, count) from None
 
-        rest = await self._bounded([lambda i=i: fetch(i) for i in range(1, count)])  # type: ignore[misc]
+        rest = await self._bounded((lambda i=i: fetch(i)) for i in range(1, count))  # type: ignore[misc]
         records = [first, *rest]
         metas = [first_meta, *(self._meta_of(record) for record in rest)]
         self._check_records(ball_id, metas)
@@ -170,7 +192,7 @@ class RemoteStore(PlannedStore):
     async def _store_chunks(self, plan: BallPlan, put: Callable[[ChunkPayload], Awaitable[None]]) -> None:
         """Chunks ``1..n-1`` concurrently, then chunk 0: the commit point (see the module docstring)."""
         first, *rest = plan.chunks
-        await self._bounded([lambda c=c: put(c) for c in rest])  # type: ignore[misc]
+        await self._bounded((lambda c=c: put(c)) for c in rest)  # type: ignore[misc]
         await put(first)
 
     # ------------------------------------------------------------------ reads
