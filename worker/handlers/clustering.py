@@ -34,7 +34,7 @@ from schemas.operations import (
     Step1Result,
     Step2Result,
 )
-from worker.errors import ValidationFailed
+from worker.errors import Conflict, ValidationFailed
 from worker.handlers import jobs, secure_kmeans
 from worker.handlers.common import (
     Write,
@@ -133,9 +133,15 @@ class LiuScheme(Scheme[np.ndarray, None]):
     ) -> Phase1[np.ndarray]:
         """One download round for every input, then the core's encrypted phase on U0 + ``udm_shift``
         (the cumulative shift, None: zero): on the event loop for small inputs, else in the pool."""
-        arrays = await fetch_arrays(ctx, *inputs)
-        encrypted, udm = arrays[0], arrays[1]
-        previous = None if start else arrays[2]
+        (udm, udm_read), arrays = await self.together(
+            ctx.store.fetch_ndarray(inputs[1]), fetch_arrays(ctx, inputs[0], *inputs[2:])
+        )
+        if udm_read is not None and infos[1].etag is not None and udm_read.etag != infos[1].etag:
+            # Re-uploaded between the check and the read: U0 and the shift bound to the version
+            # checked would not belong together, so no labels are computed from the mix.
+            raise Conflict(f"{inputs[1]} was replaced while this step ran; send the step again")
+        encrypted = arrays[0]
+        previous = None if start else arrays[1]
         inline = infos[0].size + infos[1].size <= secure_kmeans.INLINE_COMPUTE_BYTES
         core = core_dbskmeans if self.double_blind else core_skmeans
         labels, centj, shift = await secure_kmeans.compute(

@@ -160,3 +160,23 @@ async def test_dbskmeans_step1_accepts_the_shape_step2_reported(rig: Rig) -> Non
     step1 = {**job.base(), **echo, "step_index": 1, "clustering_status": WIP, "iterations": 1}
     r1 = await rig.ok(job.op, step1)
     assert r1["n_iterations"] == 2
+
+
+async def test_a_udm_replaced_during_step1_is_a_conflict_not_mixed_labels(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The owner re-uploads the UDM between the worker's version check and its read: the step is
+    refused (409) instead of scoring the new UDM with a shift bound to the old one."""
+    data = blobs(30, 2, 3, seed=8)
+    job = await upload_secure_kmeans(rig.store, data, 3, "race")
+    read = rig.store.fetch_ndarray
+
+    async def replaced_first(ball_id: str, **options: Any) -> Any:
+        if ball_id == job.udm_key:
+            await rig.store.put_ndarray(ball_id, job.udm + 1.0, num_chunks=3)  # a new version
+        return await read(ball_id, **options)
+
+    monkeypatch.setattr(rig.store, "fetch_ndarray", replaced_first)
+    step1 = {**job.base(), "step_index": 1, "clustering_status": START, "iterations": 0}
+    error = await rig.error(job.op, step1)
+    assert error["type"] == "CONFLICT" and job.udm_key in error["message"]
