@@ -198,7 +198,11 @@ class RefusedSubscriptions:
             return
         mark = self._count
         refused = set(self._refused)
-        live = [sub for sub in list(getattr(nc, "_subs", {}).values()) if sub.subject in refused]
+        live = [
+            sub
+            for sub in list(getattr(nc, "_subs", {}).values())
+            if sub.subject in refused and not getattr(sub, "_closed", False)  # drained: leave it gone
+        ]
         for sub in live:
             await nc._send_subscribe(sub)
         await nc.flush(timeout=self.timeout)
