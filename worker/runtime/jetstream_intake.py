@@ -33,7 +33,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import nats.errors
@@ -47,15 +46,21 @@ from schemas import codec, subjects
 from worker.errors import Busy, Conflict, RoryError
 from worker.runtime.dispatch import (
     ERROR_CODE_HEADER,
-    ERROR_HEADER,
     Dispatcher,
-    Job,
     Rejected,
-    describe_reply,
     error_headers,
     error_info,
 )
 from worker.runtime.jetstream_deadletter import DeadLetterMover, MaxDeliveries, copy_to_dlq
+from worker.runtime.jetstream_deliveries import (
+    Answer,
+    Delivery,
+    Running,
+    delivery_of,
+    describe_error,
+    failed_reply,
+    reply_error,
+)
 from worker.runtime.jetstream_pull import PULL_EXPIRES, PULL_MARGIN, Lanes
 from worker.runtime.jetstream_records import ResultRecords
 from worker.runtime.jetstream_settle import (
@@ -83,39 +88,6 @@ from worker.settings import Settings
 log = logging.getLogger("rory.worker.jetstream")
 
 ACK_TIMEOUT = 2.0  # s: wait for the server to confirm an ack
-
-Answer = tuple[str, bytes, dict[str, str]]  # job id, encoded Reply, its headers
-
-
-@dataclass
-class _Delivery:
-    msg: Msg
-    stream_seq: int
-    deliveries: int
-
-
-@dataclass
-class _Running:
-    """A command being served; further deliveries of the same command join it."""
-
-    job: Job
-    spec: ConsumerSpec
-    deliveries: dict[int, _Delivery]  # newest delivery per stream sequence
-    closing: bool = False
-
-    def attach(self, delivery: _Delivery) -> None:
-        self.deliveries[delivery.stream_seq] = delivery
-
-    def same_command(self, job: Job, spec: ConsumerSpec) -> bool:
-        """Whether ``job`` is another delivery of this command, not a different one reusing its id."""
-        mine, theirs = self.job.command, job.command
-        return spec.source == self.spec.source and (mine.op, mine.job_id) == (theirs.op, theirs.job_id)
-
-
-def _delivery(msg: Msg) -> _Delivery:
-    meta = msg.metadata
-    return _Delivery(msg, meta.sequence.stream, meta.num_delivered)
-
 
 class JetStreamIntake:
     """The durable intake of one worker instance; see the module docstring.
@@ -148,7 +120,7 @@ class JetStreamIntake:
         self.stopping = False
         self._stop = asyncio.Event()
         self._mover: DeadLetterMover | None = None
-        self._running: dict[str, _Running] = {}
+        self._running: dict[str, Running] = {}
         self._jobs: set[asyncio.Task[None]] = set()
         self._aux: set[asyncio.Task[None]] = set()
         self._results_prefix = subjects.results(self.prefix, self.node_id, "x")[:-1]
@@ -315,7 +287,7 @@ class JetStreamIntake:
         received = time.perf_counter()
         self.counters["received"] += 1
         try:
-            delivery = _delivery(msg)
+            delivery = delivery_of(msg)
         except Exception:  # not a JetStream delivery: nothing to ack, nothing to answer
             log.warning("ignoring a non-JetStream message on a pull inbox", extra={"subject": msg.subject})
             self.slots.unreserve()
@@ -342,7 +314,7 @@ class JetStreamIntake:
             self.dispatcher.release(job)
             self.counters["id_collisions"] += 1
             conflict = Conflict(f"command id {command_id!r} is in use by another running command")
-            self._spawn(self._fail(_Running(job, spec, {delivery.stream_seq: delivery}), conflict))
+            self._spawn(self._fail(Running(job, spec, {delivery.stream_seq: delivery}), conflict))
             return
         if running is not None and not running.closing:
             self.dispatcher.release(job)  # the running one answers for both deliveries
@@ -350,12 +322,12 @@ class JetStreamIntake:
             self.counters["joined_running"] += 1
             self._spawn(self._progress(msg))
             return
-        state = _Running(job, spec, {delivery.stream_seq: delivery})
+        state = Running(job, spec, {delivery.stream_seq: delivery})
         self._running[command_id] = state
         self._spawn(self._serve(state), job=True)
 
     # ------------------------------------------------------------------ serving
-    async def _serve(self, state: _Running) -> None:
+    async def _serve(self, state: Running) -> None:
         job = state.job
         command = job.command
         key = self.records.key(state.spec.source, command.id)
@@ -401,7 +373,7 @@ class JetStreamIntake:
             if self._running.get(command.id) is state:
                 del self._running[command.id]
 
-    async def _keep_alive(self, state: _Running) -> None:
+    async def _keep_alive(self, state: Running) -> None:
         """``in_progress`` every third of the ack wait while the command is being served."""
         interval = max(0.05, self.limits[state.spec.name].ack_wait / 3.0)
         while True:
@@ -416,7 +388,7 @@ class JetStreamIntake:
         except Exception as error:
             log.debug("in_progress not sent", extra={"error": repr(error)})
 
-    async def _answer_from_record(self, state: _Running, data: bytes) -> None:
+    async def _answer_from_record(self, state: Running, data: bytes) -> None:
         command = state.job.command
         mismatch = self.records.mismatch(command, state.spec.source, data)
         if mismatch is not None:
@@ -433,7 +405,7 @@ class JetStreamIntake:
         log.info("answered from the result record", extra={"id": command.id, "job_id": command.job_id})
         error, headers = self._recorded_outcome(data)
         job = state.job
-        job.endpoint.record(time.perf_counter() - job.received, _describe_error(error))
+        job.endpoint.record(time.perf_counter() - job.received, describe_error(error))
         await self._carry_out(state, error, (command.job_id or command.id, data, headers))
 
     def _recorded_outcome(self, data: bytes) -> tuple[dict[str, Any] | None, dict[str, str]]:
@@ -447,7 +419,7 @@ class JetStreamIntake:
         headers.update(error_headers(stored))
         return stored["error"], headers
 
-    async def _settle(self, state: _Running, reply: dict[str, Any]) -> None:
+    async def _settle(self, state: Running, reply: dict[str, Any]) -> None:
         """Settle a run's Reply. A final outcome (success, or a terminal 4xx failure) is recorded
         first (the first run to finish wins), so a later delivery of the same command is answered
         from the record instead of running again; a retryable failure (5xx) is not recorded."""
@@ -455,7 +427,7 @@ class JetStreamIntake:
         command = job.command
         job_id = command.job_id or command.id
         data, headers = self._encode(reply)
-        error = _reply_error(reply, headers) if ERROR_CODE_HEADER in headers else None
+        error = reply_error(reply, headers) if ERROR_CODE_HEADER in headers else None
         if error is not None and not terminal(error):
             await self._carry_out(state, error, (job_id, data, headers), self.stopping)
             return
@@ -470,7 +442,7 @@ class JetStreamIntake:
             busy = Busy(f"the result could not be recorded: {exc}")
             job.endpoint.count_error(f"{busy.code} {busy.type}: {busy.message}")  # the run counted a success
             failure = error_info(busy)
-            failed, failed_headers = self._encode(_failed(reply, failure))
+            failed, failed_headers = self._encode(failed_reply(reply, failure))
             await self._carry_out(state, failure, (job_id, failed, failed_headers))
             return
         if earlier is not None:  # another run recorded first: answer with its result
@@ -478,7 +450,7 @@ class JetStreamIntake:
             if self.records.mismatch(command, state.spec.source, earlier) is None:
                 recorded_error, headers = self._recorded_outcome(earlier)
                 if recorded_error is not None and error is None:  # the run counted a success
-                    job.endpoint.count_error(_describe_error(recorded_error) or "")
+                    job.endpoint.count_error(describe_error(recorded_error) or "")
                 data, error = earlier, recorded_error
             else:  # not this command's record: never answer with it; our own result stands
                 log.warning(
@@ -487,7 +459,7 @@ class JetStreamIntake:
                 )
         await self._carry_out(state, error, (job_id, data, headers))
 
-    async def _fail(self, state: _Running, error: RoryError) -> None:
+    async def _fail(self, state: Running, error: RoryError) -> None:
         """Settle a command that was not run (or whose record failed) with ``error`` and its Reply."""
         command = state.job.command
         reply = self.dispatcher.reject(
@@ -500,7 +472,7 @@ class JetStreamIntake:
         await self._carry_out(state, error_info(error), (command.job_id or command.id, data, headers))
 
     async def _carry_out(
-        self, state: _Running, error: Mapping[str, Any] | None, answer: Answer, stopping: bool = False
+        self, state: Running, error: Mapping[str, Any] | None, answer: Answer, stopping: bool = False
     ) -> None:
         """Settle every delivery of ``state`` (:func:`settle`), then do the I/O it decided."""
         state.closing = True  # from here on a new delivery starts afresh instead of joining
@@ -511,7 +483,7 @@ class JetStreamIntake:
         ]
         await self._perform(plan, state.spec, error, answer)
 
-    async def _on_rejected(self, delivery: _Delivery, spec: ConsumerSpec, rejected: Rejected) -> None:
+    async def _on_rejected(self, delivery: Delivery, spec: ConsumerSpec, rejected: Rejected) -> None:
         error = rejected.error
         data, headers = self._encode(rejected.reply)
         job_id = rejected.reply.get("job_id") or ""
@@ -529,7 +501,7 @@ class JetStreamIntake:
 
     async def _perform(
         self,
-        plan: list[tuple[_Delivery, Decision]],
+        plan: list[tuple[Delivery, Decision]],
         spec: ConsumerSpec,
         error: Mapping[str, Any] | None,
         answer: Answer,
@@ -543,7 +515,7 @@ class JetStreamIntake:
                 await self._nak(delivery.msg, decision.delay)
             elif isinstance(decision, HandBack):
                 await self._nak(delivery.msg, handback)
-        moved: list[_Delivery] = []
+        moved: list[Delivery] = []
         answered = False
         for delivery, decision in plan:
             if isinstance(decision, DeadLetter):
@@ -564,7 +536,7 @@ class JetStreamIntake:
                 await self._term(delivery.msg)
 
     # ------------------------------------------------------------------ dead letters
-    async def _dead_letter(self, delivery: _Delivery, spec: ConsumerSpec, error: Mapping[str, Any]) -> bool:
+    async def _dead_letter(self, delivery: Delivery, spec: ConsumerSpec, error: Mapping[str, Any]) -> bool:
         """Copy the command this worker holds to the DLQ; True once the DLQ has it."""
         stored = await copy_to_dlq(
             self.js,
@@ -600,7 +572,7 @@ class JetStreamIntake:
         except Exception as error:
             log.error("result not published", extra={"job_id": job_id, "error": repr(error)})
 
-    async def _ack(self, delivery: _Delivery) -> None:
+    async def _ack(self, delivery: Delivery) -> None:
         msg = delivery.msg
         try:
             await msg.ack_sync(timeout=ACK_TIMEOUT)
@@ -612,7 +584,7 @@ class JetStreamIntake:
                 await msg.ack()
         self.counters["acked"] += 1
 
-    async def _nak_all(self, state: _Running, delay: float) -> None:
+    async def _nak_all(self, state: Running, delay: float) -> None:
         for delivery in list(state.deliveries.values()):
             await self._nak(delivery.msg, delay)
 
@@ -629,31 +601,6 @@ class JetStreamIntake:
             self.counters["naked"] += 1
         except Exception as error:
             log.warning("nak not sent", extra={"error": repr(error)})
-
-
-def _failed(reply: dict[str, Any], error: dict[str, Any]) -> dict[str, Any]:
-    """``reply`` turned into an error Reply (its result dropped)."""
-    failed = {key: value for key, value in reply.items() if key != "result"}
-    failed["ok"] = False
-    failed["error"] = error
-    return failed
-
-
-def _describe_error(error: Mapping[str, Any] | None) -> str | None:
-    """How ``$SRV.STATS`` names an error (None: a success)."""
-    return None if error is None else describe_reply({"ok": False, "error": error})
-
-
-def _reply_error(reply: dict[str, Any], headers: Mapping[str, str]) -> dict[str, Any]:
-    """The error a Reply carries (encode() may have turned an unsendable success into a 500)."""
-    if not reply.get("ok") and isinstance(reply.get("error"), dict):
-        return reply["error"]
-    return {
-        "code": int(headers.get(ERROR_CODE_HEADER, "500")),
-        "type": "INTERNAL",
-        "message": headers.get(ERROR_HEADER, "reply could not be encoded"),
-        "retryable": False,
-    }
 
 
 __all__ = ["ACK_TIMEOUT", "JetStreamIntake"]
