@@ -25,7 +25,7 @@ give the cache room for both (n = 1,000,000, a = 8, k = 5, m = 3: 512 MB of inpu
 ``--store-cache-mb 1024``), or every round reads them from disk again.
 
 Printed: total seconds and their ratio, the owner's preparation, the mean round and the round ratio
-beside the goals of issue 14 (:func:`round_goal`), and the per-round overhead split into messaging
+beside its goals (:func:`round_goal`), and the per-round overhead split into messaging
 (request/reply time not spent in the worker), worker storage (get + put), worker queueing, and the
 owner's own storage + decryption between commands; "the core" is the in-process worker's compute
 time (the same core functions, inline). Small jobs compute on the worker's event loop

@@ -1,4 +1,4 @@
-"""Pool scaling benchmark (issue 14): W worker processes of S slots each, many commands on the pool.
+"""Pool scaling benchmark: W worker processes of S slots each, many commands on the pool.
 
     python benchmarks/bench_pool.py                                   # this machine: 1x2 vs 2x1
     python benchmarks/bench_pool.py --workers 1,4,8,12 --slots 1 --commands 256 --n 50000
@@ -115,7 +115,7 @@ def serve_worker(gate: str) -> int:
     elif gate.startswith("park="):
         pool_gate.PARK_S = float(gate.removeprefix("park="))
     if gate == "off":
-        # the subscription never follows the slots: the behaviour before issue 14
+        # the subscription never follows the slots: the behaviour before the pool gate
         pool_gate.PoolGate._on_slots = lambda self: None  # type: ignore[method-assign]
     from worker.cli import main as worker_main
 

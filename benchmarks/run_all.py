@@ -27,7 +27,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "e2e": ("bench_e2e.py", ["--n", "20000"], []),
     "ledger": ("bench_ledger.py", [], []),
     "pplr": ("bench_pplr.py", [], ["--rows"]),
-    # --full is the issue 14 run: 16 cores, one worker process per slot
+    # --full is the scaling run: 16 cores, one worker process per slot
     "pool": (
         "bench_pool.py",
         [],

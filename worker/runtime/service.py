@@ -213,7 +213,7 @@ class WorkerService:
             ),
         ]
         # The pool subscription follows the slots: withdrawn while full, so the queue group offers
-        # pool commands only to workers that can start them (worker/runtime/pool_gate.py, issue 14).
+        # pool commands only to workers that can start them (worker/runtime/pool_gate.py).
         self.pool_gate = PoolGate(
             nc,
             subjects.pool_cmd_all(self.prefix),

@@ -13,7 +13,7 @@ a message yet is idle; a core command that finds no free slot may take one idle 
 handed back (or takes a slot freed meanwhile).
 
 Why watchers: the core pool intake (worker/runtime/pool_gate.py) leaves the pool queue group while no
-core command could be admitted and rejoins when one could (issue 14); it learns of every change
+core command could be admitted and rejoins when one could; it learns of every change
 through :meth:`Slots.watch` instead of polling or reading the counters' private state.
 """
 

@@ -1,4 +1,4 @@
-"""Every error Reply counts in ``$SRV.STATS``, and JetStream mode records terminal failures (issue 15).
+"""Every error Reply counts in ``$SRV.STATS``, and JetStream mode records terminal failures.
 
 Read through a real nats-server: each test provokes one kind of error answer, then asks the worker's
 ``$SRV.STATS`` and checks ``num_errors`` / ``last_error`` of the endpoint that answered. The JetStream

@@ -1,4 +1,4 @@
-"""The pool queue subscription follows capacity (worker/runtime/pool_gate.py, issue 14).
+"""The pool queue subscription follows capacity (worker/runtime/pool_gate.py).
 
 Two in-process workers of one slot each on the real nats-server. Behaviour only, no timing: every
 wait is bounded and generous, and the long commands are held by events the test releases, not by

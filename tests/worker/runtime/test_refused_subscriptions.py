@@ -1,4 +1,4 @@
-"""A worker whose subscriptions the server's permissions refuse reports ``degraded`` (issue 15).
+"""A worker whose subscriptions the server's permissions refuse reports ``degraded``.
 
 A real nats-server with user/password authorization: the worker's user may subscribe to everything
 except the pool command subject, so the worker serves its own node's commands but never receives a
