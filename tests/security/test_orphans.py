@@ -193,8 +193,12 @@ async def test_a_killed_worker_leaves_no_process_and_its_files_are_swept(nats_ur
         fresh = Worker(fresh_settings, tmp_path / "fresh.log")
         await fresh.start(nc)
         try:
-            await _until(lambda: not _owned(doomed.pid, ".bin"), 30, "the new worker to sweep the files")
-            assert not _owned(doomed.pid, ".lock")
+            # The sweep removes a dead owner's transfer files, then its lock files: wait for both.
+            await _until(
+                lambda: not _owned(doomed.pid, ".bin") and not _owned(doomed.pid, ".lock"),
+                30,
+                "the new worker to sweep the files",
+            )
             reply, _ = await request(
                 nc,
                 subjects.node_cmd(fresh_settings.rory_subject_prefix, fresh_settings.node_id, "orphan.hold"),
