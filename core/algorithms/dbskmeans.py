@@ -33,8 +33,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.algorithms.skmeans import EncryptedPhaseResult, check_shift, cumulative_phase, decrypt_shift
-from core.algorithms.skmeans import encrypted_phase as _skmeans_encrypted_phase
+# The worker's step 1 on an OPE UDM is SKMeans' step 1 unchanged (`udm_shift`: the sum of the OPE
+# shifts in the cumulative form), so the same functions serve both protocols.
+from core.algorithms.skmeans import (
+    EncryptedPhaseResult,
+    check_shift,
+    cumulative_phase,
+    decrypt_shift,
+    encrypted_phase,
+    encrypted_phase_arrays,
+)
 from core.algorithms.udm import update_udm
 from core.crypto import fdhope
 from core.errors import CoreError
@@ -52,32 +60,6 @@ __all__ = [
 ]
 
 
-def encrypted_phase(
-    encrypted_data: np.ndarray,
-    encrypted_udm: np.ndarray,
-    k: int,
-    start: bool,
-    previous_centroids: np.ndarray | None,
-    udm_shift: np.ndarray | None = None,
-) -> EncryptedPhaseResult:
-    """Worker step 1 on an FDH-OPE UDM (same contract as `skmeans.encrypted_phase`; `udm_shift` is
-    the sum of the OPE shifts applied so far in the cumulative form)."""
-    return _skmeans_encrypted_phase(encrypted_data, encrypted_udm, k, start, previous_centroids, udm_shift)
-
-
-def encrypted_phase_arrays(
-    encrypted_data: np.ndarray,
-    encrypted_udm: np.ndarray,
-    k: int,
-    start: bool,
-    previous_centroids: np.ndarray | None,
-    udm_shift: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`encrypted_phase` as (labels, centroids, shift) for a compute process (see the SKMeans twin)."""
-    r = encrypted_phase(encrypted_data, encrypted_udm, k, start, previous_centroids, udm_shift)
-    return r.labels, r.centroids, r.shift
-
-
 def plaintext_phase(encrypted_udm: np.ndarray, shift_ope: np.ndarray) -> np.ndarray:
     """Worker step 2: OPE(U)[:, :k] + OPE(S) (n x k x a). Not homomorphic: see the module docstring."""
     return update_udm(encrypted_udm, shift_ope)
@@ -87,17 +69,21 @@ def encrypt_udm(
     key: fdhope.FdhopeKey, udm: np.ndarray, rng: np.random.Generator | None = None
 ) -> np.ndarray:
     """Data owner: element-wise FDH-OPE encryption of a plaintext UDM (full or compact)."""
-    u = np.asarray(udm)
-    if u.ndim != 3:
-        raise CoreError(f"UDM must be 3-D, got shape {u.shape}")
-    return fdhope.encrypt(key, u, rng)
+    return _seal(key, udm, 3, "UDM must be 3-D", rng)
 
 
 def encrypt_shift(
     key: fdhope.FdhopeKey, shift_plain: np.ndarray, rng: np.random.Generator | None = None
 ) -> np.ndarray:
     """Data owner: re-encrypt the decrypted (k, a) shift with the UDM's FDH-OPE key."""
-    s = np.asarray(shift_plain)
-    if s.ndim != 2:
-        raise CoreError(f"shift must be (k, a), got shape {s.shape}")
-    return fdhope.encrypt(key, s, rng)
+    return _seal(key, shift_plain, 2, "shift must be (k, a)", rng)
+
+
+def _seal(
+    key: fdhope.FdhopeKey, values: np.ndarray, ndim: int, expected: str, rng: np.random.Generator | None
+) -> np.ndarray:
+    """FDH-OPE-encrypt ``values`` after checking its rank (a wrong one would encrypt silently)."""
+    v = np.asarray(values)
+    if v.ndim != ndim:
+        raise CoreError(f"{expected}, got shape {v.shape}")
+    return fdhope.encrypt(key, v, rng)
