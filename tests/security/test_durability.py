@@ -183,10 +183,29 @@ async def test_an_incomplete_current_version_reads_as_the_previous_one(tmp_path:
         np.testing.assert_array_equal(got, old)
         assert info.etag == previous  # the info names the version actually read
         _lose(_version_dir(tmp_path, "b", previous), what)
+    # A power loss restarts the worker: a fresh store has no manifest it read before.
+    async with LocalStore(tmp_path) as store:
         with pytest.raises(CorruptObject):
             await store.get_ndarray("b")
         await store.put_ndarray("b", new)  # a lost ball can always be written again
         np.testing.assert_array_equal(await store.get_ndarray("b"), new)
+
+
+async def test_a_manifest_read_before_still_checks_every_byte(tmp_path: Path) -> None:
+    """The store keeps manifests it parsed (a version never changes after its commit): a manifest
+    rewritten on disk afterwards is not read again, and chunk bytes changed under it are still
+    refused by the block hashes of the manifest first read."""
+    async with LocalStore(tmp_path) as store:
+        await store.put_ndarray("b", np.arange(8.0), num_chunks=2)
+        assert tuple((await store.info("b")).full_shape or ()) == (8,)
+        current = _refs(tmp_path, "b")[0]
+        directory = _version_dir(tmp_path, "b", current)
+        (directory / "manifest.json").write_bytes(b"{}")
+        np.testing.assert_array_equal(await store.get_ndarray("b"), np.arange(8.0))
+        chunk = directory / "b_1"
+        chunk.write_bytes(bytes(len(chunk.read_bytes())))
+        with pytest.raises(CorruptObject):
+            await store.get_ndarray("b")
 
 
 async def test_a_byte_list_falls_back_too(tmp_path: Path) -> None:

@@ -6,10 +6,10 @@ locally, a read plus CRC checks), although neither changed. With it, a read cost
 
 Correctness first:
 
-* Every ``get_ndarray`` asks storage for the ball's current version (``info().etag``) and serves the
-  cached copy only when the version, kind, shape and dtype all match. Another worker (or the data
-  owner) overwriting the ball changes the etag, so a cached copy is never served stale. A ball whose
-  backend cannot name its version (``etag`` None) is never cached.
+* Every ``get_ndarray`` / ``fetch_ndarray`` asks storage for the ball's current version
+  (``info().etag``) and serves the cached copy only when the version, kind, shape and dtype all
+  match. Another worker (or the data owner) overwriting the ball changes the etag, so a cached copy
+  is never served stale. A ball whose backend cannot name its version (``etag`` None) is never cached.
 * A miss reads with :meth:`ObjectStore.fetch_ndarray`, which reports the version that was actually
   read, so data and version cannot be mismatched by a concurrent overwrite between two calls.
 * Writes through this store (``put_ndarray``, ``put_blob``) cache a private snapshot of what was
@@ -165,8 +165,18 @@ class CachedStore(ForwardingStore):
 
     # ------------------------------------------------------------------ reads
     async def get_ndarray(self, ball_id: str) -> np.ndarray:
+        return (await self.fetch_ndarray(ball_id))[0]
+
+    async def fetch_ndarray(
+        self, ball_id: str, *, allocate: Allocator | None = None
+    ) -> tuple[np.ndarray, BallInfo | None]:
+        """The array and the info of the version served: the cached copy when storage's current
+        version is the one cached (one ``info()`` call), else a read that is then cached.
+
+        ``allocate``: where a read that misses puts the array (default: the cache's allocator).
+        """
         if self.max_bytes == 0:
-            return await self.inner.get_ndarray(ball_id)
+            return await self.inner.fetch_ndarray(ball_id, allocate=allocate)
         entry = self._entries.get(ball_id)
         if entry is not None:
             try:
@@ -178,21 +188,21 @@ class CachedStore(ForwardingStore):
             if entry is not None and entry.matches(info):
                 self._entries.move_to_end(ball_id)
                 self.hits += 1
-                return entry.view()
+                return entry.view(), info
             self._drop(ball_id)
         self.misses += 1
         fetch = _Fetch()
         self._inflight.setdefault(ball_id, []).append(fetch)
         try:
-            array, read = await self.inner.fetch_ndarray(ball_id, allocate=self._allocate)
+            array, read = await self.inner.fetch_ndarray(ball_id, allocate=allocate or self._allocate)
         finally:
             pending = self._inflight[ball_id]
             pending.remove(fetch)
             if not pending:
                 del self._inflight[ball_id]
         if read is not None and not fetch.superseded and self._insert(ball_id, read, array):
-            return self._entries[ball_id].view()
-        return array
+            return self._entries[ball_id].view(), read
+        return array, read
 
     # ------------------------------------------------------------------ writes
     async def _put_array(self, ball_id: str, array: Any, put: Any) -> BallInfo:

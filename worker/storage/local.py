@@ -48,6 +48,7 @@ import logging
 import os
 import shutil
 import threading
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -93,6 +94,12 @@ SMALL_PUT_BYTES = 1024 * 1024  # balls up to this size are prepared and written 
 #: refused. Fixed, not MAX_OBJECT_BYTES: JSON costs several times its size in Python objects.
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 MAX_RESTARTS = 8  # re-resolutions of the pointer while writers keep replacing the ball
+#: Parsed manifests kept per (ball, version): a version directory never changes after its commit, so
+#: ``info`` and reads of a version seen before cost one pointer read instead of a manifest read and
+#: parse (a secure k-means round looks up the same dozen balls every round). Only small manifests
+#: (one or a few chunks) are kept, at most this many.
+MANIFEST_CACHE_ENTRIES = 1024
+MANIFEST_CACHE_ENTRY_BYTES = 16 * 1024
 
 
 def _write_pieces(pieces: Sequence[Piece]) -> list[tuple[int, ...]]:
@@ -188,6 +195,9 @@ class LocalStore(PlannedStore, BucketFiles):
             max(1, max_workers), thread_name_prefix="css-local"
         )
         self._closed = False
+        self._manifests: OrderedDict[tuple[str, str], Stored] = OrderedDict()
+        self._manifests_lock = threading.Lock()  # loads run in several pool threads
+        self._commit_lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings, **options: Any) -> LocalStore:
@@ -269,6 +279,7 @@ class LocalStore(PlannedStore, BucketFiles):
         if not self._closed:
             self._closed = True
             await asyncio.to_thread(self._pool.shutdown, True)
+            self._close_lock()
 
     # ------------------------------------------------------------------ writing
     def _manifest(
@@ -396,12 +407,31 @@ class LocalStore(PlannedStore, BucketFiles):
         raise StorageUnavailable(f"{ball_id} kept changing while it was being read")
 
     def _load_version(self, ball_id: str, refs: Refs, version: str) -> Stored:
+        """The committed ``version`` of ``ball_id``: from the manifest cache, else parsed from disk.
+
+        A cached manifest is the one read when the version was first seen; its block hashes still
+        check every byte read, so a manifest replaced on disk afterwards changes nothing for this
+        store (a missing or short chunk file is still ``Incomplete``).
+        """
+        key = (ball_id, version)
+        with self._manifests_lock:
+            cached = self._manifests.get(key)
+            if cached is not None:
+                self._manifests.move_to_end(key)
+        if cached is not None:
+            return replace(cached, refs=refs)
         directory = self._version_dir(ball_id, version)
         try:
             raw = read_manifest(ball_id, directory / MANIFEST, MAX_MANIFEST_BYTES)
         except FileNotFoundError:
             raise Incomplete(f"{ball_id}: the manifest of version {version} is missing") from None
-        return parse_manifest(ball_id, refs, version, directory, raw, self.max_object_bytes)
+        stored = parse_manifest(ball_id, refs, version, directory, raw, self.max_object_bytes)
+        if len(raw) <= MANIFEST_CACHE_ENTRY_BYTES:
+            with self._manifests_lock:
+                self._manifests[key] = stored
+                while len(self._manifests) > MANIFEST_CACHE_ENTRIES:
+                    self._manifests.popitem(last=False)
+        return stored
 
     def _load_fallback(self, ball_id: str, refs: Refs, error: Incomplete) -> Stored:
         """The previous version, when the current one is incomplete; else ``CorruptObject``."""

@@ -40,6 +40,10 @@ class BucketFiles:
     directory: Path  # <root>/<bucket>
     fsync: bool
     _pool: concurrent.futures.ThreadPoolExecutor  # where old versions are removed in the background
+    # The open ``.lock`` and the lock that orders this store's own threads around it: threads sharing
+    # one descriptor all "hold" its flock, so flock alone excludes only other processes.
+    _lock_fd: int | None = None
+    _commit_lock: threading.Lock
 
     # ------------------------------------------------------------------ paths
     def _ref(self, ball_id: str) -> Path:
@@ -59,17 +63,38 @@ class BucketFiles:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT | O_CLOEXEC, FILE_MODE)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # closing the descriptor releases the lock
+        """Exclusive use of the bucket's pointers, against this store's threads and other processes.
 
-    def _write_ref(self, temp: Path, version: str, replaced: Refs | None) -> None:
-        """The pointer's next content: the new version, then the one it replaces (kept one commit)."""
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
+        The ``.lock`` descriptor stays open between commits (one open less per write); it is opened
+        again when the file it names was removed (the bucket directory deleted and made anew), so
+        the flock is always taken on the ``.lock`` other processes open.
+        """
+        with self._commit_lock:
+            fd = self._lock_fd
+            if fd is not None and os.fstat(fd).st_nlink == 0:
+                os.close(fd)
+                fd = self._lock_fd = None
+            if fd is None:
+                fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT | O_CLOEXEC, FILE_MODE)
+                self._lock_fd = fd
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _close_lock(self) -> None:
+        with self._commit_lock:
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+    def _write_ref(self, temp: Path, version: str, replaced: Refs | None, *, again: bool = False) -> None:
+        """The pointer's next content: the new version, then the one it replaces (kept one commit);
+        ``again`` replaces a temp file written before."""
+        if again:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
         write_file(temp, refs_bytes(version, replaced), self.fsync)
 
     def _commit(
@@ -86,13 +111,17 @@ class BucketFiles:
         if self.fsync:
             fsync_path(directory)  # the entries of the chunk files and the manifest
         temp = self.directory / ".tmp" / f"{ball_id}.{version}.ref"
-        seen = self._read_refs_or_none(ball_id)
-        self._write_ref(temp, version, seen)  # outside the lock: its fsync does not hold other writers
+        seen: Refs | None = None
+        if self.fsync:  # written outside the lock, so its fsync does not hold other writers
+            seen = self._read_refs_or_none(ball_id)
+            self._write_ref(temp, version, seen)
         ref = self._ref(ball_id)
         with self._locked():
             current = self._read_refs_or_none(ball_id)
-            if current != seen:  # another writer of this ball committed meanwhile
+            if not self.fsync:  # (no fsync: a tiny write, cheaper than reading the pointer twice)
                 self._write_ref(temp, version, current)
+            elif current != seen:  # another writer of this ball committed meanwhile
+                self._write_ref(temp, version, current, again=True)
             os.replace(temp, ref)
             committed.set()
         if self.fsync:

@@ -89,6 +89,25 @@ async def test_second_read_is_a_hit_and_downloads_nothing(pair: Pair) -> None:
         second[0, 0] = 1.0
 
 
+async def test_fetch_is_cached_too_and_names_the_version_served(pair: Pair) -> None:
+    """``fetch_ndarray`` (the read that also says which version it read) hits like ``get_ndarray``,
+    and after an overwrite it reads the new version and names it."""
+    cached, counting, owner = pair
+    first_version = await owner.put_ndarray("udm", _data(3), num_chunks=2)
+    first, info = await cached.fetch_ndarray("udm")
+    again, info_again = await cached.fetch_ndarray("udm")
+    np.testing.assert_array_equal(first, _data(3))
+    np.testing.assert_array_equal(again, _data(3))
+    assert info is not None and info_again is not None
+    assert info.etag == info_again.etag == first_version.etag
+    assert counting.reads == 1 and cached.hits == 1 and not again.flags.writeable
+    second_version = await owner.put_ndarray("udm", _data(4), num_chunks=2)
+    replaced, info_replaced = await cached.fetch_ndarray("udm")
+    np.testing.assert_array_equal(replaced, _data(4))
+    assert info_replaced is not None and info_replaced.etag == second_version.etag
+    assert counting.reads == 2
+
+
 async def test_own_writes_are_cached_as_a_private_snapshot(pair: Pair) -> None:
     cached, counting, _ = pair
     data = _data(4)
