@@ -20,8 +20,8 @@ from core.algorithms import dbskmeans, nnc, sknn
 from core.algorithms.knn import pairwise_distances
 from core.algorithms.skmeans import check_shift, decrypt_shift
 from core.algorithms.udm import build_udm
+from core.checks import data_matrix
 from core.crypto import fdhope, liu
-from core.errors import CoreError
 
 __all__ = [
     "DbsnncPreparation",
@@ -42,23 +42,14 @@ __all__ = [
 ]
 
 
-def _data(x: np.ndarray) -> np.ndarray:
-    arr = np.asarray(x, dtype=np.float64)
-    if arr.ndim != 2 or arr.shape[0] == 0:
-        raise CoreError(f"data must be a non-empty 2-D array, got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        raise CoreError("data contains NaN or infinity")
-    return arr
-
-
 def encrypt_dataset(key: liu.LiuKey, data: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
     """Liu-encrypt an n x a dataset -> n x a x m."""
-    return liu.encrypt(key, _data(data), rng)
+    return liu.encrypt(key, data_matrix(data), rng)
 
 
 def distance_matrix(data: np.ndarray) -> np.ndarray:
     """Manhattan distance matrix DM[x, y] = sum_z |D[x, z] - D[y, z]| (n x n, blocked)."""
-    d = _data(data)
+    d = data_matrix(data)
     return pairwise_distances(d, d, "manhattan")
 
 
@@ -91,7 +82,7 @@ def prepare_skmeans(
     data: np.ndarray, k: int, key: liu.LiuKey, compact: bool = True, rng: np.random.Generator | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """(encrypted data n x a x m, plaintext UDM n x k x a if `compact` else n x n x a)."""
-    d = _data(data)
+    d = data_matrix(data)
     return liu.encrypt(key, d, rng), build_udm(d, k if compact else None)
 
 
@@ -105,7 +96,7 @@ def prepare_dbskmeans(
     fdhope_key: fdhope.FdhopeKey | None = None,
 ) -> tuple[np.ndarray, np.ndarray, fdhope.FdhopeKey]:
     """(encrypted data, FDH-OPE UDM, FDH-OPE key derived from the plaintext UDM unless given)."""
-    d = _data(data)
+    d = data_matrix(data)
     udm = build_udm(d, k if compact else None)
     fkey = fdhope_key if fdhope_key is not None else fdhope.generate_key(udm, sensitivity, rng)
     return liu.encrypt(key, d, rng), dbskmeans.encrypt_udm(fkey, udm, rng), fkey
@@ -132,7 +123,7 @@ def prepare_dbsnnc(
     The Liu-encrypted dataset (uploaded by the original but unused by the algorithm) is included only
     when a Liu key is given. Fixes the original's default threshold computed on ciphertexts (ref. 4.2).
     """
-    d = _data(data)
+    d = data_matrix(data)
     dm = distance_matrix(d)
     fkey = fdhope.generate_key(dm, sensitivity, rng)
     theta = threshold(dm, threshold_value)
@@ -154,8 +145,8 @@ def run_sknn(
     rng: np.random.Generator | None = None,
 ) -> np.ndarray:
     """Whole SKNN job in process: encrypt model and records, worker distances, owner argmin, labels."""
-    enc_model = liu.encrypt(key, _data(model), rng)
-    enc_records = liu.encrypt(key, _data(records), rng)
+    enc_model = liu.encrypt(key, data_matrix(model), rng)
+    enc_records = liu.encrypt(key, data_matrix(records), rng)
     dist = sknn.encrypted_distances(enc_records, enc_model, metric)
     return sknn.labels_from_indices(sknn.nearest_from_distances(key, dist), model_labels)
 

@@ -20,20 +20,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.checks import data_matrix
 from core.errors import CoreError
 
 __all__ = ["KMeans", "L1KMeansResult", "l1_assign", "l1_kmeans", "mean_centroids"]
 
 _BLOCK_ELEMENTS = 1 << 22
-
-
-def _as_data(x: np.ndarray) -> np.ndarray:
-    arr = np.asarray(x, dtype=np.float64)
-    if arr.ndim != 2 or arr.shape[0] == 0:
-        raise CoreError(f"data must be a non-empty 2-D array, got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        raise CoreError("data contains NaN or infinity")
-    return arr
 
 
 def _check_k(k: int, n: int) -> int:
@@ -92,7 +84,7 @@ def l1_kmeans(data: np.ndarray, k: int, max_iter: int = 10, tolerance: float = 1
     shift = old - new; stop when max |shift| <= tolerance or after `max_iter` iterations. The labels
     returned are those of the last assignment (same as the secure protocol).
     """
-    x = _as_data(data)
+    x = data_matrix(data)
     k = _check_k(k, x.shape[0])
     if max_iter < 1:
         raise CoreError(f"max_iter must be >= 1, got {max_iter}")
@@ -164,7 +156,7 @@ class KMeans:
         return out
 
     def fit(self, X: np.ndarray, y: object = None) -> KMeans:
-        x = _as_data(X)
+        x = data_matrix(X)
         k = _check_k(self.n_clusters, x.shape[0])
         init = x[:k] if self.init is None else np.asarray(self.init, dtype=np.float64)
         if init.shape != (k, x.shape[1]):
@@ -201,5 +193,5 @@ class KMeans:
         return self.fit(X).labels_
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        x = _as_data(X)
+        x = data_matrix(X)
         return self._assign(x, np.asarray(self.cluster_centers_))
