@@ -231,40 +231,35 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig, ensure: boo
     )
 
 
+def _rory_stream(
+    name: str, description: str, stream_subjects: list[str], retention: RetentionPolicy, settings: Settings
+) -> StreamConfig:
+    """What both Rory streams share: on disk, a re-publish inside :data:`DUPLICATE_WINDOW` dropped,
+    replicated as configured. The caller adds its one limit (message size, or age)."""
+    return StreamConfig(
+        name=name, description=description, subjects=stream_subjects, retention=retention,
+        storage=StorageType.FILE, duplicate_window=DUPLICATE_WINDOW, num_replicas=settings.jetstream_replicas,
+    )
+
+
 async def ensure_topology(
     js: JetStreamContext, topology: Topology, settings: Settings
 ) -> tuple[dict[str, ConsumerLimits], KeyValue]:
     """Create/update (JETSTREAM_ENSURE=true) or verify the streams, consumers and results bucket."""
     ensure = settings.jetstream_ensure
     prefix = topology.prefix
-    await _ensure_stream(
-        js,
-        StreamConfig(
-            name=topology.stream,
-            description="Rory job commands (work queue)",
-            subjects=subjects.jobs_stream_subjects(prefix),
-            retention=RetentionPolicy.WORK_QUEUE,
-            storage=StorageType.FILE,
-            duplicate_window=DUPLICATE_WINDOW,
-            max_msg_size=settings.max_message_bytes,
-            num_replicas=settings.jetstream_replicas,
-        ),
-        ensure,
+    jobs = _rory_stream(
+        topology.stream, "Rory job commands (work queue)", subjects.jobs_stream_subjects(prefix),
+        RetentionPolicy.WORK_QUEUE, settings,
     )
-    await _ensure_stream(
-        js,
-        StreamConfig(
-            name=topology.dlq_stream,
-            description="Rory commands that could not be completed",
-            subjects=subjects.dlq_stream_subjects(prefix),
-            retention=RetentionPolicy.LIMITS,
-            storage=StorageType.FILE,
-            duplicate_window=DUPLICATE_WINDOW,
-            max_age=DLQ_MAX_AGE,
-            num_replicas=settings.jetstream_replicas,
-        ),
-        ensure,
+    jobs.max_msg_size = settings.max_message_bytes
+    dlq = _rory_stream(
+        topology.dlq_stream, "Rory commands that could not be completed",
+        subjects.dlq_stream_subjects(prefix), RetentionPolicy.LIMITS, settings,
     )
+    dlq.max_age = DLQ_MAX_AGE
+    for config in (jobs, dlq):
+        await _ensure_stream(js, config, ensure)
     limits: dict[str, ConsumerLimits] = {}
     for spec in topology.consumers:
         limits[spec.name] = await ensure_consumer(js, topology.stream, spec, settings)
