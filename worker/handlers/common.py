@@ -6,8 +6,9 @@ repeats live here so their semantics are the same everywhere:
 
 * :func:`check_shape`, :func:`check_k`, :func:`check_numeric`, :func:`check_dtype`: bad commands are
   rejected *before* anything is written (400 for impossible parameters, 422 when storage disagrees);
-* :func:`labels_payload` / :func:`plan_labels`: a label vector travels inline unless it would take a
-  large part of a message, in which case it is stored and its key returned;
+* :func:`labels_payload` / :func:`plan_labels` (:func:`plan_labels_off_loop` from the event loop):
+  a label vector travels inline unless it would take a large part of a message, in which case it is
+  stored and its key returned; large vectors are converted and copied in a worker thread;
 * :func:`put_all`: the write discipline (see its docstring for the exact guarantee); every object it
   writes carries :data:`WRITER_TAG` (the operation) and :data:`WRITE_TOKEN_TAG` (this write);
 * :func:`check_owned_outputs`: a caller-named output may only replace what the same operation wrote;
@@ -48,6 +49,7 @@ __all__ = [
     "fetch_arrays",
     "labels_payload",
     "plan_labels",
+    "plan_labels_off_loop",
     "put_all",
     "result_chunks",
     "with_claims_checked",
@@ -58,6 +60,10 @@ log = logging.getLogger(__name__)
 # A label vector larger than this fraction of MAX_MESSAGE_BYTES is stored instead of sent inline:
 # the rest of the reply, the envelope and JSON's larger encoding must still fit in one message.
 LABELS_INLINE_FRACTION = 4
+#: Label vectors larger than this (bytes, as handed over) are planned in a worker thread
+#: (:func:`plan_labels_off_loop`); smaller ones on the event loop, where they cost well under a
+#: millisecond (1 MiB: 131,072 int64 labels).
+LABELS_OFF_LOOP_BYTES = 1 << 20
 
 #: Tag on every object the worker writes: the operation (``ml.lr.train``...) that wrote it. Objects
 #: the data owner uploads lack it, so :func:`check_owned_outputs` never lets a command replace them.
@@ -123,22 +129,46 @@ class Write:
     tags: dict[str, str] | None = field(default=None)
 
 
+def _plan_labels(labels: np.ndarray, key: str, limit: int) -> tuple[dict[str, Any], Write | None]:
+    """:func:`plan_labels` without the context: the decision and the (private int64) copy.
+
+    Decided without counting digits when the vector cannot fit: every encoding takes at least the
+    msgpack bound ``9 * n + 5`` (:func:`_encoded_size` returns the larger of the two), so a vector
+    over ``limit`` by that bound is stored whatever its values (counting the digits of 1,000,000
+    labels cost ~10-20 ms; worker/handlers/secure_kmeans.py step 1 did it every round).
+    """
+    array = _labels_array(labels)
+    if 9 * int(array.size) + 5 <= limit and _encoded_size(array) <= limit:
+        return {"label_vector": array.tolist()}, None  # tolist() of int64 gives Python ints
+    return {"label_vector_id": key}, Write(key, np.array(array, dtype=np.int64), "ndarray", num_chunks=1)
+
+
 def plan_labels(ctx: JobContext, labels: np.ndarray, key: str) -> tuple[dict[str, Any], Write | None]:
     """Decide how a label vector travels; return the payload and the write it needs (if stored).
 
     Use this instead of :func:`labels_payload` when the handler also writes state, so the label
-    object joins the same :func:`put_all` (and is not left behind if the step fails).
+    object joins the same :func:`put_all` (and is not left behind if the step fails). Runs on the
+    caller's thread: from the event loop prefer :func:`plan_labels_off_loop`.
     """
-    array = _labels_array(labels)
-    if _encoded_size(array) <= _inline_limit(ctx):
-        return {"label_vector": array.tolist()}, None  # tolist() of int64 gives Python ints
-    return {"label_vector_id": key}, Write(key, np.array(array, dtype=np.int64), "ndarray", num_chunks=1)
+    return _plan_labels(labels, key, _inline_limit(ctx))
+
+
+async def plan_labels_off_loop(
+    ctx: JobContext, labels: np.ndarray, key: str
+) -> tuple[dict[str, Any], Write | None]:
+    """:func:`plan_labels` in a worker thread when the vector holds more than
+    :data:`LABELS_OFF_LOOP_BYTES` (the conversion and the private copy of a large vector would hold
+    the event loop, and health with it), else right here (a thread hop costs more than the work)."""
+    limit = _inline_limit(ctx)
+    if np.asarray(labels).nbytes > LABELS_OFF_LOOP_BYTES:
+        return await asyncio.to_thread(_plan_labels, labels, key, limit)
+    return _plan_labels(labels, key, limit)
 
 
 async def labels_payload(ctx: JobContext, labels: np.ndarray, key: str) -> dict[str, Any]:
     """``{"label_vector": [...]}``, or ``{"label_vector_id": key}`` after storing the labels there
     (an int64 ndarray, one chunk) when the vector would exceed ~1/4 of MAX_MESSAGE_BYTES."""
-    payload, write = plan_labels(ctx, labels, key)
+    payload, write = await plan_labels_off_loop(ctx, labels, key)
     if write is not None:
         await put_all(ctx, [write])
     return payload

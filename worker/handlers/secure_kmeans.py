@@ -61,7 +61,7 @@ from worker.handlers.common import (
     Write,
     check_dtype,
     check_numeric,
-    plan_labels,
+    plan_labels_off_loop,
     put_all,
     result_chunks,
 )
@@ -384,7 +384,8 @@ async def step1(ctx: JobContext, p: SecureKMeansParams, scheme: Scheme[S, M]) ->
 
     chunks = result_chunks(ctx, p)
     shift_key = keys.encrypted_shift_matrix(root, ns)
-    payload, label_write = plan_labels(ctx, phase.labels, keys.label_vector(root, ns))
+    # 1,000,000 labels: converted and copied in a thread, not on the event loop (health keeps answering).
+    payload, label_write = await plan_labels_off_loop(ctx, phase.labels, keys.label_vector(root, ns))
     centi_write = scheme.state_write(centi_key, phase.centi, chunks, p.k)
     centj_write = scheme.state_write(centj_key, phase.centj, chunks, p.k)
     if cumulative_key is not None:
