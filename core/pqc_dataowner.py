@@ -31,6 +31,7 @@ from numpy.typing import ArrayLike
 from core.algorithms import pplr, pqc_kmeans, pqc_sknn
 from core.crypto import ckks
 from core.errors import CoreError
+from core.payload import payload_bytes
 
 __all__ = [
     "PqcKMeansResult",
@@ -156,7 +157,7 @@ class RunStats:
         out = fn(*args)
         self.worker_seconds += time.perf_counter() - t0
         self.bytes_to_worker += sent
-        self.bytes_from_worker += _nbytes(out)
+        self.bytes_from_worker += payload_bytes(out)
         return out
 
     def mark_round(self) -> None:
@@ -168,16 +169,6 @@ class RunStats:
         self._last = now
 
     _last: tuple[float, float, int, int] | None = field(default=None, repr=False)
-
-
-def _nbytes(obj: object) -> int:
-    if isinstance(obj, bytes | bytearray):
-        return len(obj)
-    if isinstance(obj, np.ndarray):
-        return int(obj.nbytes)
-    if isinstance(obj, list | tuple):
-        return sum(_nbytes(o) for o in obj)
-    return 0
 
 
 def _public(ctx: ts.Context | None, profile: str, rotation_steps: list[int] | None = None
@@ -216,7 +207,7 @@ def run_pqc_sknn(model: ArrayLike, model_labels: ArrayLike, records: ArrayLike, 
         with stats.owner():
             mb, rb = ckks.serialize(encrypt_dataset(owner, m)), ckks.serialize(encrypt_dataset(owner, r))
         dist = stats.worker(pqc_sknn.pair_distances_bytes, pub, rb, mb, metric,
-                            sent=len(pub) + _nbytes(mb) + _nbytes(rb))
+                            sent=len(pub) + payload_bytes(mb) + payload_bytes(rb))
         with stats.owner():
             enc = [ckks.deserialize(owner, row) for row in dist]
             idx = pqc_sknn.nearest_from_pairs(owner, enc, m.shape[1])
@@ -226,7 +217,7 @@ def run_pqc_sknn(model: ArrayLike, model_labels: ArrayLike, records: ArrayLike, 
             size = ckks.column_block_size(m.shape[0], ckks.slot_count(owner))
             queries = [ckks.serialize(ckks.encrypt_replicated(owner, row, size)) for row in r]
         dist = stats.worker(pqc_sknn.packed_distances_bytes, pub, cols, queries, metric,
-                            sent=len(pub) + _nbytes(cols) + _nbytes(queries))
+                            sent=len(pub) + payload_bytes(cols) + payload_bytes(queries))
         with stats.owner():
             enc = [ckks.deserialize(owner, row) for row in dist]
             idx = pqc_sknn.nearest_from_packed(owner, enc, m.shape[0])
@@ -272,7 +263,7 @@ def run_pplr(X: ArrayLike, y: ArrayLike, *, epochs: int = 1, learning_rate: floa
             with stats.owner():
                 wv, bv = encrypt_model(owner, w, b)
                 wb, bb = wv.serialize(), bv.serialize()
-            sent = len(pub) * (epoch == 0) + _nbytes(xb) + _nbytes(yb) + len(wb) + len(bb)
+            sent = len(pub) * (epoch == 0) + payload_bytes(xb) + payload_bytes(yb) + len(wb) + len(bb)
             nw, nb = stats.worker(pplr.fit_step_bytes, pub, xb, yb, wb, bb, learning_rate, sent=sent)
             with stats.owner():
                 w, b = decrypt_model(owner, *ckks.deserialize(owner, [nw, nb]), threshold=refresh_threshold)
@@ -287,7 +278,7 @@ def run_pplr(X: ArrayLike, y: ArrayLike, *, epochs: int = 1, learning_rate: floa
             with stats.owner():
                 wv, bv = encrypt_model_packed(owner, w, b, size)
                 wb, bb = ckks.serialize(wv), bv.serialize()
-            sent = len(pub) * (epoch == 0) + _nbytes(cols) + _nbytes(yb) + _nbytes(wb) + len(bb)
+            sent = len(pub) * (epoch == 0) + payload_bytes((cols, yb, wb)) + len(bb)
             gw, gb = stats.worker(pplr.gradient_packed_bytes, pub, cols, yb, wb, bb, n, sent=sent)
             with stats.owner():
                 w, b = pplr.apply_packed_gradients(owner, ckks.deserialize(owner, gw),
@@ -357,7 +348,7 @@ def run_pqc_kmeans(X: ArrayLike, k: int, *, ctx: ts.Context | None = None, profi
     for it in range(max_iterations + 1):
         with stats.owner():
             cent = [ckks.serialize(row) for row in pqc_kmeans.encrypt_centroids(owner, centroids, size)]
-        sent = len(pub) * first + _nbytes(cols) + _nbytes(cent)
+        sent = len(pub) * first + payload_bytes(cols) + payload_bytes(cent)
         first = False
         dist = stats.worker(pqc_kmeans.distances_bytes, pub, cols, cent, sent=sent)
         with stats.owner():
@@ -370,7 +361,7 @@ def run_pqc_kmeans(X: ArrayLike, k: int, *, ctx: ts.Context | None = None, profi
             stats.mark_round()
             break
         sums = stats.worker(pqc_kmeans.masked_sums_bytes, pub, cols, labels, k,
-                            sent=_nbytes(cols) + labels.nbytes)
+                            sent=payload_bytes(cols) + labels.nbytes)
         with stats.owner():
             new, _ = pqc_kmeans.centroids_from_sums(owner, [ckks.deserialize(owner, r) for r in sums], labels,
                                                     centroids)

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from core.payload import payload_bytes
 from dataowner.port import CallRecord, RetryEvent, WorkerPort, new_id
 from dataowner.progress import ProgressCallback, ProgressEvent
 from schemas.operations import Params, Result
@@ -104,16 +105,6 @@ class JobReport:
         }
 
 
-def _payload_bytes(value: Any) -> int:
-    if isinstance(value, bytes | bytearray | memoryview):
-        return len(value)
-    if isinstance(value, np.ndarray):
-        return int(value.nbytes)
-    if isinstance(value, list | tuple):
-        return sum(_payload_bytes(v) for v in value)
-    return 0
-
-
 class MeteredStore:
     """The owner's store seen by one job: counts the payload bytes of every put and get into the job."""
 
@@ -134,9 +125,9 @@ class MeteredStore:
         async def metered(*args: Any, **kwargs: Any) -> Any:
             value = await attr(*args, **kwargs)
             if upload:
-                self._job.count(up=_payload_bytes(args[1] if len(args) > 1 else kwargs.get("value")))
+                self._job.count(up=payload_bytes(args[1] if len(args) > 1 else kwargs.get("value")))
             else:
-                self._job.count(down=_payload_bytes(value))
+                self._job.count(down=payload_bytes(value))
             return value
 
         return metered
