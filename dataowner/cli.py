@@ -364,12 +364,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "upload":
             return asyncio.run(_upload(args))
         return asyncio.run(_run(args))
-    except (DatasetError, KeysError) as error:
+    except (DatasetError, KeysError, WorkerError, NoWorkerError) as error:
+        # Bad input (dataset, keys) is a usage error; a worker that failed or never answered is not.
         print(f"rory-client: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except (WorkerError, NoWorkerError) as error:
-        print(f"rory-client: {error}", file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_USAGE if isinstance(error, DatasetError | KeysError) else EXIT_FAILED
     except KeyboardInterrupt:
         return 130
     except Exception as error:  # settings, NATS connection, storage: one line, not a traceback

@@ -249,12 +249,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         return asyncio.run(_run(args) if args.command == "run" else _inspect(args))
-    except SettingsError as error:
+    except (SettingsError, NatsUnavailable, EmbeddedServerError) as error:
+        # One line, not a traceback; the exit code says whether the settings or the server failed.
         print(f"rory-worker: {error}", file=sys.stderr)
-        return EXIT_SETTINGS
-    except (NatsUnavailable, EmbeddedServerError) as error:
-        print(f"rory-worker: {error}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
+        return EXIT_SETTINGS if isinstance(error, SettingsError) else EXIT_UNAVAILABLE
     except KeyboardInterrupt:
         return 130
 
