@@ -153,9 +153,12 @@ def register(registry: Registry) -> None:
     registry.register(Operation("test.store", StoreParams, roundtrip, "storage round trip"))
 
 
-def test_registry() -> Registry:
+def test_registry(*extra: Operation) -> Registry:
+    """The test operations, plus the ``extra`` ones a test module defines for itself."""
     registry = Registry()
     register(registry)
+    for op in extra:
+        registry.register(op)
     return registry
 
 

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from schemas import codec, subjects
 from tests.faults.support import Workers, dead_letters, wait_for
-from tests.ops import command, register, request
+from tests.ops import command, request, test_registry
 from worker.errors import NotFound, RoryError, StorageUnavailable, ValidationFailed
 from worker.runtime.context import JobContext
 from worker.runtime.jetstream import MSG_ID, publish_job
@@ -55,11 +55,10 @@ async def probe_big(ctx: JobContext, params: BigParams) -> dict[str, Any]:
 
 
 def probe_registry() -> Registry:
-    registry = Registry()
-    register(registry)
-    registry.register(Operation("probe.fail", FailParams, probe_fail, "counts, then fails"))
-    registry.register(Operation("probe.big", BigParams, probe_big, "returns an oversized result"))
-    return registry
+    return test_registry(
+        Operation("probe.fail", FailParams, probe_fail, "counts, then fails"),
+        Operation("probe.big", BigParams, probe_big, "returns an oversized result"),
+    )
 
 
 async def stats(nc: Client, worker: WorkerService) -> dict[str, dict[str, Any]]:

@@ -18,7 +18,7 @@ from nats.errors import NoRespondersError
 from pydantic import BaseModel, ConfigDict
 
 from schemas import codec, subjects
-from tests.ops import Collector, command, register, request
+from tests.ops import Collector, command, request, test_registry
 from worker.runtime import pool_gate
 from worker.runtime.context import JobContext
 from worker.runtime.registry import Operation, Registry
@@ -51,11 +51,10 @@ async def count(ctx: JobContext, params: NoParams) -> dict[str, Any]:
 
 
 def registry() -> Registry:
-    reg = Registry()
-    register(reg)
-    reg.register(Operation("gate.hold", HoldParams, hold, "waits for the test"))
-    reg.register(Operation("gate.count", NoParams, count, "counts its runs"))
-    return reg
+    return test_registry(
+        Operation("gate.hold", HoldParams, hold, "waits for the test"),
+        Operation("gate.count", NoParams, count, "counts its runs"),
+    )
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
@@ -71,6 +70,17 @@ def gate(worker: WorkerService) -> pool_gate.PoolGate:
     return worker.pool_gate
 
 
+async def two_workers(
+    start_worker: Callable[..., Awaitable[WorkerService]], make_settings: Callable[..., Any]
+) -> tuple[WorkerService, WorkerService]:
+    """One pool of two one-slot workers (the second joins the first's subject prefix)."""
+    one = await start_worker(registry=registry(), worker_capacity=1)
+    two = await start_worker(
+        registry=registry(), settings=make_settings(rory_subject_prefix=one.prefix, worker_capacity=1)
+    )
+    return one, two
+
+
 @pytest.fixture(autouse=True)
 def generous_park(monkeypatch: pytest.MonkeyPatch) -> None:
     # A command caught in the race waits for a slot up to PARK_S; on a loaded CI machine the freed
@@ -83,10 +93,7 @@ def generous_park(monkeypatch: pytest.MonkeyPatch) -> None:
 async def test_full_workers_leave_the_pool_and_a_freed_one_takes_the_burst(
     start_worker: Callable[..., Awaitable[WorkerService]], make_settings: Callable[..., Any], nc: Any
 ) -> None:
-    one = await start_worker(registry=registry(), worker_capacity=1)
-    two = await start_worker(
-        registry=registry(), settings=make_settings(rory_subject_prefix=one.prefix, worker_capacity=1)
-    )
+    one, two = await two_workers(start_worker, make_settings)
     prefix = one.prefix
     assert gate(one).subscribed and gate(two).subscribed
     results = await Collector.on(nc, subjects.results_all(prefix))
@@ -237,10 +244,7 @@ async def test_no_command_is_lost_while_the_subscription_comes_and_goes(
     # that nats-py's drain alone allowed (worker/runtime/pool_gate.py, _drain) needs another client's
     # command to reach the server between our PING and our UNSUB, too rare to reproduce on demand;
     # this exercises the path, it does not prove the fix.
-    one = await start_worker(registry=registry(), worker_capacity=1)
-    two = await start_worker(
-        registry=registry(), settings=make_settings(rory_subject_prefix=one.prefix, worker_capacity=1)
-    )
+    one, two = await two_workers(start_worker, make_settings)
     subject = subjects.pool_cmd(one.prefix, "gate.count")
     bodies = [command("gate.count") for _ in range(150)]
     queue = list(bodies)
