@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from scripts.chaos.net import Network
+from scripts.cluster_conf import LIVENESS_LINES
 from worker.embedded import find_nats_server
 
 REPO = Path(__file__).resolve().parents[2]
@@ -67,14 +68,20 @@ class Process:
 
 def server_conf(name: str, address: str, peers: Sequence[str], store: Path) -> str:
     """One member of the three-server JetStream cluster (same layout as scripts/cluster.py)."""
-    routes = "\n".join(f"    nats-route://{peer}:{CLUSTER_PORT}" for peer in peers)
-    return (
-        f"server_name: {name}\nlisten: {address}:{CLIENT_PORT}\nhttp: {address}:{HTTP_PORT}\n"
-        "max_payload: 1MB\n"
-        f"jetstream {{\n  store_dir: {json.dumps(str(store))}\n  max_memory_store: 64MB\n"
-        "  max_file_store: 512MB\n}\n"
-        f"cluster {{\n  name: chaos\n  listen: {address}:{CLUSTER_PORT}\n  routes: [\n{routes}\n  ]\n}}\n"
-    )
+    routes = [f"    nats-route://{peer}:{CLUSTER_PORT}" for peer in peers]
+    lines = [
+        f"server_name: {name}",
+        f"listen: {address}:{CLIENT_PORT}",
+        f"http: {address}:{HTTP_PORT}",
+        "max_payload: 1MB",
+        *LIVENESS_LINES,
+        f"jetstream {{\n  store_dir: {json.dumps(str(store))}\n  max_memory_store: 64MB",
+        "  max_file_store: 512MB\n}",
+        f"cluster {{\n  name: chaos\n  listen: {address}:{CLUSTER_PORT}\n  routes: [",
+        *routes,
+        "  ]\n}",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 @dataclass

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from scripts.cluster import (
     nats_server_binary,
     wait_until,
 )
+from scripts.cluster_conf import LIVENESS_LINES
 from scripts.nats_auth import EXAMPLE_HEADER, MANAGER, parse_public_keys, render_accounts_conf
 from tests.deploy.util import REPO
 
@@ -102,5 +105,27 @@ def test_single_node_config_boots_with_its_limits(tmp_path):
         assert js["max_memory"] == 256 * 1024**2
         assert js["max_storage"] == 2 * 1024**3
         assert js["store_dir"].startswith(str(tmp_path / "js"))
+        assert varz["ping_interval"] == 2 * 10**9 and varz["ping_max"] == 2  # (nanoseconds)
+        assert _dropped_after_silence(ports.client) < 30.0
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("path", ALL_CONFS, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_server_config_drops_a_silent_client_in_seconds(path):
+    """A partitioned worker must leave the pool queue group soon (docs/reliability.md, "Link cut"):
+    every shipped config pings clients every 2 s and closes one after 2 missed pings."""
+    lines = {line.split("#")[0].strip() for line in path.read_text().splitlines()}
+    assert set(LIVENESS_LINES) <= lines
+
+
+def _dropped_after_silence(port: int) -> float:
+    """Connect like a client that then goes silent (never answers PING, as behind a cut link);
+    return the seconds until the server closes the connection (the default would be minutes)."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.recv(4096)  # INFO
+        sock.sendall(b'CONNECT {"verbose":false,"pedantic":false}\r\n')
+        while sock.recv(4096):  # PINGs, unanswered, until the server hangs up
+            pass
+    return time.monotonic() - started
