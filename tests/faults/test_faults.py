@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import nats
 from nats.aio.client import Client
@@ -29,9 +30,11 @@ from tests.faults.support import (
     stream_messages,
     wait_for,
 )
+from tests.ops import Collector
 from worker.embedded import EmbeddedNats
 from worker.runtime import jetstream
-from worker.storage import MictlanXStore, RetryPolicy, parse_mictlanx_uri
+from worker.settings import Settings
+from worker.storage import LocalStore, MictlanXStore, RetryPolicy, parse_mictlanx_uri
 
 
 async def _empty(nc: Client, stream: str) -> bool:
@@ -47,10 +50,7 @@ async def test_sigkilled_worker_job_is_finished_by_another_worker_once(
     doomed = WorkerProcess(settings, tmp_path / "doomed.log")
     await doomed.start(nc)
     try:
-        collector = await results(nc, settings)
-        body = command("killed", seconds=3.0)
-        await publish(nc, settings, body)
-        await wait_for(lambda: _count(store, "killed", "run", 1), 10)  # the subprocess is running it
+        collector, body = await _running(nc, settings, store, "killed", 3.0)  # the subprocess runs it
         await doomed.kill()  # SIGKILL: no ack, no nak, no goodbye
         assert doomed.process is not None and doomed.process.returncode == -9
         rescuer = await workers.start(peer(settings))
@@ -78,10 +78,7 @@ async def test_sigterm_hands_the_job_back_and_exits_cleanly(
     leaving = WorkerProcess(settings, tmp_path / "leaving.log")
     await leaving.start(nc)
     try:
-        collector = await results(nc, settings)
-        body = command("handback", seconds=2.0)
-        await publish(nc, settings, body)
-        await wait_for(lambda: _count(store, "handback", "run", 1), 10)
+        collector, _ = await _running(nc, settings, store, "handback", 2.0)
         started = time.monotonic()
         code = await leaving.stop(timeout=10)  # SIGTERM: grace 0.3 s, then the job is nak'd
         assert code == 0, (tmp_path / "leaving.log").read_text()[-2000:]
@@ -98,6 +95,18 @@ async def _count(store, key: str, kind: str, n: int) -> bool:
     return len(await balls(store, key, kind)) >= n
 
 
+async def _running(
+    nc: Client, settings: Settings, store: LocalStore, key: str, seconds: float, timeout: float = 10
+) -> tuple[Collector, dict[str, Any]]:
+    """Publish a ``seconds``-long job ``key`` and wait until a worker is running it (the fault comes
+    next); the Collector, subscribed before the publish, sees every answer."""
+    collector = await results(nc, settings)
+    body = command(key, seconds=seconds)
+    await publish(nc, settings, body)
+    await wait_for(lambda: _count(store, key, "run", 1), timeout)
+    return collector, body
+
+
 # ----------------------------------------------------------------------------- nats-server restart
 async def test_job_survives_a_nats_server_restart(tmp_path: Path) -> None:
     server = await EmbeddedNats(tmp_path / "own-nats").start()
@@ -107,10 +116,7 @@ async def test_job_survives_a_nats_server_restart(tmp_path: Path) -> None:
         settings = group.settings(jetstream_ack_wait=2.0, jetstream_max_deliver=5)
         worker = await group.start(settings)
         store = group.store(settings)
-        collector = await results(client, settings)
-        body = command("restart", seconds=2.0)
-        await publish(client, settings, body)
-        await wait_for(lambda: _count(store, "restart", "run", 1), 5)
+        collector, body = await _running(client, settings, store, "restart", 2.0, timeout=5)
         restarted = time.monotonic()
         await server.restart()  # same port, same store directory: the stream and its message persist
         assert server.url == settings.nats_urls[0]
