@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import tenseal as ts
@@ -15,9 +15,11 @@ from dataowner.keys import OwnerKeys
 from dataowner.port import WorkerPort, new_id
 from dataowner.progress import ProgressCallback
 from schemas import keys
-from schemas.operations import LabelsResult
+from schemas.operations import LabelsResult, Op, Params
 
 __all__ = ["Driver", "DriverConfig", "columns", "grid"]
+
+L = TypeVar("L", bound=LabelsResult)
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,24 @@ class Driver:
             node=self.config.node,
             deadline_s=self.config.deadline_s,
         )
+
+    def start(
+        self, op: Op, data: np.ndarray, dataset_id: str | None, progress: ProgressCallback | None,
+        rounds: int = 1,
+    ) -> tuple[np.ndarray, str, Job]:
+        """How a job on one dataset starts: the data as float64, its id (given, or a new one) and the
+        job (one record a row)."""
+        x = np.asarray(data, dtype=np.float64)
+        ds = self.dataset_id(dataset_id)
+        return x, ds, self.job(op.value, ds, x.shape[0], rounds, progress)
+
+    async def labels_round(self, job: Job, params: Params, expect: type[L]) -> tuple[L, np.ndarray]:
+        """The one round of a single-command job: the call and the download of its label vector,
+        both inside the round (the round's seconds are what the owner waited for the labels)."""
+        job.prepared()
+        with job.round():
+            result = await job.call(params, expect)
+            return result, await self.labels(job, result)
 
     def ns(self, namespace: str | None) -> str | None:
         return namespace if namespace is not None else self.config.namespace

@@ -35,22 +35,13 @@ class PlainClusteringDriver(Driver):
         upload: bool,
         progress: ProgressCallback | None,
     ) -> JobReport:
-        x = np.asarray(data, dtype=np.float64)
-        ds = self.dataset_id(dataset_id)
-        job = self.job(Op.KMEANS.value, ds, x.shape[0], 1, progress)
+        x, ds, job = self.start(Op.KMEANS, data, dataset_id, progress)
         if upload:
             await job.store.put_blob(ds, x)
-        job.prepared()
-        with job.round():
-            params = KMeansParams(
-                plaintext_matrix_id=ds,
-                k=k,
-                max_iterations=max_iterations,
-                tolerance=tolerance,
-                **self.common(),
-            )
-            result = await job.call(params, KMeansResult)
-            job.report.labels = await self.labels(job, result)
+        params = KMeansParams(
+            plaintext_matrix_id=ds, k=k, max_iterations=max_iterations, tolerance=tolerance, **self.common()
+        )
+        result, job.report.labels = await self.labels_round(job, params, KMeansResult)
         job.report.iterations = result.iterations
         return job.finish()
 
@@ -62,17 +53,12 @@ class PlainClusteringDriver(Driver):
         dataset_id: str | None,
         progress: ProgressCallback | None,
     ) -> JobReport:
-        x = np.asarray(data, dtype=np.float64)
-        ds = self.dataset_id(dataset_id)
-        job = self.job(Op.NNC.value, ds, x.shape[0], 1, progress)
+        x, ds, job = self.start(Op.NNC, data, dataset_id, progress)
         with job.owner():
             dm = distance_matrix(x)
         await self.put_matrix(job, keys.distance_matrix(ds), dm)
-        job.prepared()
-        with job.round():
-            params = NncParams(plaintext_matrix_id=ds, threshold=threshold_value, **self.common())
-            result = await job.call(params, NncResult)
-            job.report.labels = await self.labels(job, result)
+        params = NncParams(plaintext_matrix_id=ds, threshold=threshold_value, **self.common())
+        result, job.report.labels = await self.labels_round(job, params, NncResult)
         job.report.extra["threshold"] = result.threshold
         return job.finish()
 
@@ -86,9 +72,7 @@ class PlainClusteringDriver(Driver):
         progress: ProgressCallback | None,
     ) -> JobReport:
         """FDH-OPE key from the DM, threshold on the PLAINTEXT DM, OPE(DM) and OPE(threshold)."""
-        x = np.asarray(data, dtype=np.float64)
-        ds = self.dataset_id(dataset_id)
-        job = self.job(Op.DBSNNC.value, ds, x.shape[0], 1, progress)
+        x, ds, job = self.start(Op.DBSNNC, data, dataset_id, progress)
         with job.owner():
             dm = distance_matrix(x)
             fkey = fdhope.generate_key(dm, sensitivity)
@@ -97,10 +81,7 @@ class PlainClusteringDriver(Driver):
             sealed_theta = fdhope.encrypt_threshold(fkey, theta)
             self.keys.save_fdhope(f"{ds}-dm", fkey)  # key work: the owner keeps the key
         await self.put_matrix(job, keys.encrypted_distance_matrix(ds), sealed_dm)
-        job.prepared()
-        with job.round():
-            params = DbsNncParams(plaintext_matrix_id=ds, encrypted_threshold=sealed_theta, **self.common())
-            result = await job.call(params, LabelsResult)
-            job.report.labels = await self.labels(job, result)
+        params = DbsNncParams(plaintext_matrix_id=ds, encrypted_threshold=sealed_theta, **self.common())
+        _, job.report.labels = await self.labels_round(job, params, LabelsResult)
         job.report.extra["threshold"] = theta
         return job.finish()
