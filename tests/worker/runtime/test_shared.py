@@ -73,6 +73,28 @@ def test_empty_puts_large_arrays_in_a_pooled_file_and_small_ones_in_memory() -> 
     assert shared.describe(large[::2]) is None
 
 
+def test_a_new_transfer_file_is_prefaulted_without_the_gil(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pages are faulted in by ``madvise`` through ctypes (which lets other threads run), not by
+    ``mmap(MAP_POPULATE)`` (which held the GIL: the event loop stalled while a large array was
+    mapped in a thread); the array is usable either way."""
+    calls: list[int] = []
+    real = segments._prefault
+
+    def spy(address: int, nbytes: int) -> bool:
+        calls.append(nbytes)
+        return real(address, nbytes)
+
+    monkeypatch.setattr(segments, "_prefault", spy)
+    segments.POOL.drain()
+    array = shared.empty((BIG,), np.float64)
+    array[:] = 2.0
+    assert calls == [BIG * 8] and float(array.sum()) == 2.0 * BIG
+    mapped = np.zeros(1 << 16, dtype=np.uint8)  # any writable page range will do for the kernel check
+    if os.uname().sysname == "Linux" and tuple(int(x) for x in os.uname().release.split(".")[:2]) >= (5, 14):
+        page = mapped.ctypes.data - mapped.ctypes.data % 4096 + 4096
+        assert segments._prefault(page, 4096 * 8)
+
+
 def test_freed_files_are_reused_and_idle_files_are_bounded(tmp_path: Path) -> None:
     pool = shared.FilePool(max_idle_bytes=8 << 20)
     try:
