@@ -57,12 +57,12 @@ class LoadSampler:
 
 
 class Heartbeater:
-    """Runs ``publish(build(seq))`` every ``interval`` seconds until stopped."""
+    """Runs ``publish(await build(seq))`` every ``interval`` seconds until stopped."""
 
     def __init__(
         self,
         interval: float,
-        build: Callable[[int], bytes],
+        build: Callable[[int], Awaitable[bytes]],
         publish: Callable[[bytes], Awaitable[Any]],
         connected: Callable[[], bool],
     ) -> None:
@@ -84,7 +84,7 @@ class Heartbeater:
             self.seq += 1
             if self._connected():
                 try:
-                    await self._publish(self._build(self.seq))
+                    await self._publish(await self._build(self.seq))
                 except Exception as error:  # a failed beat must never end the loop
                     log.warning("heartbeat not sent", extra={"seq": self.seq, "error": repr(error)})
             next_at += self.interval

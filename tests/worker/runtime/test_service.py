@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import threading
+from collections.abc import Iterable
 from pathlib import Path
 
 import jsonschema
@@ -15,6 +17,7 @@ from schemas import codec, subjects
 from schemas.envelopes import Announcement, Health, Heartbeat, Reply
 from tests.ops import Collector, MemoryStore, command, request
 from worker.inspect import gather
+from worker.runtime.heartbeat import LoadSampler
 
 SCHEMA_DIR = Path(__file__).resolve().parents[3] / "schemas" / "nats-micro-v1"
 
@@ -107,6 +110,26 @@ async def test_heartbeats_sequence_and_interval(start_worker, make_settings, nc)
     assert seqs[0] == 1 and seqs == list(range(1, len(seqs) + 1))
     gaps = [b["ts"] - a["ts"] for a, b in itertools.pairwise(bodies)]
     assert 0.1 < sum(gaps) / len(gaps) < 0.6  # generous: the interval is 0.2 s
+
+
+async def test_heartbeat_load_is_sampled_off_the_event_loop(
+    start_worker, make_settings, nc, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """psutil reads /proc for each process (milliseconds): a beat must not hold up health answers."""
+    threads: list[str] = []
+    real = LoadSampler.sample
+
+    def spy(self: LoadSampler, child_pids: Iterable[int] = ()) -> dict[str, float]:
+        threads.append(threading.current_thread().name)
+        return real(self, child_pids)
+
+    monkeypatch.setattr(LoadSampler, "sample", spy)
+    settings = make_settings(heartbeat_interval=0.2)
+    beats = await Collector.on(nc, subjects.heartbeat(settings.rory_subject_prefix, settings.node_id))
+    await start_worker(settings=settings)
+    bodies = await beats.wait(2, timeout=5)
+    assert all(body["load"]["rss_mb"] > 0 for body in bodies)
+    assert threads and threading.main_thread().name not in threads
 
 
 async def test_health_json_and_msgpack(start_worker, nc) -> None:
