@@ -49,27 +49,20 @@ class ClassificationDriver(Driver):
         progress: ProgressCallback | None,
     ) -> JobReport:
         """Plaintext 1-NN on the worker: model, labels (1 x n) and records uploaded in the clear."""
+        rec, rid, job = self.start(Op.KNN_PREDICT, records, records_id, progress)
         mdl = np.asarray(model, dtype=np.float64)
-        rec = np.asarray(records, dtype=np.float64)
         lab = np.asarray(model_labels).reshape(1, -1)
-        mid, rid = self.dataset_id(model_id), self.dataset_id(records_id)
-        job = self.job(Op.KNN_PREDICT.value, rid, rec.shape[0], 1, progress)
+        mid = self.dataset_id(model_id)
         await asyncio.gather(
             self.put_matrix(job, mid, mdl),
             job.store.put_ndarray(keys.labels(mid), lab, num_chunks=1),
             self.put_matrix(job, rid, rec),
         )
-        job.prepared()
-        with job.round():
-            params = KnnParams(
-                model_id=mid,
-                records_test_id=rid,
-                model_labels_shape=list(lab.shape),
-                distance=distance,
-                **self.common(),
-            )
-            result = await job.call(params, LabelsResult)
-            job.report.predictions = await self.labels(job, result)
+        params = KnnParams(
+            model_id=mid, records_test_id=rid, model_labels_shape=list(lab.shape), distance=distance,
+            **self.common(),
+        )
+        _, job.report.predictions = await self.labels_round(job, params, LabelsResult)
         return job.finish()
 
     async def upload_sknn_model(
@@ -98,10 +91,8 @@ class ClassificationDriver(Driver):
         namespace: str | None,
         progress: ProgressCallback | None,
     ) -> JobReport:
-        rec = np.asarray(records, dtype=np.float64)
+        rec, rid, job = self.start(Op.SKNN_PREDICT, records, records_id, progress, rounds=2)
         ns = self.ns(namespace)
-        rid = self.dataset_id(records_id)
-        job = self.job(Op.SKNN_PREDICT.value, rid, rec.shape[0], 2, progress)
         lab_shape = [1, int(np.asarray(model_labels).size)]
         if upload_model:
             mid, _ = await asyncio.gather(

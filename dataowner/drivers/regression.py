@@ -209,9 +209,7 @@ class RegressionDriver(Driver):
         layout: Literal["rows", "packed"] = "rows",
     ) -> JobReport:
         """Encrypted predictions sigma~(x.w + b); the owner decrypts and thresholds at 0.5."""
-        features = np.asarray(x, dtype=np.float64)
-        xid = self.dataset_id(test_id)
-        job = self.job(Op.PPLR_PREDICT.value, xid, features.shape[0], 1, progress)
+        features, xid, job = self.start(Op.PPLR_PREDICT, x, test_id, progress)
         with job.owner():
             ctx = self.keys.ckks(profile)
         w_key, b_key = pplr_model_keys(train_id)
@@ -258,10 +256,8 @@ class RegressionDriver(Driver):
         learning_rate: float,
         progress: ProgressCallback | None,
     ) -> JobReport:
-        features = np.asarray(x, dtype=np.float64)
+        features, tid, job = self.start(Op.LR_TRAIN, x, train_id, progress)
         target = np.asarray(y, dtype=np.float64).reshape(-1)
-        tid = self.dataset_id(train_id)
-        job = self.job(Op.LR_TRAIN.value, tid, features.shape[0], 1, progress)
         x_key, y_key, weights_id, bias_id = lr_keys(tid)
         await asyncio.gather(self.put_matrix(job, x_key, features), self.put_matrix(job, y_key, target))
         job.prepared()
@@ -292,9 +288,7 @@ class RegressionDriver(Driver):
     async def lr_predict(
         self, x: np.ndarray, *, train_id: str, test_id: str | None, progress: ProgressCallback | None
     ) -> JobReport:
-        features = np.asarray(x, dtype=np.float64)
-        xid = self.dataset_id(test_id)
-        job = self.job(Op.LR_PREDICT.value, xid, features.shape[0], 1, progress)
+        features, xid, job = self.start(Op.LR_PREDICT, x, test_id, progress)
         await self.put_matrix(job, xid, features)
         train_x, _, weights_id, bias_id = lr_keys(train_id)
         job.prepared()
