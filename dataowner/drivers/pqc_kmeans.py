@@ -9,6 +9,7 @@ distances (argmin -> labels) and the masked sums (-> centroids).
 from __future__ import annotations
 
 import numpy as np
+import tenseal as ts
 
 from core.algorithms import pqc_kmeans
 from core.crypto import ckks
@@ -57,6 +58,14 @@ class PqcKMeansDriver(Driver):
         converged = final_pass = False
         common = self.common(namespace)
         cent_key, labels_key = keys.pqc_kmeans_centroids(ds, ns), keys.pqc_kmeans_labels(ds, ns)
+
+        def step(index: int, it: int) -> PqcKMeansParams:
+            return PqcKMeansParams(plaintext_matrix_id=ds, k=k, step_index=index, iterations=it - 1, **common)
+
+        async def rows(key: str, cols: int) -> list[list[ts.CKKSVector]]:
+            """What a step left (distances, or masked sums), downloaded as rows of ``cols`` vectors."""
+            return grid(await self.get_vectors(job, key, profile), cols, op)
+
         it = 0
         for it in range(1, max_iterations + 2):
             with job.round():
@@ -68,13 +77,10 @@ class PqcKMeansDriver(Driver):
                     ]
                 await job.store.put_bytes_list(cent_key, cent, num_chunks=1, shape=[k, a])
                 job.emit("step1", it)
-                step1 = PqcKMeansParams(
-                    plaintext_matrix_id=ds, k=k, step_index=1, iterations=it - 1, **common
-                )
-                r1 = await job.call(step1, PqcKMeansDistancesResult)
-                rows = grid(await self.get_vectors(job, r1.encrypted_distances_id, profile), k, op)
+                r1 = await job.call(step(1, it), PqcKMeansDistancesResult)
+                distances = await rows(r1.encrypted_distances_id, k)
                 with job.owner():
-                    labels = pqc_kmeans.labels_from_distances(ctx, rows, n)
+                    labels = pqc_kmeans.labels_from_distances(ctx, distances, n)
                 if previous is not None and np.array_equal(labels, previous):
                     converged = True
                 if converged or final_pass or it == max_iterations + 1:
@@ -82,11 +88,8 @@ class PqcKMeansDriver(Driver):
                     break
                 await job.store.put_ndarray(labels_key, labels, num_chunks=1)
                 job.emit("step2", it)
-                step2 = PqcKMeansParams(
-                    plaintext_matrix_id=ds, k=k, step_index=2, iterations=it - 1, **common
-                )
-                r2 = await job.call(step2, PqcKMeansSumsResult)
-                sums = grid(await self.get_vectors(job, r2.encrypted_sums_id, profile), a, op)
+                r2 = await job.call(step(2, it), PqcKMeansSumsResult)
+                sums = await rows(r2.encrypted_sums_id, a)
                 with job.owner():
                     new, _ = pqc_kmeans.centroids_from_sums(ctx, sums, labels, centroids)
                     moved = float(((new - centroids) ** 2).sum())
