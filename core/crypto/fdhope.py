@@ -29,13 +29,13 @@ homomorphic: E(a) + E(b) != E(a + b) in general.
 
 from __future__ import annotations
 
-import json
 import secrets
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
+from core.crypto import keydoc
 from core.errors import CoreError
 
 __all__ = [
@@ -76,7 +76,7 @@ def _frozen(values: Any, name: str) -> np.ndarray:
 
 
 @dataclass(frozen=True, eq=False)
-class FdhopeKey:
+class FdhopeKey(keydoc.KeyDocument):
     """An FDH-OPE key: n_r message intervals [m_i, m_{i+1}) mapped linearly onto [c_i, c_{i+1}).
 
     `message_bounds[0]` is the lowest magnitude (0), `message_bounds[-1]` the end of the last interval
@@ -84,6 +84,7 @@ class FdhopeKey:
     `sensitivity` is the width of the encryption noise in message units.
     """
 
+    NAME: ClassVar[str] = "FDH-OPE"
     message_bounds: np.ndarray
     cipher_bounds: np.ndarray
     sensitivity: float = DEFAULT_SENSITIVITY
@@ -134,26 +135,11 @@ class FdhopeKey:
 
     @classmethod
     def from_dict(cls, obj: dict[str, Any]) -> FdhopeKey:
-        if not isinstance(obj, dict) or obj.get("format") != _FORMAT:
-            raise CoreError("not an FDH-OPE key document")
-        if obj.get("version") != _VERSION:
-            raise CoreError(f"unsupported FDH-OPE key version {obj.get('version')!r}")
+        obj = keydoc.check(obj, _FORMAT, _VERSION, cls.NAME, article="an")
         try:
             return cls(obj["message_bounds"], obj["cipher_bounds"], obj["sensitivity"])
         except (KeyError, TypeError) as exc:
             raise CoreError(f"malformed FDH-OPE key: {exc}") from exc
-
-    def to_bytes(self) -> bytes:
-        """JSON (UTF-8). Python's float repr round-trips float64 exactly."""
-        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
-
-    @classmethod
-    def from_bytes(cls, raw: bytes) -> FdhopeKey:
-        try:
-            obj = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise CoreError(f"FDH-OPE key is not valid JSON: {exc}") from exc
-        return cls.from_dict(obj)
 
 
 def _abs_max_and_check(x: np.ndarray) -> float:

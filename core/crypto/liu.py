@@ -22,13 +22,13 @@ shared between processes (the original's LIU_SEED=123 reused one mask stream for
 
 from __future__ import annotations
 
-import json
 import secrets
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
+from core.crypto import keydoc
 from core.errors import CoreError
 
 __all__ = [
@@ -60,12 +60,13 @@ def _component(values: Any, name: str) -> np.ndarray:
 
 
 @dataclass(frozen=True, eq=False)
-class LiuKey:
+class LiuKey(keydoc.KeyDocument):
     """Secret key: arrays k, s, t of length m (triple i = (k[i], s[i], t[i])).
 
     Derived vectors (alpha, sigma, kappa, w) are computed once at construction.
     """
 
+    NAME: ClassVar[str] = "Liu"
     k: np.ndarray
     s: np.ndarray
     t: np.ndarray
@@ -115,28 +116,13 @@ class LiuKey:
 
     @classmethod
     def from_dict(cls, obj: dict[str, Any]) -> LiuKey:
-        if not isinstance(obj, dict) or obj.get("format") != _FORMAT:
-            raise CoreError("not a Liu key document")
-        if obj.get("version") != _VERSION:
-            raise CoreError(f"unsupported Liu key version {obj.get('version')!r}")
+        obj = keydoc.check(obj, _FORMAT, _VERSION, cls.NAME)
         try:
             return cls(obj["k"], obj["s"], obj["t"])
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, CoreError):
                 raise
             raise CoreError(f"malformed Liu key: {exc}") from exc
-
-    def to_bytes(self) -> bytes:
-        """JSON (UTF-8); float64 values round-trip exactly. Never pickle."""
-        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
-
-    @classmethod
-    def from_bytes(cls, raw: bytes) -> LiuKey:
-        try:
-            obj = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise CoreError(f"Liu key is not valid JSON: {exc}") from exc
-        return cls.from_dict(obj)
 
 
 def _default_rng(rng: np.random.Generator | None) -> np.random.Generator:
