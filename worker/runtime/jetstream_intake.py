@@ -32,7 +32,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 import nats.errors
@@ -382,11 +382,18 @@ class JetStreamIntake:
                 await self._progress(delivery.msg)
 
     async def _progress(self, msg: Msg) -> None:
+        await self._signal("in_progress", msg.in_progress(), "in_progress", logging.DEBUG)
+
+    async def _signal(
+        self, name: str, send: Awaitable[None], counter: str, level: int = logging.WARNING
+    ) -> None:
+        """Send one signal of a delivery (in_progress, term, nak), counted once sent. A failure is only
+        logged: the server redelivers after the ack wait whatever was lost."""
         try:
-            await msg.in_progress()
-            self.counters["in_progress"] += 1
+            await send
+            self.counters[counter] += 1
         except Exception as error:
-            log.debug("in_progress not sent", extra={"error": repr(error)})
+            log.log(level, f"{name} not sent", extra={"error": repr(error)})
 
     async def _answer_from_record(self, state: Running, data: bytes) -> None:
         command = state.job.command
@@ -589,18 +596,10 @@ class JetStreamIntake:
             await self._nak(delivery.msg, delay)
 
     async def _term(self, msg: Msg) -> None:
-        try:
-            await msg.term()
-            self.counters["termed"] += 1
-        except Exception as error:
-            log.warning("term not sent", extra={"error": repr(error)})
+        await self._signal("term", msg.term(), "termed")
 
     async def _nak(self, msg: Msg, delay: float) -> None:
-        try:
-            await msg.nak(delay=delay if delay > 0 else None)
-            self.counters["naked"] += 1
-        except Exception as error:
-            log.warning("nak not sent", extra={"error": repr(error)})
+        await self._signal("nak", msg.nak(delay=delay if delay > 0 else None), "naked")
 
 
 __all__ = ["ACK_TIMEOUT", "JetStreamIntake"]
