@@ -101,6 +101,11 @@ class Slots:
 
         return unwatch
 
+    def _freed(self) -> None:
+        """Slots came free: wake the pullers waiting in :meth:`acquire`, then the watchers."""
+        self._changed.set()
+        self._notify()
+
     def _notify(self) -> None:
         for watcher in tuple(self._watchers):
             watcher()
@@ -123,8 +128,7 @@ class Slots:
     def finish(self) -> None:
         """An admitted job ended (or will not run): its slot is free again."""
         self._inflight -= 1
-        self._changed.set()
-        self._notify()
+        self._freed()
 
     def _reclaim(self) -> bool:
         for reservation in self._open:
@@ -164,8 +168,7 @@ class Slots:
         unused, reservation.unused = reservation.unused, 0
         if unused:
             self._reserved -= unused
-            self._changed.set()
-            self._notify()
+            self._freed()
 
     def reserve_one(self) -> bool:
         """Reserve one slot now if one is free (for a delivery no reservation covers)."""
@@ -178,8 +181,7 @@ class Slots:
     def unreserve(self) -> None:
         """A delivery holding a reserved slot will not be admitted (rejected, stopping, not a job)."""
         self._reserved -= 1
-        self._changed.set()
-        self._notify()
+        self._freed()
 
     def close(self) -> None:
         """No more reservations (the durable intake stops pulling); waiting pullers get None."""
