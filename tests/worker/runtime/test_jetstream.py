@@ -31,6 +31,7 @@ from tests.faults.support import (
     stream_messages,
     wait_for,
 )
+from tests.ops import Collector
 from tests.ops import command as op_command
 from worker.embedded import EmbeddedNats
 from worker.runtime import jetstream
@@ -41,6 +42,8 @@ from worker.runtime.jetstream import (
     record_key,
     subject_covers,
 )
+from worker.runtime.service import WorkerService
+from worker.settings import Settings
 
 
 async def _consumer(nc: Client, settings, name: str):
@@ -308,11 +311,16 @@ async def test_a_restricted_worker_serves_with_the_documented_permissions(tmp_pa
             await client.close()
 
 
-# ----------------------------------------------------------------------------- happy path
-async def test_job_runs_once_is_recorded_and_acked(workers: Workers, nc: Client) -> None:
+async def _one_worker(workers: Workers, nc: Client) -> tuple[Settings, WorkerService, Collector]:
+    """A worker on this test's own streams, and a Collector of every answer on its prefix."""
     settings = workers.settings()
     worker = await workers.start(settings)
-    collector = await results(nc, settings)
+    return settings, worker, await results(nc, settings)
+
+
+# ----------------------------------------------------------------------------- happy path
+async def test_job_runs_once_is_recorded_and_acked(workers: Workers, nc: Client) -> None:
+    settings, worker, collector = await _one_worker(workers, nc)
     body = command("happy", values=[1.5, 2.5])
     ack = await publish(nc, settings, body, node=settings.node_id)
     assert ack.stream == settings.jetstream_stream
@@ -343,9 +351,7 @@ def _empty(js, stream: str):
 async def test_same_msg_id_runs_once_and_redelivery_is_answered_from_the_record(
     workers: Workers, nc: Client
 ) -> None:
-    settings = workers.settings()
-    worker = await workers.start(settings)
-    collector = await results(nc, settings)
+    settings, worker, collector = await _one_worker(workers, nc)
     body = command("dedupe")
     first = await publish(nc, settings, body)
     second = await publish(nc, settings, body)
@@ -428,9 +434,7 @@ async def test_concurrent_duplicates_on_two_workers_record_one_result(workers: W
 
 
 async def test_a_reused_command_id_for_another_op_is_a_conflict(workers: Workers, nc: Client) -> None:
-    settings = workers.settings()
-    await workers.start(settings)
-    collector = await results(nc, settings)
+    settings, _, collector = await _one_worker(workers, nc)
     body = command("conflict")
     await publish(nc, settings, body)
     await collector.wait(1)
@@ -466,9 +470,7 @@ async def test_a_record_that_is_not_the_commands_own_is_never_the_answer(
     workers: Workers, nc: Client
 ) -> None:
     """Answering from a record checks ``in_reply_to``, ``job_id`` and, for a node's command, ``node_id``."""
-    settings = workers.settings()
-    worker = await workers.start(settings)
-    collector = await results(nc, settings)
+    settings, worker, collector = await _one_worker(workers, nc)
     node = settings.node_id
     cases = [
         (node, {"node_id": "someone-else"}),  # a node's command: only its own node's record counts
@@ -494,9 +496,7 @@ async def test_a_record_that_is_not_the_commands_own_is_never_the_answer(
 
 # ----------------------------------------------------------------------------- invalid and poison
 async def test_invalid_commands_get_an_error_reply_and_are_termed(workers: Workers, nc: Client) -> None:
-    settings = workers.settings()
-    worker = await workers.start(settings)
-    collector = await results(nc, settings)
+    settings, worker, collector = await _one_worker(workers, nc)
     js = nc.jetstream()
     prefix = settings.rory_subject_prefix
     bad_params = command("bad", seconds=-1)
@@ -753,9 +753,7 @@ async def test_stop_does_not_hang_on_idle_pulls(workers: Workers) -> None:
 
 
 async def test_json_commands_are_answered_in_msgpack_on_results(workers: Workers, nc: Client) -> None:
-    settings = workers.settings()
-    await workers.start(settings)
-    collector = await results(nc, settings)
+    settings, _, collector = await _one_worker(workers, nc)
     body = command("jsonish")
     await jetstream.publish_job(nc.jetstream(), settings.rory_subject_prefix, None, body, json_mode=True)
     (reply,) = await collector.wait(1)
