@@ -42,6 +42,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,9 +64,19 @@ def make_data(n: int, a: int, k: int, seed: int = 0) -> np.ndarray:
 
 
 async def in_process(
-    x: np.ndarray, k: int, keys: OwnerKeys, rounds: int, data_dir: Path, num_chunks: int | None, cache_mb: int
+    x: np.ndarray,
+    k: int,
+    keys: OwnerKeys,
+    rounds: int,
+    data_dir: Path,
+    num_chunks: int | None,
+    cache_mb: int,
+    port: Callable[[Any], Any] | None = None,
 ) -> JobReport:
-    """The same SKMeans job with the worker in this process (``InProcessPort``), warm-up first."""
+    """The same SKMeans job with the worker in this process (``InProcessPort``), warm-up first.
+
+    ``port``: makes the worker's port from the (cached) store the owner shares; default
+    ``InProcessPort`` (bench_growth.py passes one over a store that counts the worker's bytes)."""
     from dataowner.client import DataOwnerClient
     from dataowner.inprocess_port import InProcessPort
     from worker.storage import LocalStore
@@ -73,7 +84,7 @@ async def in_process(
 
     raw = LocalStore(data_dir / "inproc-storage", "rory")
     store = with_cache(raw, max(0, cache_mb) << 20)  # the owner shares the worker's store object
-    client = DataOwnerClient(None, store, keys, port=InProcessPort(store), num_chunks=num_chunks)
+    client = DataOwnerClient(None, store, keys, port=(port or InProcessPort)(store), num_chunks=num_chunks)
     try:
         await client.skmeans(x[: max(k, 50)], k, max_iterations=2, tolerance=-1.0)
         return await client.skmeans(x, k, max_iterations=rounds, tolerance=-1.0)

@@ -2,7 +2,8 @@
 
     python benchmarks/run_all.py            # default sizes, a few minutes on 2 cores
     python benchmarks/run_all.py --only runtime,storage
-    python benchmarks/run_all.py --full     # the issues' full sizes (storage 512 MB, e2e 100k x 8)
+    python benchmarks/run_all.py --full     # the issues' full sizes (storage 512 MB, e2e 100k x 8,
+                                            # growth up to n = 1e6)
 
 Each benchmark is its own script (run it alone for its flags); this one only sequences them so a
 single command reproduces the README's table. Timing targets live here, never in the tests.
@@ -25,6 +26,8 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "core-liu": ("bench_core_liu.py", [], []),
     "core-ckks": ("bench_core_ckks.py", [], ["--n", "100000"]),
     "e2e": ("bench_e2e.py", ["--n", "20000"], []),
+    # SKMeans at n = 1e3 .. 1e5 (--full: .. 1e6, a 1 GB read cache), one table of growth per 10x n
+    "growth": ("bench_growth.py", ["--quick"], []),
     "ledger": ("bench_ledger.py", [], []),
     "pplr": ("bench_pplr.py", [], ["--rows"]),
     # --full is the scaling run: 16 cores, one worker process per slot
