@@ -17,6 +17,7 @@ __all__ = [
     "HOST",
     "LIVENESS_LINES",
     "NODE_LETTERS",
+    "ROUTE_LIVENESS_LINES",
     "ServerPorts",
     "example_node_confs",
     "render_server_conf",
@@ -33,6 +34,10 @@ EXAMPLE_STORE_ROOT = "/tmp/rory-nats"
 #: (docs/reliability.md, "Link cut"); the chaos suite measured 24-30 of 120 jobs lost with the
 #: default and 0 with these. Every shipped server config carries the same two lines.
 LIVENESS_LINES = ('ping_interval: "2s"', "ping_max: 2")
+#: The top-level values also apply to routes between servers; a route only needs to notice a dead
+#: peer, and dropping it on a few seconds' stall (CPU steal, a disk stall) would churn JetStream
+#: leadership, so the cluster block sets its own.
+ROUTE_LIVENESS_LINES = ('ping_interval: "30s"', "ping_max: 3")
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,7 @@ def render_server_conf(
         "cluster {",
         f"  name: {cluster_name}",
         f"  listen: {host}:{ports.cluster}",
+        *(f"  {line}" for line in ROUTE_LIVENESS_LINES),
         "  routes: [",
         *[f"    nats-route://{host}:{port}" for port in routes],
         "  ]",

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from scripts.chaos.net import Network
-from scripts.cluster_conf import LIVENESS_LINES
+from scripts.cluster_conf import LIVENESS_LINES, ROUTE_LIVENESS_LINES
 from worker.embedded import find_nats_server
 
 REPO = Path(__file__).resolve().parents[2]
@@ -77,7 +77,9 @@ def server_conf(name: str, address: str, peers: Sequence[str], store: Path) -> s
         *LIVENESS_LINES,
         f"jetstream {{\n  store_dir: {json.dumps(str(store))}\n  max_memory_store: 64MB",
         "  max_file_store: 512MB\n}",
-        f"cluster {{\n  name: chaos\n  listen: {address}:{CLUSTER_PORT}\n  routes: [",
+        f"cluster {{\n  name: chaos\n  listen: {address}:{CLUSTER_PORT}",
+        *(f"  {line}" for line in ROUTE_LIVENESS_LINES),
+        "  routes: [",
         *routes,
         "  ]\n}",
     ]

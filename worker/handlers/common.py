@@ -160,7 +160,8 @@ async def plan_labels_off_loop(
     :data:`LABELS_OFF_LOOP_BYTES` (the conversion and the private copy of a large vector would hold
     the event loop, and health with it), else right here (a thread hop costs more than the work)."""
     limit = _inline_limit(ctx)
-    if np.asarray(labels).nbytes > LABELS_OFF_LOOP_BYTES:
+    # By count, not bytes: the work is a conversion to int64 and a copy (a narrow dtype is no cheaper).
+    if np.asarray(labels).size * 8 > LABELS_OFF_LOOP_BYTES:
         return await asyncio.to_thread(_plan_labels, labels, key, limit)
     return _plan_labels(labels, key, limit)
 

@@ -173,9 +173,10 @@ class CachedStore(ForwardingStore):
         """The array and the info of the version served: the cached copy when storage's current
         version is the one cached (one ``info()`` call), else a read that is then cached.
 
-        ``allocate``: where a read that misses puts the array (default: the cache's allocator).
+        ``allocate``: the caller wants the array in memory of its own: such a read bypasses the
+        cache (a buffer the caller may reuse must not become what the cache serves).
         """
-        if self.max_bytes == 0:
+        if self.max_bytes == 0 or allocate is not None:
             return await self.inner.fetch_ndarray(ball_id, allocate=allocate)
         entry = self._entries.get(ball_id)
         if entry is not None:
@@ -194,7 +195,7 @@ class CachedStore(ForwardingStore):
         fetch = _Fetch()
         self._inflight.setdefault(ball_id, []).append(fetch)
         try:
-            array, read = await self.inner.fetch_ndarray(ball_id, allocate=allocate or self._allocate)
+            array, read = await self.inner.fetch_ndarray(ball_id, allocate=self._allocate)
         finally:
             pending = self._inflight[ball_id]
             pending.remove(fetch)

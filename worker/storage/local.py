@@ -94,12 +94,14 @@ SMALL_PUT_BYTES = 1024 * 1024  # balls up to this size are prepared and written 
 #: refused. Fixed, not MAX_OBJECT_BYTES: JSON costs several times its size in Python objects.
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 MAX_RESTARTS = 8  # re-resolutions of the pointer while writers keep replacing the ball
-#: Parsed manifests kept per (ball, version): a version directory never changes after its commit, so
-#: ``info`` and reads of a version seen before cost one pointer read instead of a manifest read and
-#: parse (a secure k-means round looks up the same dozen balls every round). Only small manifests
-#: (one or a few chunks) are kept, at most this many.
-MANIFEST_CACHE_ENTRIES = 1024
-MANIFEST_CACHE_ENTRY_BYTES = 16 * 1024
+#: The last parsed manifest of each ball is kept with its version: a version never changes after
+#: its commit, so ``info`` and reads of a version seen before cost one pointer read instead of a
+#: manifest read and parse (a secure k-means round looks up the same dozen balls every round). Only
+#: small manifests (a few chunks, few tags: a one-chunk ndarray's is ~600 bytes) are kept, one per
+#: ball, within a budget of raw manifest bytes; parsed, a manifest takes up to ~12x its raw size
+#: (tag-heavy ones), so the cache stays under ~12 MiB.
+MANIFEST_CACHE_ENTRY_BYTES = 4 * 1024
+MANIFEST_CACHE_BUDGET_BYTES = 1 << 20
 
 
 def _write_pieces(pieces: Sequence[Piece]) -> list[tuple[int, ...]]:
@@ -195,7 +197,9 @@ class LocalStore(PlannedStore, BucketFiles):
             max(1, max_workers), thread_name_prefix="css-local"
         )
         self._closed = False
-        self._manifests: OrderedDict[tuple[str, str], Stored] = OrderedDict()
+        # ball -> (raw manifest size, its parsed version), least recently used first
+        self._manifests: OrderedDict[str, tuple[int, Stored]] = OrderedDict()
+        self._manifest_bytes = 0
         self._manifests_lock = threading.Lock()  # loads run in several pool threads
         self._commit_lock = threading.Lock()
 
@@ -278,8 +282,10 @@ class LocalStore(PlannedStore, BucketFiles):
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True
-            await asyncio.to_thread(self._pool.shutdown, True)
-            self._close_lock()
+            try:
+                await asyncio.to_thread(self._pool.shutdown, True)
+            finally:
+                self._close_lock()
 
     # ------------------------------------------------------------------ writing
     def _manifest(
@@ -413,13 +419,11 @@ class LocalStore(PlannedStore, BucketFiles):
         check every byte read, so a manifest replaced on disk afterwards changes nothing for this
         store (a missing or short chunk file is still ``Incomplete``).
         """
-        key = (ball_id, version)
         with self._manifests_lock:
-            cached = self._manifests.get(key)
-            if cached is not None:
-                self._manifests.move_to_end(key)
-        if cached is not None:
-            return replace(cached, refs=refs)
+            cached = self._manifests.get(ball_id)
+            if cached is not None and cached[1].version == version:
+                self._manifests.move_to_end(ball_id)
+                return replace(cached[1], refs=refs)
         directory = self._version_dir(ball_id, version)
         try:
             raw = read_manifest(ball_id, directory / MANIFEST, MAX_MANIFEST_BYTES)
@@ -427,11 +431,21 @@ class LocalStore(PlannedStore, BucketFiles):
             raise Incomplete(f"{ball_id}: the manifest of version {version} is missing") from None
         stored = parse_manifest(ball_id, refs, version, directory, raw, self.max_object_bytes)
         if len(raw) <= MANIFEST_CACHE_ENTRY_BYTES:
-            with self._manifests_lock:
-                self._manifests[key] = stored
-                while len(self._manifests) > MANIFEST_CACHE_ENTRIES:
-                    self._manifests.popitem(last=False)
+            self._keep_manifest(ball_id, len(raw), stored)
         return stored
+
+    def _keep_manifest(self, ball_id: str, size: int, stored: Stored) -> None:
+        """Keep ``stored`` as ``ball_id``'s manifest (replacing the one of an older version), evicting
+        the least recently used balls beyond the budget."""
+        with self._manifests_lock:
+            old = self._manifests.pop(ball_id, None)
+            if old is not None:
+                self._manifest_bytes -= old[0]
+            self._manifests[ball_id] = (size, stored)
+            self._manifest_bytes += size
+            while self._manifest_bytes > MANIFEST_CACHE_BUDGET_BYTES:
+                _, (evicted, _) = self._manifests.popitem(last=False)
+                self._manifest_bytes -= evicted
 
     def _load_fallback(self, ball_id: str, refs: Refs, error: Incomplete) -> Stored:
         """The previous version, when the current one is incomplete; else ``CorruptObject``."""

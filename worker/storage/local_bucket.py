@@ -16,6 +16,7 @@ import os
 import shutil
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,6 +44,7 @@ class BucketFiles:
     # The open ``.lock`` and the lock that orders this store's own threads around it: threads sharing
     # one descriptor all "hold" its flock, so flock alone excludes only other processes.
     _lock_fd: int | None = None
+    _lock_finalizer: weakref.finalize | None = None  # closes _lock_fd if the store is dropped unclosed
     _commit_lock: threading.Lock
 
     # ------------------------------------------------------------------ paths
@@ -65,36 +67,50 @@ class BucketFiles:
     def _locked(self) -> Iterator[None]:
         """Exclusive use of the bucket's pointers, against this store's threads and other processes.
 
-        The ``.lock`` descriptor stays open between commits (one open less per write); it is opened
-        again when the file it names was removed (the bucket directory deleted and made anew), so
-        the flock is always taken on the ``.lock`` other processes open.
+        The ``.lock`` descriptor stays open between commits (one open less per write). After taking
+        the flock it checks that the descriptor is still the file named ``<bucket>/.lock`` (same
+        device and inode): when the bucket directory was moved away or deleted and made anew, or
+        ``.lock`` replaced, even while this thread waited, it opens the current one and locks again,
+        so the lock is always taken on the file other processes open.
         """
         with self._commit_lock:
-            fd = self._lock_fd
-            if fd is not None and os.fstat(fd).st_nlink == 0:
-                os.close(fd)
-                fd = self._lock_fd = None
-            if fd is None:
-                fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT | O_CLOEXEC, FILE_MODE)
-                self._lock_fd = fd
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            path = self.directory / ".lock"
+            while True:
+                fd = self._lock_fd
+                if fd is None:
+                    fd = os.open(path, os.O_RDWR | os.O_CREAT | O_CLOEXEC, FILE_MODE)
+                    self._lock_fd = fd
+                    self._lock_finalizer = weakref.finalize(self, os.close, fd)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                held = os.fstat(fd)
+                try:
+                    named = os.stat(path)
+                except FileNotFoundError:
+                    named = None
+                if named is not None and (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino):
+                    break
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                self._drop_lock_fd()
             try:
                 yield
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
 
+    def _drop_lock_fd(self) -> None:
+        """Close the kept ``.lock`` descriptor (the caller holds ``_commit_lock``)."""
+        if self._lock_finalizer is not None:
+            self._lock_finalizer()  # closes the descriptor, once
+        self._lock_fd, self._lock_finalizer = None, None
+
     def _close_lock(self) -> None:
         with self._commit_lock:
-            if self._lock_fd is not None:
-                os.close(self._lock_fd)
-                self._lock_fd = None
+            self._drop_lock_fd()
 
-    def _write_ref(self, temp: Path, version: str, replaced: Refs | None, *, again: bool = False) -> None:
-        """The pointer's next content: the new version, then the one it replaces (kept one commit);
-        ``again`` replaces a temp file written before."""
-        if again:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temp)
+    def _write_ref(self, temp: Path, version: str, replaced: Refs | None) -> None:
+        """The pointer's next content: the new version, then the one it replaces (kept one commit).
+        A file already at ``temp`` (a first attempt, or one planted there) is replaced."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
         write_file(temp, refs_bytes(version, replaced), self.fsync)
 
     def _commit(
@@ -118,10 +134,10 @@ class BucketFiles:
         ref = self._ref(ball_id)
         with self._locked():
             current = self._read_refs_or_none(ball_id)
-            if not self.fsync:  # (no fsync: a tiny write, cheaper than reading the pointer twice)
+            # Without fsync the temp file is written here (a tiny write, cheaper than reading the
+            # pointer twice); with it, again only if another writer of this ball committed meanwhile.
+            if not self.fsync or current != seen:
                 self._write_ref(temp, version, current)
-            elif current != seen:  # another writer of this ball committed meanwhile
-                self._write_ref(temp, version, current, again=True)
             os.replace(temp, ref)
             committed.set()
         if self.fsync:

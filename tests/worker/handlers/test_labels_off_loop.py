@@ -96,6 +96,16 @@ async def test_a_large_vector_is_planned_off_the_loop(monkeypatch):
     assert payload == expected_payload and expected_write is not None
 
 
+async def test_a_long_narrow_vector_is_planned_off_the_loop_too(monkeypatch):
+    """The work grows with the number of labels (each becomes an int64), not with their dtype."""
+    threads = _planned_threads(monkeypatch)
+    labels = (np.arange(LABELS_OFF_LOOP_BYTES // 8 + 1) % 5).astype(np.int8)  # well under 1 MiB
+    _, write = await plan_labels_off_loop(_ctx(), labels, "lv")
+    assert threads and threads[0] != threading.get_ident()
+    assert write is not None and write.value.dtype == np.int64
+    np.testing.assert_array_equal(write.value, labels)
+
+
 async def test_a_small_vector_is_planned_on_the_loop(monkeypatch):
     threads = _planned_threads(monkeypatch)
     payload, write = await plan_labels_off_loop(_ctx(), np.array([2, 0, 1]), "lv")

@@ -108,6 +108,23 @@ async def test_fetch_is_cached_too_and_names_the_version_served(pair: Pair) -> N
     assert counting.reads == 2
 
 
+async def test_a_fetch_into_the_callers_own_memory_bypasses_the_cache(pair: Pair) -> None:
+    """A caller that brings its own allocator may reuse that buffer: it is never kept or served."""
+    cached, counting, owner = pair
+    await owner.put_ndarray("udm", _data(5), num_chunks=2)
+    buffers: list[np.ndarray] = []
+
+    def allocate(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        buffers.append(np.empty(shape, dtype))
+        return buffers[-1]
+
+    got, _ = await cached.fetch_ndarray("udm", allocate=allocate)
+    got[:] = 0.0  # the caller reuses its buffer
+    again, _ = await cached.fetch_ndarray("udm")
+    np.testing.assert_array_equal(again, _data(5))
+    assert counting.reads == 2 and cached.hits == 0 and len(buffers) == 1
+
+
 async def test_own_writes_are_cached_as_a_private_snapshot(pair: Pair) -> None:
     cached, counting, _ = pair
     data = _data(4)
