@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from core import dataowner
@@ -78,12 +78,16 @@ def test_first_iteration_single_attribute_matches_skmeans(seed: int, n: int, k: 
 
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), n=st.integers(3, 40))
+@example(seed=260, n=40)  # drifted to one cluster without refresh_udm
 def test_well_separated_clusters_match_skmeans(owner: InProcessOwner, seed: int, n: int) -> None:
-    """a > 1 and later iterations are an approximation; on well-separated blobs it is exact."""
+    """With ``refresh_udm`` (a fresh OPE(D - c) each round) every round's order is exact, so on
+    well-separated blobs the labels are SKMeans'. Without it FDH-OPE is not additive and the UDM
+    drifts round after round (docs/privacy.md): seed=260, n=40 ends with every record in one
+    cluster, so that variant is held only to its first round (the tests above)."""
     rng = np.random.default_rng(seed)
     truth = np.r_[np.arange(3), rng.integers(0, 3, size=n - 3)]
     d = BLOB_CENTRES[truth] + rng.normal(size=(n, 2))
-    blind = owner.run(Op.DBSKMEANS, d, 3, rng=rng)
+    blind = owner.run(Op.DBSKMEANS, d, 3, rng=rng, refresh_udm=True)
     plain = owner.run(Op.SKMEANS, d, 3, rng=rng)
     np.testing.assert_array_equal(blind.labels, plain.labels)
     np.testing.assert_array_equal(blind.labels, truth)
