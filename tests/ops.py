@@ -240,7 +240,7 @@ async def request(
     json_mode: bool = False,
     raw: bytes | None = None,
     headers: dict[str, str] | None = None,
-    timeout: float = 5.0,
+    timeout: float = 20.0,  # generous: a first compute call starts pool processes on a loaded machine
 ) -> tuple[dict[str, Any], Any]:
     """Send a command (or ``raw`` bytes) and return (decoded Reply, the reply Msg)."""
     hdrs = dict(headers or {})
