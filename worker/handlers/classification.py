@@ -32,6 +32,7 @@ from worker.handlers.common import (
     labels_payload,
     put_all,
     result_chunks,
+    shape_of,
     with_claims_checked,
 )
 from worker.runtime.context import JobContext
@@ -41,10 +42,6 @@ from worker.storage.base import BallInfo
 __all__ = ["OPERATIONS", "knn", "sknn"]
 
 
-def _shape(info: BallInfo) -> tuple[int, ...]:
-    return tuple(int(d) for d in info.full_shape or ())
-
-
 def _metric(ctx: JobContext, p: KnnParams | SknnParams) -> str:
     return str((p.distance or ctx.settings.distance).value)
 
@@ -52,7 +49,7 @@ def _metric(ctx: JobContext, p: KnnParams | SknnParams) -> str:
 def _check_labels_info(info: BallInfo, n_model: int, declared: list[int] | None) -> None:
     """Model labels: n numbers stored as 1 x n (Rory) or n; a declared shape must match modulo 1s."""
     check_numeric(info, info.ball_id, ndim=(1, 2))
-    stored = _shape(info)
+    stored = shape_of(info)
     if math.prod(stored) != n_model:
         raise ValidationFailed(f"{info.ball_id}: {math.prod(stored)} labels for {n_model} model rows")
     if declared is not None and [d for d in declared if d != 1] != [d for d in stored if d != 1]:
@@ -70,11 +67,11 @@ async def knn(ctx: JobContext, p: KnnParams) -> LabelsResult:
     )
     check_numeric(model_info, p.model_id, ndim=2)
     check_numeric(records_info, p.records_test_id, ndim=2)
-    if _shape(model_info)[1] != _shape(records_info)[1]:
+    if shape_of(model_info)[1] != shape_of(records_info)[1]:
         raise ValidationFailed(
-            f"records have {_shape(records_info)[1]} attributes, the model {_shape(model_info)[1]}"
+            f"records have {shape_of(records_info)[1]} attributes, the model {shape_of(model_info)[1]}"
         )
-    _check_labels_info(labels_info, _shape(model_info)[0], p.model_labels_shape)
+    _check_labels_info(labels_info, shape_of(model_info)[0], p.model_labels_shape)
     model, labels, records = await fetch_arrays(ctx, p.model_id, labels_key, p.records_test_id)
     labels = check_integral(labels.reshape(-1), labels_key)
     predicted = await ctx.compute(jobs.knn_predict, model, labels, records, _metric(ctx, p))
@@ -85,7 +82,7 @@ async def knn(ctx: JobContext, p: KnnParams) -> LabelsResult:
 # ------------------------------------------------------------------ SKNN
 def _check_ciphertexts(info: BallInfo, p: SknnParams) -> tuple[int, int, int]:
     check_numeric(info, info.ball_id, ndim=3)
-    n, a, m = _shape(info)
+    n, a, m = shape_of(info)
     if "m" in p.model_fields_set and m != p.m:
         raise ValidationFailed(f"{info.ball_id}: m={p.m} but the stored ciphertexts have {m} components")
     return n, a, m
@@ -102,11 +99,11 @@ async def _sknn_distances(ctx: JobContext, p: SknnParams) -> DistancesResult:
     n_records, records_a, records_m = _check_ciphertexts(records_info, p)
     if (model_a, model_m) != (records_a, records_m):
         raise ValidationFailed(
-            f"records {list(_shape(records_info))} and model {list(_shape(model_info))} "
+            f"records {list(shape_of(records_info))} and model {list(shape_of(model_info))} "
             "must agree on attributes and ciphertext size"
         )
     metric = _metric(ctx, p)
-    n_model = int(_shape(model_info)[0])
+    n_model = int(shape_of(model_info)[0])
     width = model_m * model_m if metric == "EUCLIDEAN" else model_m  # Liu products have m^2 components
     check_allocation(ctx, (n_records, n_model, width), 8, "SKNN distances")
     model, records = await fetch_arrays(ctx, model_key, records_key)
@@ -127,7 +124,7 @@ async def _sknn_labels(ctx: JobContext, p: SknnParams) -> LabelsResult:
     labels_key = keys.labels(p.model_id)
     index_key = keys.distances_index(p.records_test_id, p.namespace)
     labels_info, index_info = await asyncio.gather(ctx.store.info(labels_key), ctx.store.info(index_key))
-    n_model = math.prod(_shape(labels_info))
+    n_model = math.prod(shape_of(labels_info))
     _check_labels_info(labels_info, n_model, p.model_labels_shape)
     check_numeric(index_info, index_key, ndim=(1, 2))
     labels, index = await fetch_arrays(ctx, labels_key, index_key)

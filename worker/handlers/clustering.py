@@ -45,6 +45,7 @@ from worker.handlers.common import (
     check_shape,
     fetch_arrays,
     labels_payload,
+    shape_of,
     with_claims_checked,
 )
 from worker.handlers.secure_kmeans import (
@@ -72,16 +73,12 @@ __all__ = [
 ]
 
 
-def _shape(info: BallInfo) -> tuple[int, ...]:
-    return tuple(int(d) for d in info.full_shape or ())
-
-
 # ------------------------------------------------------------------ KMeans
 async def kmeans(ctx: JobContext, p: KMeansParams) -> KMeansResult:
     """Plaintext k-means (Euclidean, first-k initialisation) of the n x a matrix ``P``."""
     info = await ctx.store.info(p.plaintext_matrix_id)
     check_numeric(info, p.plaintext_matrix_id, ndim=2)
-    check_k(p.k, _shape(info)[0])
+    check_k(p.k, shape_of(info)[0])
     data = await ctx.store.get_ndarray(p.plaintext_matrix_id)
     labels, iterations = await ctx.compute(jobs.kmeans_fit, data, p.k, p.max_iterations, p.tolerance)
     payload = await labels_payload(ctx, labels, keys.label_vector(p.plaintext_matrix_id, p.namespace))
@@ -93,7 +90,7 @@ def _check_encrypted(info: BallInfo, p: SecureKMeansParams) -> tuple[int, int, i
     """The Liu dataset is n x a x m real numbers; ``m`` must agree when the command states it."""
     check_numeric(info, info.ball_id, ndim=3)
     check_dtype(info, p.encrypted_matrix_dtype)
-    n, a, m = _shape(info)
+    n, a, m = shape_of(info)
     if "m" in p.model_fields_set and m != p.m:
         raise ValidationFailed(f"{info.ball_id}: m={p.m} but the stored ciphertexts have {m} components")
     return n, a, m
@@ -123,9 +120,9 @@ class LiuScheme(Scheme[np.ndarray, None]):
         check_declared_udm(udm, p, cumulative=p.clustering_status != ClusteringStatus.START)
         for previous in state:  # the previous centroids (none at START)
             check_numeric(previous, previous.ball_id)
-            if _shape(previous) != (p.k, a, m):
+            if shape_of(previous) != (p.k, a, m):
                 raise ValidationFailed(
-                    f"{previous.ball_id}: previous centroids have shape {list(_shape(previous))}, "
+                    f"{previous.ball_id}: previous centroids have shape {list(shape_of(previous))}, "
                     f"expected {[p.k, a, m]} (k={p.k})"
                 )
         return n
@@ -166,8 +163,8 @@ class LiuScheme(Scheme[np.ndarray, None]):
         infos = await self.together(ctx.store.info(centi_key), ctx.store.info(centj_key))
         for info in infos:
             check_numeric(info, info.ball_id)
-        if _shape(infos[0]) != _shape(infos[1]):
-            shapes = [list(_shape(info)) for info in infos]
+        if shape_of(infos[0]) != shape_of(infos[1]):
+            shapes = [list(shape_of(info)) for info in infos]
             raise ValidationFailed(f"{centi_key} {shapes[0]} and {centj_key} {shapes[1]} differ in shape")
         centi, centj = await fetch_arrays(ctx, centi_key, centj_key)
         # k x a x m values: cheap enough for the event loop.
@@ -193,7 +190,7 @@ async def dbskmeans(ctx: JobContext, p: DbsKMeansParams) -> Step1Result | Step2R
 async def _square_matrix(ctx: JobContext, key: str) -> np.ndarray:
     info = await ctx.store.info(key)
     check_numeric(info, key, ndim=2)
-    rows, cols = _shape(info)
+    rows, cols = shape_of(info)
     if rows != cols:
         raise ValidationFailed(f"{key}: a distance matrix must be square, storage holds {[rows, cols]}")
     return await ctx.store.get_ndarray(key)

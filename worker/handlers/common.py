@@ -52,6 +52,7 @@ __all__ = [
     "plan_labels_off_loop",
     "put_all",
     "result_chunks",
+    "shape_of",
     "with_claims_checked",
 ]
 
@@ -285,6 +286,11 @@ def check_integral(array: np.ndarray, name: str) -> np.ndarray:
 async def fetch_arrays(ctx: JobContext, *keys: str) -> list[np.ndarray]:
     """Download several ndarrays concurrently (the store's errors propagate: 404, 422, 503)."""
     return list(await asyncio.gather(*(ctx.store.get_ndarray(key) for key in keys)))
+
+
+def shape_of(info: BallInfo) -> tuple[int, ...]:
+    """The stored logical shape (empty when the object has none)."""
+    return tuple(int(d) for d in info.full_shape or ())
 
 
 # ------------------------------------------------------------------ ownership

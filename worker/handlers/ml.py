@@ -27,17 +27,13 @@ from worker.handlers.common import (
     fetch_arrays,
     put_all,
     result_chunks,
+    shape_of,
     with_claims_checked,
 )
 from worker.runtime.context import JobContext
 from worker.runtime.registry import Operation
-from worker.storage.base import BallInfo
 
 __all__ = ["OPERATIONS", "lr_predict", "lr_train"]
-
-
-def _shape(info: BallInfo) -> tuple[int, ...]:
-    return tuple(int(d) for d in info.full_shape or ())
 
 
 async def lr_train(ctx: JobContext, p: LrTrainParams) -> TrainResult:
@@ -55,9 +51,9 @@ async def lr_train(ctx: JobContext, p: LrTrainParams) -> TrainResult:
     await check_owned_outputs(ctx, p.weights_id, p.bias_id)
     check_numeric(x_info, x_key, ndim=2)
     check_numeric(y_info, y_key, ndim=(1, 2))
-    n, a = _shape(x_info)
-    if math.prod(_shape(y_info)) != n or n == 0:
-        raise ValidationFailed(f"{y_key}: {math.prod(_shape(y_info))} labels for {n} samples")
+    n, a = shape_of(x_info)
+    if math.prod(shape_of(y_info)) != n or n == 0:
+        raise ValidationFailed(f"{y_key}: {math.prod(shape_of(y_info))} labels for {n} samples")
     x, y = await fetch_arrays(ctx, x_key, y_key)
     y = y.reshape(-1)
     if not np.all(np.isin(y, (0, 1))):
@@ -88,12 +84,12 @@ async def lr_predict(ctx: JobContext, p: LrPredictParams) -> LrPredictResult:
     check_numeric(x_info, x_key, ndim=2)
     check_numeric(w_info, p.weights_id, ndim=(1, 2))
     check_numeric(b_info, p.bias_id)
-    n, a = _shape(x_info)
-    if math.prod(_shape(w_info)) != a:
-        raise ValidationFailed(f"{p.weights_id}: {math.prod(_shape(w_info))} weights for {a} attributes")
-    if math.prod(_shape(b_info)) != 1:
+    n, a = shape_of(x_info)
+    if math.prod(shape_of(w_info)) != a:
+        raise ValidationFailed(f"{p.weights_id}: {math.prod(shape_of(w_info))} weights for {a} attributes")
+    if math.prod(shape_of(b_info)) != 1:
         raise ValidationFailed(
-            f"{p.bias_id}: the bias must hold one value, storage holds {list(_shape(b_info))}"
+            f"{p.bias_id}: the bias must hold one value, storage holds {list(shape_of(b_info))}"
         )
     x, weights, bias = await fetch_arrays(ctx, x_key, p.weights_id, p.bias_id)
     compute_started = time.perf_counter()

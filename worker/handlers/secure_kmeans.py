@@ -64,6 +64,7 @@ from worker.handlers.common import (
     plan_labels_off_loop,
     put_all,
     result_chunks,
+    shape_of,
 )
 from worker.runtime.context import JobContext
 from worker.storage.base import BallInfo
@@ -115,11 +116,6 @@ class Phase1(Generic[S]):
     centi: S
     centj: S
     shift: S
-
-
-def shape_of(info: BallInfo) -> tuple[int, ...]:
-    """The stored logical shape (empty when the object has none)."""
-    return tuple(int(d) for d in info.full_shape or ())
 
 
 def udm_key(p: SecureKMeansParams, double_blind: bool) -> str:
