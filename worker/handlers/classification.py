@@ -35,6 +35,7 @@ from worker.handlers.common import (
     shape_of,
     with_claims_checked,
 )
+from worker.handlers.contract import serve
 from worker.runtime.context import JobContext
 from worker.runtime.registry import Operation
 from worker.storage.base import BallInfo
@@ -144,11 +145,8 @@ async def sknn(ctx: JobContext, p: SknnParams) -> DistancesResult | LabelsResult
     return await _sknn_labels(ctx, p)
 
 
+# Names, params models and descriptions come from the contract's specs (worker/handlers/contract.py).
 OPERATIONS: list[Operation] = with_claims_checked([
-    Operation(Op.KNN_PREDICT.value, KnnParams, knn, "Plaintext 1-nearest-neighbour classification."),
-    Operation(
-        Op.SKNN_PREDICT.value, SknnParams, sknn,
-        "Secure 1-NN over Liu ciphertexts (step 1 distances / step 2 labels).",
-        {"steps": "2", "scheme": "liu"},
-    ),
+    serve(Op.KNN_PREDICT, knn),
+    serve(Op.SKNN_PREDICT, sknn, steps="2", scheme="liu"),
 ])

@@ -48,6 +48,7 @@ from worker.handlers.common import (
     shape_of,
     with_claims_checked,
 )
+from worker.handlers.contract import serve
 from worker.handlers.secure_kmeans import (
     Phase1,
     Scheme,
@@ -213,22 +214,11 @@ async def dbsnnc(ctx: JobContext, p: DbsNncParams) -> LabelsResult:
     return LabelsResult(**payload)
 
 
+# Names, params models and descriptions come from the contract's specs (worker/handlers/contract.py).
 OPERATIONS: list[Operation] = with_claims_checked([
-    Operation(Op.KMEANS.value, KMeansParams, kmeans, "Plaintext k-means (first-k initialisation)."),
-    Operation(
-        Op.SKMEANS.value, SecureKMeansParams, skmeans,
-        "Secure k-means over Liu ciphertexts with a plaintext UDM (step 1 / step 2).",
-        {"steps": "2", "scheme": "liu"},
-    ),
-    Operation(
-        Op.DBSKMEANS.value, DbsKMeansParams, dbskmeans,
-        "Double-blind secure k-means: Liu data, FDH-OPE-encrypted UDM (step 1 / step 2).",
-        {"steps": "2", "scheme": "liu+fdhope"},
-    ),
-    Operation(Op.NNC.value, NncParams, nnc, "Plaintext nearest-neighbour threshold clustering."),
-    Operation(
-        Op.DBSNNC.value, DbsNncParams, dbsnnc,
-        "Nearest-neighbour clustering on an FDH-OPE-encrypted distance matrix.",
-        {"scheme": "fdhope"},
-    ),
+    serve(Op.KMEANS, kmeans),
+    serve(Op.SKMEANS, skmeans, steps="2", scheme="liu"),
+    serve(Op.DBSKMEANS, dbskmeans, steps="2", scheme="liu+fdhope"),
+    serve(Op.NNC, nnc),
+    serve(Op.DBSNNC, dbsnnc, scheme="fdhope"),
 ])

@@ -30,6 +30,7 @@ from worker.handlers.common import (
     shape_of,
     with_claims_checked,
 )
+from worker.handlers.contract import serve
 from worker.runtime.context import JobContext
 from worker.runtime.registry import Operation
 
@@ -104,7 +105,8 @@ async def lr_predict(ctx: JobContext, p: LrPredictParams) -> LrPredictResult:
     )
 
 
+# Names, params models and descriptions come from the contract's specs (worker/handlers/contract.py).
 OPERATIONS: list[Operation] = with_claims_checked([
-    Operation(Op.LR_TRAIN.value, LrTrainParams, lr_train, "Plaintext logistic regression training."),
-    Operation(Op.LR_PREDICT.value, LrPredictParams, lr_predict, "Plaintext logistic regression prediction."),
+    serve(Op.LR_TRAIN, lr_train),
+    serve(Op.LR_PREDICT, lr_predict),
 ])
