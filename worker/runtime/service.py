@@ -286,6 +286,7 @@ class WorkerService:
             # 3. leave
             if self._heartbeat is not None:
                 await self._heartbeat.stop()
+            self._load.close()
             if self._refused_watch is not None:
                 self._refused_watch.cancel()
             with contextlib.suppress(Exception):
@@ -509,9 +510,8 @@ class WorkerService:
 
     # ================================================================== heartbeats, announcements
     async def _heartbeat_payload(self, seq: int) -> bytes:
-        # psutil reads /proc for every process: 6-7 ms measured, so off the event loop (health
-        # answers keep their milliseconds); the sampler is used by this one task only.
-        load = await asyncio.to_thread(self._load.sample, self.pool.pids())
+        # psutil reads /proc for every process: off the event loop, so health keeps its milliseconds.
+        load = await self._load.sample_off_loop(self.pool.pids())
         return codec.encode_msgpack(
             {
                 **self._common(),

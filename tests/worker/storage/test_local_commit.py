@@ -9,44 +9,78 @@ import fcntl
 import gc
 import os
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from worker.storage import LocalStore
+from worker.errors import StorageUnavailable
+from worker.storage import LocalStore, local_bucket
 from worker.storage import local as local_module
 
 
 @contextlib.contextmanager
-def _held(lock: Path) -> Iterator[None]:
+def _held(lock: Path) -> Iterator[int]:
     """Hold ``lock``'s flock on a descriptor of our own, as another worker process would."""
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        yield fd
     finally:
         os.close(fd)
 
 
-async def _commit_waits_for(store: LocalStore, lock: Path) -> None:
-    """A put started while ``lock`` is held does not commit until it is released."""
+class _FlockSpy:
+    """``fcntl`` as ``local_bucket`` sees it, counting the exclusive locks its threads ask for."""
+
+    LOCK_EX, LOCK_UN = fcntl.LOCK_EX, fcntl.LOCK_UN
+
+    def __init__(self) -> None:
+        self.asked = 0
+        self._changed = threading.Condition()
+
+    def flock(self, fd: int, operation: int) -> None:
+        if operation == fcntl.LOCK_EX:
+            with self._changed:
+                self.asked += 1
+                self._changed.notify_all()
+        fcntl.flock(fd, operation)
+
+    def wait_asked(self, count: int, timeout: float = 30.0) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: self.asked >= count, timeout)
+
+
+async def _commit_waits_for(
+    store: LocalStore, lock: Path, monkeypatch: pytest.MonkeyPatch, *, asks: int = 1
+) -> None:
+    """A put started while ``lock`` is held asks for it (``asks`` exclusive flocks: a second one
+    after finding its kept descriptor stale) and does not commit until it is released."""
+    spy = _FlockSpy()
+    monkeypatch.setattr(local_bucket, "fcntl", spy)
     with _held(lock):
         put = asyncio.ensure_future(store.put_ndarray("b", np.arange(3.0)))
-        await asyncio.sleep(0.5)
-        assert not put.done()  # (on a slow machine it may not have started: never a false failure)
+        assert await asyncio.to_thread(spy.wait_asked, asks)  # the store's thread is at the lock
+        await asyncio.sleep(0.2)
+        assert not put.done()  # still waiting for the lock we hold
     await put
+    assert spy.asked == asks
     np.testing.assert_array_equal(await store.get_ndarray("b"), np.arange(3.0))
 
 
-async def test_a_commit_waits_for_another_process_holding_the_lock(tmp_path: Path) -> None:
+async def test_a_commit_waits_for_another_process_holding_the_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async with LocalStore(tmp_path, "rory") as store:
         await store.put_ndarray("a", np.zeros(2))  # the store now keeps .lock open
-        await _commit_waits_for(store, tmp_path / "rory" / ".lock")
+        await _commit_waits_for(store, tmp_path / "rory" / ".lock", monkeypatch)
 
 
-async def test_the_lock_follows_a_bucket_directory_moved_away_and_made_anew(tmp_path: Path) -> None:
+async def test_the_lock_follows_a_bucket_directory_moved_away_and_made_anew(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Restoring a bucket (``mv rory rory.old; mkdir rory``) leaves the kept descriptor on the old
     ``.lock``, which still has a name: the store must lock the new one, which others lock."""
     async with LocalStore(tmp_path, "rory") as store:
@@ -54,16 +88,64 @@ async def test_the_lock_follows_a_bucket_directory_moved_away_and_made_anew(tmp_
         os.rename(tmp_path / "rory", tmp_path / "rory.old")
         (tmp_path / "rory").mkdir(mode=0o700)
         (tmp_path / "rory" / ".lock").touch(mode=0o600)
-        await _commit_waits_for(store, tmp_path / "rory" / ".lock")
+        await _commit_waits_for(store, tmp_path / "rory" / ".lock", monkeypatch, asks=2)
 
 
-async def test_the_lock_follows_a_bucket_directory_deleted_and_made_anew(tmp_path: Path) -> None:
+async def test_the_lock_follows_a_bucket_directory_deleted_and_made_anew(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async with LocalStore(tmp_path, "rory") as store:
         await store.put_ndarray("a", np.zeros(2))
         shutil.rmtree(tmp_path / "rory")
         (tmp_path / "rory").mkdir(mode=0o700)
         (tmp_path / "rory" / ".lock").touch(mode=0o600)
-        await _commit_waits_for(store, tmp_path / "rory" / ".lock")
+        await _commit_waits_for(store, tmp_path / "rory" / ".lock", monkeypatch, asks=2)
+
+
+async def test_a_symlink_planted_as_the_lock_fails_the_put_and_leaves_the_lock_free(tmp_path: Path) -> None:
+    """``.lock`` replaced by a symlink loop: this store's put fails (503, never following it), and
+    the lock it took on its kept descriptor is released, so another process's commit does not hang."""
+    async with LocalStore(tmp_path, "rory") as store, LocalStore(tmp_path, "rory") as other:
+        await store.put_ndarray("a", np.zeros(2))
+        await other.put_ndarray("b", np.zeros(2))  # both keep a descriptor on the same .lock
+        kept = os.open(tmp_path / "rory" / ".lock", os.O_RDONLY)
+        try:
+            lock = tmp_path / "rory" / ".lock"
+            lock.unlink()
+            lock.symlink_to(lock)
+            with pytest.raises(StorageUnavailable):
+                await store.put_ndarray("a", np.ones(2))
+            fcntl.flock(kept, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: nobody kept it locked
+            fcntl.flock(kept, fcntl.LOCK_UN)
+        finally:
+            os.close(kept)
+
+
+async def test_a_cancelled_aclose_never_waits_for_another_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aclose runs on the event loop: when a commit thread waits for another process's lock, the
+    loop must not wait with it; the thread closes the kept descriptor once it is done."""
+    store = LocalStore(tmp_path, "rory")
+    await store.put_ndarray("a", np.zeros(2))
+    spy = _FlockSpy()
+    monkeypatch.setattr(local_bucket, "fcntl", spy)
+    with _held(tmp_path / "rory" / ".lock") as held:
+        # Should the loop ever wait for the lock here, it is let go after 30 s and the test fails
+        # below instead of hanging.
+        watchdog = threading.Timer(30.0, fcntl.flock, (held, fcntl.LOCK_UN))
+        watchdog.start()
+        put = asyncio.ensure_future(store.put_ndarray("a", np.ones(2)))
+        assert await asyncio.to_thread(spy.wait_asked, 1)
+        closing = asyncio.ensure_future(store.aclose())
+        await asyncio.sleep(0.1)
+        closing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await closing  # returns without waiting for the lock we still hold
+        assert not put.done()
+        watchdog.cancel()
+    await put  # the commit went through once the lock was free
+    assert store._lock_fd is None  # and the thread closed the descriptor behind it
 
 
 def _open_fds() -> int:
