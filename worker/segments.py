@@ -83,6 +83,8 @@ def _prefault(address: int, nbytes: int) -> bool:
     if _libc is None or nbytes <= 0 or not sys.platform.startswith("linux"):
         return False
     return int(_libc.madvise(address, nbytes, _MADV_POPULATE_WRITE)) == 0
+
+
 T = TypeVar("T")
 
 

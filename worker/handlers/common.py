@@ -61,9 +61,9 @@ log = logging.getLogger(__name__)
 # A label vector larger than this fraction of MAX_MESSAGE_BYTES is stored instead of sent inline:
 # the rest of the reply, the envelope and JSON's larger encoding must still fit in one message.
 LABELS_INLINE_FRACTION = 4
-#: Label vectors larger than this (bytes, as handed over) are planned in a worker thread
-#: (:func:`plan_labels_off_loop`); smaller ones on the event loop, where they cost well under a
-#: millisecond (1 MiB: 131,072 int64 labels).
+#: Label vectors of more than this many bytes as int64 (1 MiB: 131,072 labels, whatever dtype they
+#: arrive in) are planned in a worker thread (:func:`plan_labels_off_loop`); smaller ones on the
+#: event loop, where they cost well under a millisecond.
 LABELS_OFF_LOOP_BYTES = 1 << 20
 
 #: Tag on every object the worker writes: the operation (``ml.lr.train``...) that wrote it. Objects
@@ -161,8 +161,7 @@ async def plan_labels_off_loop(
     :data:`LABELS_OFF_LOOP_BYTES` (the conversion and the private copy of a large vector would hold
     the event loop, and health with it), else right here (a thread hop costs more than the work)."""
     limit = _inline_limit(ctx)
-    # By count, not bytes: the work is a conversion to int64 and a copy (a narrow dtype is no cheaper).
-    if np.asarray(labels).size * 8 > LABELS_OFF_LOOP_BYTES:
+    if np.asarray(labels).size * 8 > LABELS_OFF_LOOP_BYTES:  # the work is an int64 copy, by count
         return await asyncio.to_thread(_plan_labels, labels, key, limit)
     return _plan_labels(labels, key, limit)
 

@@ -42,7 +42,8 @@ from worker.runtime.jetstream_deadletter import (
     MaxDeliveries,
     dlq_headers,
 )
-from worker.runtime.jetstream_intake import ACK_TIMEOUT, JetStreamIntake
+from worker.runtime.jetstream_deliveries import ACK_TIMEOUT
+from worker.runtime.jetstream_intake import JetStreamIntake
 from worker.runtime.jetstream_pull import POLL_INTERVAL, PULL_EXPIRES, PULL_MARGIN
 from worker.runtime.jetstream_records import RECORD_BUDGET, ResultRecords
 from worker.runtime.jetstream_settle import (

@@ -32,7 +32,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import nats.errors
@@ -53,9 +53,11 @@ from worker.runtime.dispatch import (
 )
 from worker.runtime.jetstream_deadletter import DeadLetterMover, MaxDeliveries, copy_to_dlq
 from worker.runtime.jetstream_deliveries import (
+    ACK_TIMEOUT,
     Answer,
     Delivery,
     Running,
+    Signals,
     delivery_of,
     describe_error,
     failed_reply,
@@ -87,7 +89,6 @@ from worker.settings import Settings
 
 log = logging.getLogger("rory.worker.jetstream")
 
-ACK_TIMEOUT = 2.0  # s: wait for the server to confirm an ack
 
 class JetStreamIntake:
     """The durable intake of one worker instance; see the module docstring.
@@ -140,6 +141,7 @@ class JetStreamIntake:
             ),
             0,
         )
+        self.signals = Signals(self.counters)  # ack / nak / term / in_progress, counted here
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -277,7 +279,7 @@ class JetStreamIntake:
 
     def nak_now(self, msg: Msg) -> None:
         """Hand a message back for another worker (no slot for it, or stopping)."""
-        self._spawn(self._nak(msg, self.handback_delay()))
+        self._spawn(self.signals.nak(msg, self.handback_delay()))
 
     def accept(self, msg: Msg, spec: ConsumerSpec) -> None:
         """Take a delivered message on the slot reserved for it (synchronous: called per message).
@@ -320,7 +322,7 @@ class JetStreamIntake:
             self.dispatcher.release(job)  # the running one answers for both deliveries
             running.attach(delivery)
             self.counters["joined_running"] += 1
-            self._spawn(self._progress(msg))
+            self._spawn(self.signals.progress(msg))
             return
         state = Running(job, spec, {delivery.stream_seq: delivery})
         self._running[command_id] = state
@@ -366,7 +368,7 @@ class JetStreamIntake:
             if holding:
                 self.dispatcher.release(job)
             state.closing = True
-            await asyncio.shield(self._nak_all(state, self.handback_delay()))
+            await asyncio.shield(self.signals.nak_all(state.deliveries.values(), self.handback_delay()))
             raise
         finally:
             keep_alive.cancel()
@@ -379,21 +381,7 @@ class JetStreamIntake:
         while True:
             await asyncio.sleep(interval)
             for delivery in list(state.deliveries.values()):
-                await self._progress(delivery.msg)
-
-    async def _progress(self, msg: Msg) -> None:
-        await self._signal("in_progress", msg.in_progress(), "in_progress", logging.DEBUG)
-
-    async def _signal(
-        self, name: str, send: Awaitable[None], counter: str, level: int = logging.WARNING
-    ) -> None:
-        """Send one signal of a delivery (in_progress, term, nak), counted once sent. A failure is only
-        logged: the server redelivers after the ack wait whatever was lost."""
-        try:
-            await send
-            self.counters[counter] += 1
-        except Exception as error:
-            log.log(level, f"{name} not sent", extra={"error": repr(error)})
+                await self.signals.progress(delivery.msg)
 
     async def _answer_from_record(self, state: Running, data: bytes) -> None:
         command = state.job.command
@@ -519,9 +507,9 @@ class JetStreamIntake:
         handback = self.handback_delay() if any(isinstance(d, HandBack) for _, d in plan) else 0.0
         for delivery, decision in plan:
             if isinstance(decision, Nak):
-                await self._nak(delivery.msg, decision.delay)
+                await self.signals.nak(delivery.msg, decision.delay)
             elif isinstance(decision, HandBack):
-                await self._nak(delivery.msg, handback)
+                await self.signals.nak(delivery.msg, handback)
         moved: list[Delivery] = []
         answered = False
         for delivery, decision in plan:
@@ -531,16 +519,16 @@ class JetStreamIntake:
                     moved.append(delivery)
                     answered = answered or decision.answer
                 else:
-                    await self._nak(delivery.msg, decision.fallback)
+                    await self.signals.nak(delivery.msg, decision.fallback)
             elif isinstance(decision, Ack | Term):
                 answered = True
         if answered:
             await self._publish_result(*answer)
         for delivery, decision in plan:
             if isinstance(decision, Ack):
-                await self._ack(delivery)
+                await self.signals.ack(delivery)
             elif isinstance(decision, Term) or any(delivery is done for done in moved):
-                await self._term(delivery.msg)
+                await self.signals.term(delivery.msg)
 
     # ------------------------------------------------------------------ dead letters
     async def _dead_letter(self, delivery: Delivery, spec: ConsumerSpec, error: Mapping[str, Any]) -> bool:
@@ -579,27 +567,5 @@ class JetStreamIntake:
         except Exception as error:
             log.error("result not published", extra={"job_id": job_id, "error": repr(error)})
 
-    async def _ack(self, delivery: Delivery) -> None:
-        msg = delivery.msg
-        try:
-            await msg.ack_sync(timeout=ACK_TIMEOUT)
-        except nats.errors.MsgAlreadyAckdError:
-            return
-        except Exception as error:  # unconfirmed: a redelivery is answered from the record
-            log.warning("ack not confirmed", extra={"seq": delivery.stream_seq, "error": repr(error)})
-            with contextlib.suppress(Exception):
-                await msg.ack()
-        self.counters["acked"] += 1
 
-    async def _nak_all(self, state: Running, delay: float) -> None:
-        for delivery in list(state.deliveries.values()):
-            await self._nak(delivery.msg, delay)
-
-    async def _term(self, msg: Msg) -> None:
-        await self._signal("term", msg.term(), "termed")
-
-    async def _nak(self, msg: Msg, delay: float) -> None:
-        await self._signal("nak", msg.nak(delay=delay if delay > 0 else None), "naked")
-
-
-__all__ = ["ACK_TIMEOUT", "JetStreamIntake"]
+__all__ = ["JetStreamIntake"]

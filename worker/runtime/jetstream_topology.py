@@ -232,13 +232,21 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig, ensure: boo
 
 
 def _rory_stream(
-    name: str, description: str, stream_subjects: list[str], retention: RetentionPolicy, settings: Settings
+    name: str,
+    description: str,
+    stream_subjects: list[str],
+    retention: RetentionPolicy,
+    settings: Settings,
+    *,
+    max_msg_size: int = -1,  # StreamConfig's default: unlimited
+    max_age: float | None = None,
 ) -> StreamConfig:
     """What both Rory streams share: on disk, a re-publish inside :data:`DUPLICATE_WINDOW` dropped,
-    replicated as configured. The caller adds its one limit (message size, or age)."""
+    replicated as configured; each adds its one limit (message size, or age)."""
     return StreamConfig(
         name=name, description=description, subjects=stream_subjects, retention=retention,
         storage=StorageType.FILE, duplicate_window=DUPLICATE_WINDOW, num_replicas=settings.jetstream_replicas,
+        max_msg_size=max_msg_size, max_age=max_age,
     )
 
 
@@ -250,14 +258,12 @@ async def ensure_topology(
     prefix = topology.prefix
     jobs = _rory_stream(
         topology.stream, "Rory job commands (work queue)", subjects.jobs_stream_subjects(prefix),
-        RetentionPolicy.WORK_QUEUE, settings,
+        RetentionPolicy.WORK_QUEUE, settings, max_msg_size=settings.max_message_bytes,
     )
-    jobs.max_msg_size = settings.max_message_bytes
     dlq = _rory_stream(
         topology.dlq_stream, "Rory commands that could not be completed",
-        subjects.dlq_stream_subjects(prefix), RetentionPolicy.LIMITS, settings,
+        subjects.dlq_stream_subjects(prefix), RetentionPolicy.LIMITS, settings, max_age=DLQ_MAX_AGE,
     )
-    dlq.max_age = DLQ_MAX_AGE
     for config in (jobs, dlq):
         await _ensure_stream(js, config, ensure)
     limits: dict[str, ConsumerLimits] = {}

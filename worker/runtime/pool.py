@@ -160,7 +160,9 @@ def _die_with_parent() -> bool:
 
 
 def _watch(owner: int, identity: str | None, parent: int, interval: float) -> None:
-    """Watchdog loop of a slot: exit the process once its worker or its parent is gone."""
+    """Watchdog loop of a slot: exit the process once its worker or its parent is gone. Runs in a
+    daemon thread of the compute process (:func:`start_watchdog`), never on an event loop, so it
+    simply sleeps between checks."""
     while True:
         if os.getppid() != parent or process_identity(owner) != identity:
             os._exit(0)  # nobody is left to give a result to, nor to wait for one

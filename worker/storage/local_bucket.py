@@ -85,16 +85,15 @@ class BucketFiles:
                     self._lock_fd = fd
                     self._lock_finalizer = weakref.finalize(self, os.close, fd)
                 fcntl.flock(fd, fcntl.LOCK_EX)
+                current = False
                 try:
                     current = self._names_lock_file(fd, path)
-                except BaseException:
-                    fcntl.flock(fd, fcntl.LOCK_UN)
-                    self._drop_lock_fd()
-                    raise
+                finally:
+                    if not current:  # a stale descriptor, or the check failed: let go, open anew
+                        fcntl.flock(fd, fcntl.LOCK_UN)
+                        self._drop_lock_fd()
                 if current:
                     break
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                self._drop_lock_fd()
             try:
                 yield
             finally:
