@@ -135,8 +135,20 @@ async def _settle(nc: Client) -> None:
     await asyncio.sleep(0.3)  # the server's -ERR for a violation arrives asynchronously
 
 
-async def _pending(manager: Client, consumer: str) -> int:
-    return (await manager.jetstream().consumer_info(STREAM, consumer)).num_pending
+async def _pending(manager: Client, consumer: str, expected: int) -> int:
+    """The consumer's pending count once it reaches ``expected`` (or the last one seen, after 10 s).
+
+    The server acknowledges a publish when the stream has stored it and tells the consumers after,
+    on its own goroutine: on a loaded machine ``consumer_info`` right after the ack can still count
+    one message fewer. Polling waits for the count without trusting the scheduler."""
+    js = manager.jetstream()
+    for _ in range(200):
+        info = await js.consumer_info(STREAM, consumer)
+        if info.num_pending == expected:
+            break
+        await asyncio.sleep(0.05)
+    assert info.num_ack_pending == 0, f"{consumer}: delivered into a pull nobody holds: {info}"
+    return info.num_pending
 
 
 async def _no_open_pulls(manager: Client, consumer: str) -> None:
@@ -166,7 +178,7 @@ async def test_a_node_can_neither_read_delete_nor_answer_another_nodes_commands(
     await _no_open_pulls(manager, "worker-node-b")
     secret = _command("node-b's secret parameters", job_id="job-secret")
     ack = await publish_job(mjs, P, "node-b", secret)
-    assert await _pending(manager, "worker-node-b") == 1
+    assert await _pending(manager, "worker-node-b", 1) == 1
 
     errors = ErrorLog()
     node_a = await cluster.as_user("node-a", errors)
@@ -252,7 +264,7 @@ async def test_a_node_can_neither_read_delete_nor_answer_another_nodes_commands(
 
     # Nothing changed for node-b: its command is still queued, no record was forged, nothing was
     # published in its name, and node-b computes the command and answers with the true result.
-    assert await _pending(manager, "worker-node-b") == 1
+    assert await _pending(manager, "worker-node-b", 1) == 1
     assert (await mjs.stream_info(STREAM)).state.messages == 1
     with pytest.raises(Exception):  # noqa: B017 - KeyNotFoundError (or its parent, by nats-py version)
         await (await mjs.key_value(BUCKET)).get(subjects.record_key(P, "node-b", secret["id"]))
