@@ -41,7 +41,6 @@ from core.algorithms.skmeans import (
     cumulative_phase,
     decrypt_shift,
     encrypted_phase,
-    encrypted_phase_arrays,
 )
 from core.algorithms.udm import update_udm
 from core.crypto import fdhope
@@ -55,7 +54,6 @@ __all__ = [
     "encrypt_shift",
     "encrypt_udm",
     "encrypted_phase",
-    "encrypted_phase_arrays",
     "plaintext_phase",
 ]
 

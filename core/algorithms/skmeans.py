@@ -29,7 +29,7 @@ Liu ciphertexts (weak, see `core.crypto.liu`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -45,14 +45,17 @@ __all__ = [
     "decrypt_shift",
     "encrypted_centroids",
     "encrypted_phase",
-    "encrypted_phase_arrays",
     "plaintext_phase",
 ]
 
 
-@dataclass(frozen=True)
-class EncryptedPhaseResult:
-    """labels (n,) int64; centroids (k, a, m) = E(c_new); shift (k, a, m) = E(c_old) - E(c_new)."""
+class EncryptedPhaseResult(NamedTuple):
+    """labels (n,) int64; centroids (k, a, m) = E(c_new); shift (k, a, m) = E(c_old) - E(c_new).
+
+    A tuple so that a compute process can return it as is: the worker's pool hands the arrays of
+    tuples back through shared-memory files (worker/runtime/shared.py) and pickles other objects
+    through its pipe, which measured ~5 ms more per round at n = 100,000 (the labels alone are 800 KB).
+    """
 
     labels: np.ndarray
     centroids: np.ndarray
@@ -121,24 +124,6 @@ def encrypted_phase(
     centroids = encrypted_centroids(e, labels, k, previous)
     shift = liu.subtract(previous, centroids)
     return EncryptedPhaseResult(labels=labels, centroids=centroids, shift=shift)
-
-
-def encrypted_phase_arrays(
-    encrypted_data: np.ndarray,
-    udm: np.ndarray,
-    k: int,
-    start: bool,
-    previous_centroids: np.ndarray | None,
-    udm_shift: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`encrypted_phase` as a plain (labels, centroids, shift) tuple, for a compute process.
-
-    Why a tuple: the worker's pool returns the arrays of tuples through shared-memory files
-    (worker/runtime/shared.py) but pickles other objects through its pipe, which measured ~5 ms more
-    per round at n = 100,000 (the labels alone are 800 KB).
-    """
-    r = encrypted_phase(encrypted_data, udm, k, start, previous_centroids, udm_shift)
-    return r.labels, r.centroids, r.shift
 
 
 def plaintext_phase(udm: np.ndarray, shift_plain: np.ndarray) -> np.ndarray:

@@ -100,7 +100,7 @@ def test_rounds_in_cumulative_form_match_the_in_place_update(double_blind: bool)
     in_place, total, previous = u0, None, None
     for i in range(8):
         a = core.encrypted_phase(encrypted, in_place, 3, i == 0, previous)
-        labels, centj, shift = core.encrypted_phase_arrays(encrypted, u0, 3, i == 0, previous, total)
+        labels, centj, shift = core.encrypted_phase(encrypted, u0, 3, i == 0, previous, total)
         np.testing.assert_array_equal(labels, a.labels)
         np.testing.assert_allclose(centj, a.centroids, rtol=1e-12)
         np.testing.assert_allclose(shift, a.shift, rtol=1e-9, atol=1e-9)

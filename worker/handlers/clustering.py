@@ -146,7 +146,7 @@ class LiuScheme(Scheme[np.ndarray, None]):
         inline = infos[0].size + infos[1].size <= secure_kmeans.INLINE_COMPUTE_BYTES
         core = core_dbskmeans if self.double_blind else core_skmeans
         labels, centj, shift = await secure_kmeans.compute(
-            ctx, inline, core.encrypted_phase_arrays, encrypted, udm, p.k, start, previous, udm_shift
+            ctx, inline, core.encrypted_phase, encrypted, udm, p.k, start, previous, udm_shift
         )
         # centi: the centroids this round started from (at START the first k encrypted records).
         centi = np.array(encrypted[: p.k] if previous is None else previous, dtype=np.float64)

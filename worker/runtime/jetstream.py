@@ -26,101 +26,30 @@ code lives in sibling modules, one concern each:
 
 from __future__ import annotations
 
-from worker.runtime.jetstream_deadletter import (
-    DLQ_CODE,
-    DLQ_CONSUMER,
-    DLQ_DELIVERIES,
-    DLQ_MSG_ID,
-    DLQ_NODE,
-    DLQ_REASON,
-    DLQ_SEQUENCE,
-    DLQ_STREAM,
-    DLQ_SUBJECT,
-    DLQ_TYPE,
-    MOVER_ID,
-    DeadLetterMover,
-    MaxDeliveries,
-    dlq_headers,
+# The front door re-exports these four modules whole (their ``__all__`` is the list), so a name
+# added to one of them needs no second entry here.
+from worker.runtime import (
+    jetstream_deadletter,
+    jetstream_records,
+    jetstream_settle,
+    jetstream_topology,
 )
+from worker.runtime.jetstream_deadletter import *  # noqa: F403
 from worker.runtime.jetstream_deliveries import ACK_TIMEOUT
 from worker.runtime.jetstream_intake import JetStreamIntake
 from worker.runtime.jetstream_pull import POLL_INTERVAL, PULL_EXPIRES, PULL_MARGIN
-from worker.runtime.jetstream_records import RECORD_BUDGET, ResultRecords
-from worker.runtime.jetstream_settle import (
-    NAK_MAX_DELAY,
-    Ack,
-    DeadLetter,
-    Decision,
-    HandBack,
-    Nak,
-    Term,
-    nak_delay,
-    settle,
-    spent,
-)
-from worker.runtime.jetstream_topology import (
-    DLQ_MAX_AGE,
-    DUPLICATE_WINDOW,
-    MSG_ID,
-    ConsumerLimits,
-    ConsumerSpec,
-    JetStreamUnavailable,
-    Topology,
-    consumer_max_deliver,
-    dlq_stream_subjects,
-    dlq_subject,
-    ensure_topology,
-    publish_job,
-    record_key,
-    results_bucket,
-    subject_covers,
-)
+from worker.runtime.jetstream_records import *  # noqa: F403
+from worker.runtime.jetstream_settle import *  # noqa: F403
+from worker.runtime.jetstream_topology import *  # noqa: F403
 
 __all__ = [
     "ACK_TIMEOUT",
-    "DLQ_CODE",
-    "DLQ_CONSUMER",
-    "DLQ_DELIVERIES",
-    "DLQ_MAX_AGE",
-    "DLQ_MSG_ID",
-    "DLQ_NODE",
-    "DLQ_REASON",
-    "DLQ_SEQUENCE",
-    "DLQ_STREAM",
-    "DLQ_SUBJECT",
-    "DLQ_TYPE",
-    "DUPLICATE_WINDOW",
-    "MOVER_ID",
-    "MSG_ID",
-    "NAK_MAX_DELAY",
     "POLL_INTERVAL",
     "PULL_EXPIRES",
     "PULL_MARGIN",
-    "RECORD_BUDGET",
-    "Ack",
-    "ConsumerLimits",
-    "ConsumerSpec",
-    "DeadLetter",
-    "DeadLetterMover",
-    "Decision",
-    "HandBack",
     "JetStreamIntake",
-    "JetStreamUnavailable",
-    "MaxDeliveries",
-    "Nak",
-    "ResultRecords",
-    "Term",
-    "Topology",
-    "consumer_max_deliver",
-    "dlq_headers",
-    "dlq_stream_subjects",
-    "dlq_subject",
-    "ensure_topology",
-    "nak_delay",
-    "publish_job",
-    "record_key",
-    "results_bucket",
-    "settle",
-    "spent",
-    "subject_covers",
+    *jetstream_deadletter.__all__,
+    *jetstream_records.__all__,
+    *jetstream_settle.__all__,
+    *jetstream_topology.__all__,
 ]

@@ -141,7 +141,7 @@ async def test_small_step1_runs_inline_larger_in_the_pool(rig, monkeypatch, thre
     labels, _, _ = await run_secure_kmeans(rig, job)
     assert labels == l1_kmeans(data, 3, 10).labels.tolist()
     # Step 2 adds k x a numbers: never worth a process hop.
-    assert calls == ([] if threshold else ["encrypted_phase_arrays"] * len(calls))
+    assert calls == ([] if threshold else ["encrypted_phase"] * len(calls))
     assert bool(calls) == (threshold == 0)
 
 
