@@ -282,3 +282,29 @@ async def test_byte_lists_and_deletes_pass_through(pair: Pair) -> None:
     await cached.put_ndarray("k", _data(16))
     assert await cached.delete("k") >= 1
     assert cached.cached_bytes == 0 and not await cached.exists("k")
+
+
+async def test_closing_releases_the_cached_arrays_off_the_event_loop(tmp_path: Path) -> None:
+    """Releasing a cached array may unmap and unlink a shared-memory file: at close the last
+    references die in a worker thread, never on the loop that answers health."""
+    import mmap
+    import threading
+    import weakref
+
+    released_on: list[str] = []
+
+    def allocate(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        memory = mmap.mmap(-1, int(np.prod(shape)) * dtype.itemsize)  # what a shared segment is
+        weakref.finalize(memory, lambda: released_on.append(threading.current_thread().name))
+        return np.frombuffer(memory, dtype=dtype).reshape(shape)
+
+    inner = LocalStore(tmp_path, "rory")
+    await inner.put_ndarray("udm", _data(7), num_chunks=1)
+    cached = CachedStore(inner, 64 * MB, allocate=allocate)
+    got = await cached.get_ndarray("udm")
+    np.testing.assert_array_equal(got, _data(7))
+    del got
+    assert released_on == []  # still cached
+    await cached.aclose()
+    assert cached.stats()["entries"] == 0
+    assert released_on and threading.current_thread().name not in released_on
