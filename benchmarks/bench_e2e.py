@@ -222,10 +222,11 @@ async def end_to_end(
             # nothing (at n = 1,000,000 the dataset and the UDM alone fill the 512 MB default).
             env["STORAGE_CACHE_BYTES"] = str(cache_mb << 20)
         if in_process_worker:
-            from dataowner.demo import _start_in_process
+            from dataowner.demo import start_in_process
 
             _install_store_cache(cache_mb)
-            worker = await _start_in_process(data_dir, "bench-0", server.url, data_dir / "worker-keys")
+            keys_dir = data_dir / "worker-keys"
+            worker = await start_in_process(data_dir, "bench-0", server.url, keys_dir, "local")
         else:
             worker = await _start_worker_process(env, data_dir / "worker.log", cache_mb, nc)
         client = DataOwnerClient(

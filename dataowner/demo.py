@@ -240,12 +240,14 @@ def parse_list(text: str | None, allowed: tuple[str, ...] | list[str], what: str
     return items
 
 
-async def _start_in_process(data_dir: Path, node: str, url: str, keys_path: Path, storage: str) -> Any:
+async def start_in_process(data_dir: Path, node: str, url: str, keys_path: Path, storage: str) -> Any:
+    """A worker service in this process, configured as the demo's worker processes are."""
     from worker.handlers import default_registry
     from worker.runtime.service import WorkerService
     from worker.settings import load_settings
 
     # The worker's logs go to <data>/logs/worker-<node>.log, not between the demo's lines.
+    (data_dir / "logs").mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(data_dir / "logs" / f"worker-{node}.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     for name in ("rory", "nats"):
@@ -318,7 +320,7 @@ async def run_demo(options: DemoOptions) -> list[DemoRow]:
         for node, keys_path in nodes:
             if options.in_process:
                 workers.append(
-                    await _start_in_process(data_dir, node, server.url, keys_path, options.storage)
+                    await start_in_process(data_dir, node, server.url, keys_path, options.storage)
                 )
                 ops: list[str] = workers[-1].registry.names()
             else:
