@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,15 @@ async def wait_for(predicate: Any, timeout: float, what: str = "a condition", in
 
 async def stream_messages(js: JetStreamContext, stream: str) -> int:
     return (await js.stream_info(stream)).state.messages
+
+
+def stream_empty(js: JetStreamContext, stream: str) -> Callable[[], Awaitable[bool]]:
+    """A condition for :func:`wait_for`: ``stream`` holds no message."""
+
+    async def check() -> bool:
+        return await stream_messages(js, stream) == 0
+
+    return check
 
 
 async def dead_letters(js: JetStreamContext, settings: Settings) -> list[RawStreamMsg]:
