@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -15,11 +17,13 @@ from dataowner.keys import OwnerKeys
 from dataowner.port import WorkerPort, new_id
 from dataowner.progress import ProgressCallback
 from schemas import keys
-from schemas.operations import LabelsResult, Op, Params
+from schemas.operations import LabelsResult, Op, Params, Result
 
 __all__ = ["Driver", "DriverConfig", "columns", "grid"]
 
 L = TypeVar("L", bound=LabelsResult)
+R = TypeVar("R", bound=Result)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -79,13 +83,19 @@ class Driver:
         ds = self.dataset_id(dataset_id)
         return x, ds, self.job(op.value, ds, x.shape[0], rounds, progress)
 
-    async def labels_round(self, job: Job, params: Params, expect: type[L]) -> tuple[L, np.ndarray]:
-        """The one round of a single-command job: the call and the download of its label vector,
-        both inside the round (the round's seconds are what the owner waited for the labels)."""
+    async def one_round(
+        self, job: Job, params: Params, expect: type[R], fetch: Callable[[R], Awaitable[T]]
+    ) -> tuple[R, T]:
+        """The one round of a single-command job: the call and ``fetch`` (the download of what it
+        left), both inside the round (the round's seconds are what the owner waited for the answer)."""
         job.prepared()
         with job.round():
             result = await job.call(params, expect)
-            return result, await self.labels(job, result)
+            return result, await fetch(result)
+
+    async def labels_round(self, job: Job, params: Params, expect: type[L]) -> tuple[L, np.ndarray]:
+        """:meth:`one_round` where what the command left is a label vector."""
+        return await self.one_round(job, params, expect, functools.partial(self.labels, job))
 
     def ns(self, namespace: str | None) -> str | None:
         return namespace if namespace is not None else self.config.namespace

@@ -10,15 +10,7 @@ from dataowner.drivers.base import Driver
 from dataowner.job import JobReport
 from dataowner.progress import ProgressCallback
 from schemas import keys
-from schemas.operations import (
-    DbsNncParams,
-    KMeansParams,
-    KMeansResult,
-    LabelsResult,
-    NncParams,
-    NncResult,
-    Op,
-)
+from schemas import operations as ops
 
 __all__ = ["PlainClusteringDriver"]
 
@@ -35,13 +27,13 @@ class PlainClusteringDriver(Driver):
         upload: bool,
         progress: ProgressCallback | None,
     ) -> JobReport:
-        x, ds, job = self.start(Op.KMEANS, data, dataset_id, progress)
+        x, ds, job = self.start(ops.Op.KMEANS, data, dataset_id, progress)
         if upload:
             await job.store.put_blob(ds, x)
-        params = KMeansParams(
+        params = ops.KMeansParams(
             plaintext_matrix_id=ds, k=k, max_iterations=max_iterations, tolerance=tolerance, **self.common()
         )
-        result, job.report.labels = await self.labels_round(job, params, KMeansResult)
+        result, job.report.labels = await self.labels_round(job, params, ops.KMeansResult)
         job.report.iterations = result.iterations
         return job.finish()
 
@@ -53,12 +45,12 @@ class PlainClusteringDriver(Driver):
         dataset_id: str | None,
         progress: ProgressCallback | None,
     ) -> JobReport:
-        x, ds, job = self.start(Op.NNC, data, dataset_id, progress)
+        x, ds, job = self.start(ops.Op.NNC, data, dataset_id, progress)
         with job.owner():
             dm = distance_matrix(x)
         await self.put_matrix(job, keys.distance_matrix(ds), dm)
-        params = NncParams(plaintext_matrix_id=ds, threshold=threshold_value, **self.common())
-        result, job.report.labels = await self.labels_round(job, params, NncResult)
+        params = ops.NncParams(plaintext_matrix_id=ds, threshold=threshold_value, **self.common())
+        result, job.report.labels = await self.labels_round(job, params, ops.NncResult)
         job.report.extra["threshold"] = result.threshold
         return job.finish()
 
@@ -72,7 +64,7 @@ class PlainClusteringDriver(Driver):
         progress: ProgressCallback | None,
     ) -> JobReport:
         """FDH-OPE key from the DM, threshold on the PLAINTEXT DM, OPE(DM) and OPE(threshold)."""
-        x, ds, job = self.start(Op.DBSNNC, data, dataset_id, progress)
+        x, ds, job = self.start(ops.Op.DBSNNC, data, dataset_id, progress)
         with job.owner():
             dm = distance_matrix(x)
             fkey = fdhope.generate_key(dm, sensitivity)
@@ -81,7 +73,7 @@ class PlainClusteringDriver(Driver):
             sealed_theta = fdhope.encrypt_threshold(fkey, theta)
             self.keys.save_fdhope(f"{ds}-dm", fkey)  # key work: the owner keeps the key
         await self.put_matrix(job, keys.encrypted_distance_matrix(ds), sealed_dm)
-        params = DbsNncParams(plaintext_matrix_id=ds, encrypted_threshold=sealed_theta, **self.common())
-        _, job.report.labels = await self.labels_round(job, params, LabelsResult)
+        params = ops.DbsNncParams(plaintext_matrix_id=ds, encrypted_threshold=sealed_theta, **self.common())
+        _, job.report.labels = await self.labels_round(job, params, ops.LabelsResult)
         job.report.extra["threshold"] = theta
         return job.finish()

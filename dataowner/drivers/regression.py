@@ -227,20 +227,21 @@ class RegressionDriver(Driver):
                 self.upload_ckks_rows(job, x_key, features, profile),
                 self.put_model(job, ctx, w_key, b_key, *model),
             )
-        job.prepared()
-        with job.round():
-            params = PplrPredictParams(
-                encrypted_matrix_test_id=x_key,
-                encrypted_weights_id=w_key,
-                encrypted_bias_id=b_key,
-                n_features=features.shape[1],
-                layout=layout,
-                **self.common(namespace),
-            )
-            result = await job.call(params, PplrPredictResult)
+        params = PplrPredictParams(
+            encrypted_matrix_test_id=x_key,
+            encrypted_weights_id=w_key,
+            encrypted_bias_id=b_key,
+            n_features=features.shape[1],
+            layout=layout,
+            **self.common(namespace),
+        )
+
+        async def decrypt(result: PplrPredictResult) -> np.ndarray:
             vectors = await self.get_vectors(job, result.encrypted_predictions_id, profile)
             with job.owner():
-                probabilities = pqc_dataowner.decrypt_predictions(ctx, vectors, features.shape[0])
+                return pqc_dataowner.decrypt_predictions(ctx, vectors, features.shape[0])
+
+        _, probabilities = await self.one_round(job, params, PplrPredictResult, decrypt)
         job.report.predictions = (probabilities >= 0.5).astype(np.int64)
         job.report.extra["probabilities"] = probabilities
         return job.finish()
@@ -260,21 +261,21 @@ class RegressionDriver(Driver):
         target = np.asarray(y, dtype=np.float64).reshape(-1)
         x_key, y_key, weights_id, bias_id = lr_keys(tid)
         await asyncio.gather(self.put_matrix(job, x_key, features), self.put_matrix(job, y_key, target))
-        job.prepared()
-        with job.round():
-            params = LrTrainParams(
-                plaintext_matrix_train_id=x_key,
-                plaintext_label_vector_train_id=y_key,
-                weights_id=weights_id,
-                bias_id=bias_id,
-                epochs=epochs,
-                learning_rate=learning_rate,
-                **self.common(),
-            )
-            await job.call(params, TrainResult)
-            weights, bias = await asyncio.gather(
-                job.store.get_ndarray(weights_id), job.store.get_ndarray(bias_id)
-            )
+        params = LrTrainParams(
+            plaintext_matrix_train_id=x_key,
+            plaintext_label_vector_train_id=y_key,
+            weights_id=weights_id,
+            bias_id=bias_id,
+            epochs=epochs,
+            learning_rate=learning_rate,
+            **self.common(),
+        )
+
+        async def download_model(_: TrainResult) -> tuple[np.ndarray, np.ndarray]:
+            # The result names nothing: the worker stored the model where the command told it to.
+            return await asyncio.gather(job.store.get_ndarray(weights_id), job.store.get_ndarray(bias_id))
+
+        _, (weights, bias) = await self.one_round(job, params, TrainResult, download_model)
         job.report.iterations = epochs
         job.report.extra.update(
             train_id=tid,
@@ -291,16 +292,15 @@ class RegressionDriver(Driver):
         features, xid, job = self.start(Op.LR_PREDICT, x, test_id, progress)
         await self.put_matrix(job, xid, features)
         train_x, _, weights_id, bias_id = lr_keys(train_id)
-        job.prepared()
-        with job.round():
-            params = LrPredictParams(
-                plaintext_matrix_test_id=xid,
-                plaintext_matrix_train_id=train_x,
-                weights_id=weights_id,
-                bias_id=bias_id,
-                **self.common(),
-            )
-            result = await job.call(params, LrPredictResult)
-            predictions = await job.store.get_ndarray(result.predictions_id)
+        params = LrPredictParams(
+            plaintext_matrix_test_id=xid,
+            plaintext_matrix_train_id=train_x,
+            weights_id=weights_id,
+            bias_id=bias_id,
+            **self.common(),
+        )
+        _, predictions = await self.one_round(
+            job, params, LrPredictResult, lambda result: job.store.get_ndarray(result.predictions_id)
+        )
         job.report.predictions = np.asarray(predictions).reshape(-1).astype(np.int64)
         return job.finish()
