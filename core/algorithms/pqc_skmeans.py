@@ -124,12 +124,15 @@ def encrypted_phase(
     start: bool,
     previous_centroids: Sequence[ts.CKKSVector] | None,
     init_shift: Sequence[ts.CKKSVector],
+    udm_shift: np.ndarray | None = None,
 ) -> tuple[np.ndarray, list[ts.CKKSVector], list[ts.CKKSVector]]:
     """Worker step 1 → ``(labels, new centroids, shift)``, all centroids/shift as k CKKS vectors.
 
     At START the previous centroids are the first k encrypted records (``previous_centroids`` is
     ignored and may be None); otherwise they are the centroids returned by the last call.
     ``init_shift`` = the data owner's k encryptions of a zero vector of size a (``initsm``).
+    ``udm_shift``: the k×a cumulative shift C when ``udm`` is the uploaded U0 (scores U0[:, :k] + C,
+    ``core.algorithms.udm``; None: ``udm`` is current).
     """
     n = len(rows)
     u = np.asarray(udm)
@@ -149,7 +152,7 @@ def encrypted_phase(
             raise CoreError("previous centroids (k ciphertexts) are required after the first iteration")
         previous = list(previous_centroids)
     ckks.require_levels(rows[0], 1, "SKMeans-PQC centroid update")
-    labels = udm_mod.assign(u, k, start)
+    labels = udm_mod.assign(u, k, start, udm_shift)
     centroids = homomorphic_centroids(rows, labels, k, previous)
     return labels, centroids, shifts(previous, centroids, init_shift)
 
@@ -167,12 +170,13 @@ def encrypted_phase_bytes(
     start: bool,
     previous_centroids: Sequence[bytes] | None,
     init_shift: Sequence[bytes],
+    udm_shift: np.ndarray | None = None,
 ) -> tuple[np.ndarray, list[bytes], list[bytes]]:
     """Process-pool wrapper of :func:`encrypted_phase`: public context bytes + serialised vectors in,
     ``(labels, centroid blobs, shift blobs)`` out. The context is cached per process."""
     ctx = ckks.cached_public_context(context)
     prev = None if previous_centroids is None else ckks.deserialize(ctx, previous_centroids)
     labels, cent, shift = encrypted_phase(
-        ckks.deserialize(ctx, rows), udm, k, start, prev, ckks.deserialize(ctx, init_shift)
+        ckks.deserialize(ctx, rows), udm, k, start, prev, ckks.deserialize(ctx, init_shift), udm_shift
     )
     return labels, ckks.serialize(cent), ckks.serialize(shift)

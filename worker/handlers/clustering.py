@@ -35,7 +35,7 @@ from schemas.operations import (
     Step1Result,
     Step2Result,
 )
-from worker.errors import Conflict, ValidationFailed
+from worker.errors import ValidationFailed
 from worker.handlers import jobs, secure_kmeans
 from worker.handlers.common import (
     Write,
@@ -102,8 +102,6 @@ class LiuScheme(Scheme[np.ndarray, None]):
     step 2 without ``is_zero`` applies the V1 rule MRE(centi, centj) <= MIN_ERROR. The UDM is kept
     in the cumulative form (worker/handlers/secure_kmeans.py): step 2 writes k x a numbers."""
 
-    cumulative_udm = True
-
     async def material(self, ctx: JobContext) -> None:
         return None
 
@@ -134,13 +132,10 @@ class LiuScheme(Scheme[np.ndarray, None]):
     ) -> Phase1[np.ndarray]:
         """One download round for every input, then the core's encrypted phase on U0 + ``udm_shift``
         (the cumulative shift, None: zero): on the event loop for small inputs, else in the pool."""
-        (udm, udm_read), arrays = await self.together(
-            ctx.store.fetch_ndarray(inputs[1]), fetch_arrays(ctx, inputs[0], *inputs[2:])
+        udm, arrays = await self.together(
+            secure_kmeans.fetch_checked_udm(ctx, inputs[1], infos[1]),
+            fetch_arrays(ctx, inputs[0], *inputs[2:]),
         )
-        if udm_read is not None and infos[1].etag is not None and udm_read.etag != infos[1].etag:
-            # Re-uploaded between the check and the read: U0 and the shift bound to the version
-            # checked would not belong together, so no labels are computed from the mix.
-            raise Conflict(f"{inputs[1]} was replaced while this step ran; send the step again")
         encrypted = arrays[0]
         previous = None if start else arrays[1]
         inline = infos[0].size + infos[1].size <= secure_kmeans.INLINE_COMPUTE_BYTES
@@ -172,9 +167,8 @@ class LiuScheme(Scheme[np.ndarray, None]):
         return mean_relative_error(centi, centj) <= ctx.settings.min_error, None
 
 
-SKMEANS = LiuScheme(Op.SKMEANS.value, double_blind=False, udm_update=jobs.udm_update)
-# (udm_update serves only schemes without the cumulative UDM; LiuScheme keeps C instead.)
-DBSKMEANS = LiuScheme(Op.DBSKMEANS.value, double_blind=True, udm_update=jobs.udm_update)
+SKMEANS = LiuScheme(Op.SKMEANS.value, double_blind=False)
+DBSKMEANS = LiuScheme(Op.DBSKMEANS.value, double_blind=True)
 
 
 async def skmeans(ctx: JobContext, p: SecureKMeansParams) -> Step1Result | Step2Result:

@@ -23,7 +23,6 @@ __all__ = [
     "nnc_labels",
     "secure_kmeans_step1",
     "sknn_distances",
-    "udm_update",
 ]
 
 
@@ -54,14 +53,6 @@ def secure_kmeans_step1(
     else:
         previous = np.asarray(previous_centroids, dtype=np.float64)
     return result.labels, previous, result.centroids, result.shift
-
-
-def udm_update(udm: np.ndarray, shift: np.ndarray) -> np.ndarray:
-    """Step 2 of a secure k-means round: the n x k x a UDM for the new centroids, U' = U[:, :k] + S.
-
-    The same update serves SKMeans (plaintext UDM and shift) and DBSKMeans (FDH-OPE UDM and shift).
-    """
-    return skmeans.plaintext_phase(udm, shift)
 
 
 def nnc_labels(dm: np.ndarray, threshold: float) -> tuple[np.ndarray, float]:

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import tenseal as ts
 
-from core.algorithms import pplr, pqc_kmeans, pqc_skmeans, pqc_sknn, udm
+from core.algorithms import pplr, pqc_kmeans, pqc_skmeans, pqc_sknn
 from core.crypto import ckks
 from core.errors import CoreError
 from worker.errors import CorruptObject, MissingKeys, ValidationFailed
@@ -39,7 +39,6 @@ __all__ = [
     "skmeans_step1",
     "sknn_packed",
     "sknn_pairs",
-    "udm_update",
 ]
 
 Blobs = Sequence[bytes]
@@ -81,20 +80,16 @@ def skmeans_step1(
     start: bool,
     previous: Blobs | None,
     init_shift: Blobs,
+    udm_shift: np.ndarray | None = None,
 ) -> tuple[np.ndarray, list[bytes], list[bytes]]:
-    """Encrypted phase (plaintext or FDH-OPE UDM): ``(labels, new centroids, shift)``."""
+    """Encrypted phase (plaintext or FDH-OPE UDM, plus the cumulative shift C when the UDM is the
+    upload): ``(labels, new centroids, shift)``."""
     with _core_errors("SKMeans-PQC step 1"):
         prev = None if start or previous is None else _load(keys, previous)
         labels, centroids, shift = pqc_skmeans.encrypted_phase(
-            _load(keys, rows), udm_matrix, k, start, prev, _load(keys, init_shift)
+            _load(keys, rows), udm_matrix, k, start, prev, _load(keys, init_shift), udm_shift
         )
         return labels, ckks.serialize(centroids), ckks.serialize(shift)
-
-
-def udm_update(udm_matrix: np.ndarray, shift: np.ndarray) -> np.ndarray:
-    """Plaintext phase: U' = U[:, :k] + S (plaintext S, or OPE(S) over an OPE UDM)."""
-    with _core_errors("UDM update"):
-        return udm.update_udm(udm_matrix, shift)
 
 
 # ----------------------------------------------------------------------------- SKNN-PQC

@@ -4,7 +4,8 @@ over CKKS row ciphertexts.
 Why only a scheme here: the round's logic (key names, resume rule, write order, results) is written
 once in ``worker/handlers/secure_kmeans.py``; what CKKS changes is how the encrypted dataset and the
 centroids are stored and checked and which compute-pool function (``worker/handlers/pqc_jobs.py``)
-runs step 1. Step 2's plaintext UDM update needs no key material.
+runs step 1. Step 2 (the k x a cumulative shift of secure_kmeans.py, the same for every scheme)
+needs no key material.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 
 from schemas import keys
 from schemas.operations import (
+    ClusteringStatus,
     DbsKMeansParams,
     Op,
     SecureKMeansParams,
@@ -85,7 +87,9 @@ class CkksScheme(Scheme[list[bytes], PublicKeys]):
         n, _, a = shape_of(udm)
         check_k(p.k, n)
         check_udm(udm, p.k)
-        check_declared_udm(udm, p)
+        # The upload is kept (cumulative form): after a step 2, a Manager may echo the n x k x a
+        # shape step 2 reported; at START no step 2 has reported one.
+        check_declared_udm(udm, p, cumulative=p.clustering_status != ClusteringStatus.START)
         check_declared_matrix(p, encrypted.ball_id, n, a)
         for info in state:  # the zero shift, then the previous centroids (none at START)
             shape = ciphertext_info(info)
@@ -97,12 +101,12 @@ class CkksScheme(Scheme[list[bytes], PublicKeys]):
 
     async def encrypted_phase(
         self, ctx: JobContext, p: SecureKMeansParams, material: PublicKeys, inputs: Sequence[str],
-        infos: Sequence[BallInfo], n: int, start: bool,
+        infos: Sequence[BallInfo], n: int, start: bool, udm_shift: np.ndarray | None = None,
     ) -> Phase1[list[bytes]]:
         enc_key, udm_key, *states = inputs
         fetched = await together(
             ctx.store.get_bytes_list(enc_key),
-            ctx.store.get_ndarray(udm_key),
+            secure_kmeans.fetch_checked_udm(ctx, udm_key, infos[1]),
             *(ctx.store.get_bytes_list(name) for name in states),
         )
         rows, udm, zeros = fetched[0], fetched[1], fetched[2]
@@ -113,7 +117,7 @@ class CkksScheme(Scheme[list[bytes], PublicKeys]):
             if len(items) != p.k:
                 raise ValidationFailed(f"{key}: holds {len(items)} ciphertexts, expected k={p.k}")
         labels, centj, shift = await compute_with_keys(
-            ctx, material, pqc_jobs.skmeans_step1, rows, udm, p.k, start, previous, zeros
+            ctx, material, pqc_jobs.skmeans_step1, rows, udm, p.k, start, previous, zeros, udm_shift
         )
         centi = list(rows[: p.k]) if start else list(previous or [])
         return Phase1(labels, centi, centj, shift)
@@ -137,10 +141,10 @@ class DoubleBlindCkksScheme(CkksScheme):
 
 
 PQC_SKMEANS = CkksScheme(
-    Op.PQC_SKMEANS.value, double_blind=False, together=together, udm_update=pqc_jobs.udm_update
+    Op.PQC_SKMEANS.value, double_blind=False, together=together
 )
 PQC_DBSKMEANS = DoubleBlindCkksScheme(
-    Op.PQC_DBSKMEANS.value, double_blind=True, together=together, udm_update=pqc_jobs.udm_update
+    Op.PQC_DBSKMEANS.value, double_blind=True, together=together
 )
 
 

@@ -19,12 +19,12 @@ A round, as the data owner drives it:
 * step 2 reads the UDM and the owner's decrypted (double-blind: FDH-OPE re-encrypted) shift.
   ``is_zero`` true -> COMPLETED without touching storage; false -> update the UDM -> WORK_IN_PROGRESS;
   absent -> the scheme's worker-side rule (:meth:`Scheme.converged`). Step 2 overwrites one object,
-  the UDM (CKKS schemes) or the cumulative shift (below): atomic on the local backend; on MictlanX
+  the cumulative shift (below): atomic on the local backend; on MictlanX
   (delete-then-put) a write that fails after all retries loses it, and the owner must upload the UDM
   again (it can: U = D - c; a lost cumulative shift is answered 404 until it does, never taken for
   zero). docs/reliability.md states the same for every operation.
 
-Cumulative UDM (schemes with ``cumulative_udm``: SKMeans and DBSKMeans). Every record's UDM row is the
+Cumulative UDM (every scheme: Liu and CKKS, plaintext and FDH-OPE UDM). Every record's UDM row is the
 uploaded one plus the same k x a sum of the shifts so far, U = U0[:, :k] + C (core/algorithms/udm.py).
 So the worker never rewrites the UDM: ``<P>udm`` / ``<P>encryptedudm`` stays exactly as the owner
 uploaded it, and the running sum C lives in ``<P>udmshift`` / ``<P>encryptedudmshift`` (k x a
@@ -35,7 +35,7 @@ version (the owner uploaded a new UDM, e.g. ``refresh_udm``) counts as zero: exa
 behaviour, where uploading a UDM replaced the state; so does a missing C unless the round's centroids
 were computed on this UDM version (:func:`current_udm_shift`). The owner reads the current UDM as
 ``core.algorithms.udm.update_udm(U0, C)``. Labels equal the in-place update's up to floating-point
-rounding order. What the worker and storage see does not change (docs/privacy.md, §2 and §3).
+rounding order. What the worker and storage see does not change (docs/privacy.md, §2, §3, §6, §7).
 
 Small jobs skip the compute pool: step 1 runs on the event loop when its inputs (encrypted data and
 UDM) hold at most :data:`INLINE_COMPUTE_BYTES` (well under a millisecond of numpy; the pool hop alone
@@ -56,7 +56,7 @@ import numpy as np
 from core.algorithms.udm import accumulate_shift
 from schemas import keys
 from schemas.operations import ClusteringStatus, DbsKMeansParams, SecureKMeansParams, Step1Result, Step2Result
-from worker.errors import BadRequest, NotFound, ValidationFailed
+from worker.errors import BadRequest, Conflict, NotFound, ValidationFailed
 from worker.handlers.common import (
     Write,
     check_dtype,
@@ -78,6 +78,7 @@ __all__ = [
     "check_declared_matrix",
     "check_declared_udm",
     "check_udm",
+    "fetch_checked_udm",
     "gathered",
     "previous_centroids_info",
     "run",
@@ -150,6 +151,16 @@ async def fetch_udm_shift(ctx: JobContext, key: str) -> tuple[np.ndarray, BallIn
     if info is None:  # a backend that cannot describe the version it read
         info = await ctx.store.info(key)
     return array, info
+
+
+async def fetch_checked_udm(ctx: JobContext, key: str, checked: BallInfo) -> np.ndarray:
+    """The UDM ``key`` as of the version ``checked`` described: 409 when it was re-uploaded between
+    the check and the read, since U0 and a cumulative shift bound to the version checked would not
+    belong together (no labels are computed from the mix)."""
+    udm, read = await ctx.store.fetch_ndarray(key)
+    if read is not None and checked.etag is not None and read.etag != checked.etag:
+        raise Conflict(f"{key} was replaced while this step ran; send the step again")
+    return udm
 
 
 def current_udm_shift(
@@ -266,30 +277,20 @@ class Scheme(ABC, Generic[S, M]):
     """What one ciphertext family changes in a secure k-means round.
 
     ``double_blind``: the UDM is FDH-OPE-encrypted (``<P>encryptedudm``) and so is the shift step 2
-    receives. ``together`` awaits several storage calls at once. ``udm_update`` is the compute-pool
-    function of step 2 (``U' = U[:, :k] + S``; worker/handlers/jobs.py or pqc_jobs.py).
+    receives. ``together`` awaits several storage calls at once. The UDM is kept in the cumulative
+    form of the module docstring: :meth:`encrypted_phase` takes ``udm_shift``, the current k x a
+    shift C (None: zero), and scores U0 + C.
     """
 
     #: Step-1 results of double-blind rounds also report the encrypted UDM's shape and dtype.
     reports_udm_in_step1: ClassVar[bool] = False
     #: Step 2 of a double-blind round looks for ``<P>shiftmatrixope`` when no id is given.
     ope_shift_fallback: ClassVar[bool] = False
-    #: Keep the uploaded UDM and a k x a cumulative shift (module docstring). Such a scheme's
-    #: :meth:`encrypted_phase` takes ``udm_shift=`` (the current k x a shift, or None for zero).
-    cumulative_udm: ClassVar[bool] = False
 
-    def __init__(
-        self,
-        op: str,
-        *,
-        double_blind: bool,
-        together: Together = gathered,
-        udm_update: Callable[[np.ndarray, np.ndarray], np.ndarray],
-    ) -> None:
+    def __init__(self, op: str, *, double_blind: bool, together: Together = gathered) -> None:
         self.op = op
         self.double_blind = double_blind
         self.together = together
-        self.udm_update = udm_update
 
     # -------------------------------------------------------------- step 1 (scheme-specific parts)
     @abstractmethod
@@ -323,9 +324,11 @@ class Scheme(ABC, Generic[S, M]):
         infos: Sequence[BallInfo],
         n: int,
         start: bool,
+        udm_shift: np.ndarray | None,
     ) -> Phase1[S]:
         """Download ``inputs`` (dataset, UDM, :meth:`state_inputs`, previous centroids unless START;
-        ``infos`` describe them, as checked) and run the encrypted phase in the compute pool."""
+        ``infos`` describe them, as checked) and run the encrypted phase on U0 + ``udm_shift``
+        (:func:`fetch_checked_udm` reads the UDM version checked, or fails)."""
 
     @abstractmethod
     def state_write(self, key: str, value: S, chunks: int, k: int) -> Write:
@@ -353,8 +356,7 @@ async def step1(ctx: JobContext, p: SecureKMeansParams, scheme: Scheme[S, M]) ->
     matrix_key = udm_key(p, scheme.double_blind)
     state_keys = scheme.state_inputs(p)
     centi_key, centj_key = keys.centroids_previous(root, ns), keys.centroids_current(root, ns)
-
-    cumulative_key = udm_shift_key(p, scheme.double_blind) if scheme.cumulative_udm else None
+    cumulative_key = udm_shift_key(p, scheme.double_blind)
 
     lookups: list[Awaitable[BallInfo]] = [
         scheme.encrypted_info(ctx, p, enc_key),
@@ -364,36 +366,26 @@ async def step1(ctx: JobContext, p: SecureKMeansParams, scheme: Scheme[S, M]) ->
     if not start:
         lookups.append(previous_centroids_info(ctx, root, ns))
     # The cumulative shift (k x a) is read in the same round trip (START resets it: not read).
-    reads_shift = cumulative_key is not None and not start
-    found = await scheme.together(*lookups, *([fetch_udm_shift(ctx, cumulative_key)] if reads_shift else []))
-    stored_shift: tuple[np.ndarray, BallInfo] | None = found.pop() if reads_shift else None
+    found = await scheme.together(*lookups, *([] if start else [fetch_udm_shift(ctx, cumulative_key)]))
+    stored_shift: tuple[np.ndarray, BallInfo] | None = None if start else found.pop()
     infos: list[BallInfo] = found
     n = scheme.check_step1(p, infos[0], infos[1], infos[2:])
     source_key = centj_key if start else infos[-1].ball_id
     inputs = [enc_key, matrix_key, *state_keys, *([] if start else [source_key])]
-    if cumulative_key is None:
-        phase = await scheme.encrypted_phase(ctx, p, material, inputs, infos, n, start)
-    else:
-        started = None if start else infos[-1]
-        udm_shift = current_udm_shift(stored_shift, infos[1], p.k, shape_of(infos[1])[2], started)
-        phase = await scheme.encrypted_phase(ctx, p, material, inputs, infos, n, start, udm_shift=udm_shift)
+    started = None if start else infos[-1]
+    udm_shift_shape = (p.k, shape_of(infos[1])[2])
+    udm_shift = current_udm_shift(stored_shift, infos[1], *udm_shift_shape, started)
+    phase = await scheme.encrypted_phase(ctx, p, material, inputs, infos, n, start, udm_shift)
 
     chunks = result_chunks(ctx, p)
     shift_key = keys.encrypted_shift_matrix(root, ns)
     # 1,000,000 labels: converted and copied in a thread, not on the event loop (health keeps answering).
     payload, label_write = await plan_labels_off_loop(ctx, phase.labels, keys.label_vector(root, ns))
-    centi_write = scheme.state_write(centi_key, phase.centi, chunks, p.k)
-    centj_write = scheme.state_write(centj_key, phase.centj, chunks, p.k)
-    if cumulative_key is not None:
-        centi_write = with_udm_version(centi_write, infos[1])
-        centj_write = with_udm_version(centj_write, infos[1])
+    centi_write = with_udm_version(scheme.state_write(centi_key, phase.centi, chunks, p.k), infos[1])
+    centj_write = with_udm_version(scheme.state_write(centj_key, phase.centj, chunks, p.k), infos[1])
     writes = [
         # START: the cumulative shift of this UDM is zero (a previous job's may remain).
-        *(
-            [udm_shift_write(cumulative_key, np.zeros((p.k, shape_of(infos[1])[2])), infos[1])]
-            if cumulative_key is not None and start
-            else []
-        ),
+        *([udm_shift_write(cumulative_key, np.zeros(udm_shift_shape), infos[1])] if start else []),
         # Skipped when resuming from centi: it already holds exactly these centroids.
         *([] if source_key == centi_key else [centi_write]),
         scheme.state_write(shift_key, phase.shift, chunks, p.k),
@@ -444,11 +436,10 @@ async def step2(ctx: JobContext, p: SecureKMeansParams, scheme: Scheme[Any, Any]
             "from an FDH-OPE-encrypted shift (the data owner decides on the decrypted CKKS shift)"
         )
     matrix_key, shift_key = udm_key(p, scheme.double_blind), await _shift_key(ctx, p, scheme)
-    cumulative_key = udm_shift_key(p, scheme.double_blind) if scheme.cumulative_udm else None
-    lookups: list[Awaitable[Any]] = [ctx.store.info(matrix_key), ctx.store.info(shift_key)]
-    if cumulative_key is not None:
-        lookups.append(fetch_udm_shift(ctx, cumulative_key))
-    udm_info, shift_info, *stored = await scheme.together(*lookups)
+    cumulative_key = udm_shift_key(p, scheme.double_blind)
+    udm_info, shift_info, stored = await scheme.together(
+        ctx.store.info(matrix_key), ctx.store.info(shift_key), fetch_udm_shift(ctx, cumulative_key)
+    )
     check_numeric(shift_info, shift_key, ndim=2)
     k, a = shape_of(shift_info)
     if "k" in p.model_fields_set and k != p.k:
@@ -460,33 +451,20 @@ async def step2(ctx: JobContext, p: SecureKMeansParams, scheme: Scheme[Any, Any]
             f"{shift_key}: the shift matrix has {a} attributes, the UDM {matrix_key} has {udm_a}"
         )
     check_udm(udm_info, k, n=n, a=a)
-    check_declared_udm(udm_info, p, cumulative=cumulative_key is not None)
+    check_declared_udm(udm_info, p, cumulative=True)
     check_declared_matrix(p, matrix_key, n, a)
-    current: np.ndarray | None = None
-    if cumulative_key is not None:
-        # The centroids' UDM version only matters when the shift is missing (lost, or not needed).
-        centj_key = keys.centroids_current(p.plaintext_matrix_id, p.namespace)
-        centroids = None if stored[0] is not None else await _info_or_none(ctx, centj_key)
-        current = current_udm_shift(stored[0], udm_info, k, a, centroids)
+    # The centroids' UDM version only matters when the shift is missing (lost, or not needed).
+    centj_key = keys.centroids_current(p.plaintext_matrix_id, p.namespace)
+    centroids = None if stored is not None else await _info_or_none(ctx, centj_key)
+    current = current_udm_shift(stored, udm_info, k, a, centroids)
 
     shift: np.ndarray | None = None
     if p.is_zero is None:
         done, shift = await scheme.converged(ctx, p, shift_key)
         if done:
-            shape = (n, k, a) if cumulative_key is not None else shape_of(udm_info)
-            return _step2_result(ClusteringStatus.COMPLETED, scheme.double_blind, shape, udm_info.full_dtype)
-    if cumulative_key is not None:
-        return await _step2_cumulative(ctx, scheme, (cumulative_key, current, udm_info), shift_key, shift)
-    if shift is None:
-        reads = (ctx.store.get_ndarray(matrix_key), ctx.store.get_ndarray(shift_key))
-        udm, shift = await scheme.together(*reads)
-    else:
-        udm = await ctx.store.get_ndarray(matrix_key)
-    updated = await ctx.compute(scheme.udm_update, udm, shift)
-    await put_all(ctx, [Write(matrix_key, updated, num_chunks=max(1, min(result_chunks(ctx, p), n)))])
-    return _step2_result(
-        ClusteringStatus.WORK_IN_PROGRESS, scheme.double_blind, updated.shape, str(updated.dtype)
-    )
+            dtype = udm_info.full_dtype
+            return _step2_result(ClusteringStatus.COMPLETED, scheme.double_blind, (n, k, a), dtype)
+    return await _step2_cumulative(ctx, scheme, (cumulative_key, current, udm_info), shift_key, shift)
 
 
 async def _step2_cumulative(

@@ -126,6 +126,10 @@ async def test_skmeans_pqc_blobs_match_in_process_driver(worker: PqcWorker, inpr
     run = await inproc.arun(Op.PQC_SKMEANS, x, k, tolerance=1e-4)
     assert np.array_equal(labels, run.labels) and rounds == run.n_iter
     assert all(close(m, t, 1e-5) for m, t in zip(shifts, run.shifts, strict=True))
+    # Step 2 wrote k x a numbers per round: the upload is as it was, the sum of the shifts beside it.
+    assert np.array_equal(await worker.store.get_ndarray(keys.udm("sb")), udm.build_udm(x, k))
+    c = await worker.store.get_ndarray(keys.udm_shift("sb"))
+    assert c.shape == (k, 3) and close(c, np.sum(shifts[:-1], axis=0), 1e-9)
 
 
 async def test_step2_without_is_zero_uses_min_error_on_the_decrypted_shift(worker: PqcWorker) -> None:
@@ -137,7 +141,12 @@ async def test_step2_without_is_zero_uses_min_error_on_the_decrypted_shift(worke
     await worker.store.put_ndarray(keys.shift_matrix("mz"), np.full((2, 2), 0.5))
     r = await worker.ok(SK, {"step_index": 2, "plaintext_matrix_id": "mz", "k": 2})
     assert r["clustering_status"] == 2 and r["udm_shape"] == [4, 2, 2]
-    assert close(await worker.store.get_ndarray(keys.udm("mz")), x[:, None, :] - x[None, :2, :] + 0.5, 1e-12)
+    # Stored in the cumulative form (docs/privacy.md): the upload as it was, plus C = the shifts' sum;
+    # the current UDM, as the owner reads it, is update_udm(U0, C).
+    u0 = await worker.store.get_ndarray(keys.udm("mz"))
+    assert close(u0, x[:, None, :] - x[None, :2, :], 0.0)
+    c = await worker.store.get_ndarray(keys.udm_shift("mz"))
+    assert close(udm.update_udm(u0, c), x[:, None, :] - x[None, :2, :] + 0.5, 1e-12)
     err = await worker.error(DBS, {"step_index": 2, "plaintext_matrix_id": "mz", "k": 2})
     assert err["code"] == 400 and "is_zero" in err["message"]
 
@@ -168,7 +177,8 @@ async def test_dbskmeans_pqc_with_the_v1_shift_key_matches_in_process_driver(
     assert np.array_equal(labels, run.labels) and rounds == run.n_iter >= 2
     assert all(close(m, t, 1e-5) for m, t in zip(shifts, run.shifts, strict=True))
     stored = await worker.store.info(keys.encrypted_udm("db"))
-    assert list(stored.full_shape) == [20, 2, 2]
+    assert list(stored.full_shape) == [20, 2, 2] and stored.etag == info.etag  # never rewritten
+    assert (await worker.store.info(keys.encrypted_udm_shift("db"))).full_shape == (2, 2)
 
 
 async def test_invalid_inputs_are_rejected(worker: PqcWorker) -> None:
