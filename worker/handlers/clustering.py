@@ -22,7 +22,6 @@ from core.algorithms import skmeans as core_skmeans
 from core.algorithms.convergence import mean_relative_error
 from schemas import keys
 from schemas.operations import (
-    ClusteringStatus,
     DbsKMeansParams,
     DbsNncParams,
     KMeansParams,
@@ -114,9 +113,7 @@ class LiuScheme(Scheme[np.ndarray, None]):
         n, a, m = _check_encrypted(encrypted, p)
         check_k(p.k, n)
         check_udm(udm, p.k, n=n, a=a)
-        # The Liu schemes keep the upload (secure_kmeans.py): after a step 2, a Manager may echo the
-        # n x k x a shape that step 2 reported; at START no step 2 has reported one.
-        check_declared_udm(udm, p, cumulative=p.clustering_status != ClusteringStatus.START)
+        check_declared_udm(udm, p)
         for previous in state:  # the previous centroids (none at START)
             check_numeric(previous, previous.ball_id)
             if shape_of(previous) != (p.k, a, m):

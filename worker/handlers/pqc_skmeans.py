@@ -16,7 +16,6 @@ import numpy as np
 
 from schemas import keys
 from schemas.operations import (
-    ClusteringStatus,
     DbsKMeansParams,
     Op,
     SecureKMeansParams,
@@ -87,9 +86,7 @@ class CkksScheme(Scheme[list[bytes], PublicKeys]):
         n, _, a = shape_of(udm)
         check_k(p.k, n)
         check_udm(udm, p.k)
-        # The upload is kept (cumulative form): after a step 2, a Manager may echo the n x k x a
-        # shape step 2 reported; at START no step 2 has reported one.
-        check_declared_udm(udm, p, cumulative=p.clustering_status != ClusteringStatus.START)
+        check_declared_udm(udm, p)
         check_declared_matrix(p, encrypted.ball_id, n, a)
         for info in state:  # the zero shift, then the previous centroids (none at START)
             shape = ciphertext_info(info)

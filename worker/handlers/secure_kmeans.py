@@ -224,16 +224,18 @@ def check_udm(info: BallInfo, k: int, *, n: int | None = None, a: int | None = N
     return rows, cols, attrs
 
 
-def check_declared_udm(info: BallInfo, p: SecureKMeansParams, *, cumulative: bool = False) -> None:
+def check_declared_udm(info: BallInfo, p: SecureKMeansParams) -> None:
     """DBSKMeans commands may declare the encrypted UDM's shape and dtype: 422 when storage disagrees.
 
-    ``cumulative``: storage keeps the uploaded UDM, so the n x k x a shape step 2 reports for the
-    current matrix is accepted as well as the stored one (a client may echo either).
+    Storage keeps the uploaded UDM (the cumulative form), so once a step 2 may have reported the
+    n x k x a shape of the current matrix (any step but a START step 1), that shape is accepted as
+    well as the stored one: a Manager may echo either.
     """
     if isinstance(p, DbsKMeansParams):
         stored = list(shape_of(info))
         accepted = [stored]
-        if cumulative and len(stored) == 3:
+        reported = p.step_index == 2 or p.clustering_status != ClusteringStatus.START
+        if reported and len(stored) == 3:
             accepted.append([stored[0], p.k, stored[2]])
         if p.encrypted_udm_shape is not None and list(p.encrypted_udm_shape) not in accepted:
             raise ValidationFailed(
@@ -451,7 +453,7 @@ async def step2(ctx: JobContext, p: SecureKMeansParams, scheme: Scheme[Any, Any]
             f"{shift_key}: the shift matrix has {a} attributes, the UDM {matrix_key} has {udm_a}"
         )
     check_udm(udm_info, k, n=n, a=a)
-    check_declared_udm(udm_info, p, cumulative=True)
+    check_declared_udm(udm_info, p)
     check_declared_matrix(p, matrix_key, n, a)
     # The centroids' UDM version only matters when the shift is missing (lost, or not needed).
     centj_key = keys.centroids_current(p.plaintext_matrix_id, p.namespace)
