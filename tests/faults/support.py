@@ -17,7 +17,7 @@ from typing import Any
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import RawStreamMsg
+from nats.js.api import ConsumerInfo, RawStreamMsg
 
 from dataowner import demo
 from schemas import codec, subjects
@@ -99,6 +99,11 @@ async def wait_for(predicate: Any, timeout: float, what: str = "a condition", in
 
 async def stream_messages(js: JetStreamContext, stream: str) -> int:
     return (await js.stream_info(stream)).state.messages
+
+
+async def consumer_info(nc: Client, settings: Settings, name: str) -> ConsumerInfo:
+    """The server's view of the test stream's consumer ``name`` (pending, ack pending, waiting)."""
+    return await nc.jetstream().consumer_info(settings.jetstream_stream, name)
 
 
 def stream_empty(js: JetStreamContext, stream: str) -> Callable[[], Awaitable[bool]]:

@@ -20,6 +20,7 @@ from tests.faults.support import (
     Workers,
     balls,
     command,
+    consumer_info,
     dead_letters,
     peer,
     publish,
@@ -31,16 +32,9 @@ from tests.faults.support import (
 from tests.ops import Collector
 from tests.ops import command as op_command
 from worker.runtime import jetstream
-from worker.runtime.jetstream import (
-    nak_delay,
-    record_key,
-)
+from worker.runtime.jetstream import nak_delay, record_key
 from worker.runtime.service import WorkerService
 from worker.settings import Settings
-
-
-async def _consumer(nc: Client, settings, name: str):
-    return await nc.jetstream().consumer_info(settings.jetstream_stream, name)
 
 
 async def _one_worker(workers: Workers, nc: Client) -> tuple[Settings, WorkerService, Collector]:
@@ -240,7 +234,7 @@ async def test_invalid_commands_get_an_error_reply_and_are_termed(workers: Worke
     assert dead.subject == f"{prefix}.dlq.pool.test.noop"
     await wait_for(stream_empty(js, settings.jetstream_stream), 3)
     await asyncio.sleep(settings.jetstream_ack_wait + 0.3)  # no redelivery after the ack wait
-    pool = await _consumer(nc, settings, "pool")
+    pool = await consumer_info(nc, settings, "pool")
     assert pool.num_redelivered == 0 and pool.num_ack_pending == 0
     assert len(collector.bodies) == 2
     assert worker._intake is not None and worker._intake.counters["termed"] == 3
@@ -393,7 +387,7 @@ async def test_long_job_is_kept_alive_with_in_progress(workers: Workers, nc: Cli
     await publish(nc, settings, command("long", seconds=2.5))
     (reply,) = await collector.wait(1, timeout=8)
     assert reply["ok"]
-    pool = await _consumer(nc, settings, "pool")
+    pool = await consumer_info(nc, settings, "pool")
     assert pool.num_redelivered == 0
     assert len(await balls(workers.store(settings), "long", "run")) == 1
     assert worker._intake is not None and worker._intake.counters["in_progress"] >= 5

@@ -17,6 +17,7 @@ from schemas import codec, subjects
 from tests.faults.support import (
     Workers,
     command,
+    consumer_info,
     dead_letters,
     peer,
     publish,
@@ -33,12 +34,6 @@ from worker.runtime.jetstream import (
     nak_delay,
     subject_covers,
 )
-
-
-async def _consumer(nc: Client, settings, name: str):
-    return await nc.jetstream().consumer_info(settings.jetstream_stream, name)
-
-
 
 
 # ----------------------------------------------------------------------------- pure helpers
@@ -73,8 +68,8 @@ async def test_topology_is_created_and_core_paths_keep_working(workers: Workers,
     assert info.config.retention == RetentionPolicy.WORK_QUEUE
     assert info.config.subjects == [f"{prefix}.jobs.>"]
     assert info.config.duplicate_window == jetstream.DUPLICATE_WINDOW
-    node = await _consumer(nc, settings, f"worker-{settings.node_id}")
-    pool = await _consumer(nc, settings, "pool")
+    node = await consumer_info(nc, settings, f"worker-{settings.node_id}")
+    pool = await consumer_info(nc, settings, "pool")
     assert node.config.filter_subject == f"{prefix}.jobs.{settings.node_id}.>"
     assert pool.config.filter_subject == f"{prefix}.jobs.pool.>"
     for consumer in (node, pool):
