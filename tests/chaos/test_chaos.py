@@ -10,6 +10,8 @@ namespaces; elsewhere it is skipped with the reason.
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +40,16 @@ def test_table_has_one_line_per_run() -> None:
     assert len(lines) == 4 and lines[2].startswith("| jetstream | none | 3 |")
 
 
+def _log_tails(workdir: re.Match[str] | None, lines: int = 40) -> str:
+    if workdir is None:
+        return ""
+    tails = []
+    for log in sorted(Path(workdir[1]).rglob("*.log")):
+        text = log.read_text(errors="replace").splitlines()[-lines:]
+        tails.append(f"\n--- {log.relative_to(workdir[1])} (last {lines} lines)\n" + "\n".join(text))
+    return "".join(tails)
+
+
 def _chaos(tmp_path: Path, *args: str) -> list[dict[str, Any]]:
     """Run scripts/chaos.py with ``args`` (skipped where namespaces cannot be made); its rows."""
     why = netns_permitted()
@@ -46,10 +58,16 @@ def _chaos(tmp_path: Path, *args: str) -> list[dict[str, Any]]:
     before = _namespaces()
     out = tmp_path / "rows.json"
     done = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "chaos.py"), *args, "--json", str(out)],
+        [sys.executable, str(REPO / "scripts" / "chaos.py"), *args, "--json", str(out), "--keep"],
         cwd=REPO, capture_output=True, text=True, timeout=400, check=False,
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    workdir = re.search(r"workdir (\S+)", done.stdout)
+    try:
+        # A failed run says why: the end of every server's and worker's log goes into the message.
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:] + _log_tails(workdir)
+    finally:
+        if workdir:
+            shutil.rmtree(workdir[1], ignore_errors=True)
     assert _namespaces() <= before  # every namespace it created is gone
     rows: list[dict[str, Any]] = json.loads(out.read_text())
     return rows
