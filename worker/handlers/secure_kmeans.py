@@ -78,6 +78,7 @@ __all__ = [
     "check_declared_matrix",
     "check_declared_udm",
     "check_udm",
+    "current_udm_dtype",
     "fetch_checked_udm",
     "gathered",
     "previous_centroids_info",
@@ -224,24 +225,33 @@ def check_udm(info: BallInfo, k: int, *, n: int | None = None, a: int | None = N
     return rows, cols, attrs
 
 
+def current_udm_dtype(info: BallInfo) -> np.dtype:
+    """The dtype of the current UDM U0[:, :k] + C, as step 2 reports it: C is float64, so the sum
+    is at least float64 whatever the upload's dtype."""
+    return np.result_type(np.dtype(info.full_dtype or "float64"), np.float64, np.float32)
+
+
 def check_declared_udm(info: BallInfo, p: SecureKMeansParams) -> None:
     """DBSKMeans commands may declare the encrypted UDM's shape and dtype: 422 when storage disagrees.
 
     Storage keeps the uploaded UDM (the cumulative form), so once a step 2 may have reported the
-    n x k x a shape of the current matrix (any step but a START step 1), that shape is accepted as
-    well as the stored one: a Manager may echo either.
+    n x k x a shape and the dtype of the current matrix (any step but a START step 1), those are
+    accepted as well as the stored ones: a Manager may echo either.
     """
-    if isinstance(p, DbsKMeansParams):
-        stored = list(shape_of(info))
-        accepted = [stored]
-        reported = p.step_index == 2 or p.clustering_status != ClusteringStatus.START
-        if reported and len(stored) == 3:
-            accepted.append([stored[0], p.k, stored[2]])
-        if p.encrypted_udm_shape is not None and list(p.encrypted_udm_shape) not in accepted:
-            raise ValidationFailed(
-                f"{info.ball_id}: declared shape {p.encrypted_udm_shape} but storage holds {stored}"
-            )
-        check_dtype(info, p.encrypted_udm_dtype)
+    if not isinstance(p, DbsKMeansParams):
+        return
+    stored = list(shape_of(info))
+    accepted = [stored]
+    reported = p.step_index == 2 or p.clustering_status != ClusteringStatus.START
+    if reported and len(stored) == 3:
+        accepted.append([stored[0], p.k, stored[2]])
+    if p.encrypted_udm_shape is not None and list(p.encrypted_udm_shape) not in accepted:
+        raise ValidationFailed(
+            f"{info.ball_id}: declared shape {p.encrypted_udm_shape} but storage holds {stored}"
+        )
+    declared = p.encrypted_udm_dtype
+    if not (reported and declared is not None and np.dtype(declared) == current_udm_dtype(info)):
+        check_dtype(info, declared)
 
 
 def check_declared_matrix(p: SecureKMeansParams, key: str, n: int, a: int) -> None:
@@ -464,7 +474,7 @@ async def step2(ctx: JobContext, p: SecureKMeansParams, scheme: Scheme[Any, Any]
     if p.is_zero is None:
         done, shift = await scheme.converged(ctx, p, shift_key)
         if done:
-            dtype = udm_info.full_dtype
+            dtype = str(current_udm_dtype(udm_info))
             return _step2_result(ClusteringStatus.COMPLETED, scheme.double_blind, (n, k, a), dtype)
     return await _step2_cumulative(ctx, scheme, (cumulative_key, current, udm_info), shift_key, shift)
 
@@ -486,7 +496,7 @@ async def _step2_cumulative(
     updated = accumulate_shift(current, shift)  # k x a: cheaper than any hop off the loop
     await put_all(ctx, [udm_shift_write(key, updated, udm_info)])
     n, _, a = shape_of(udm_info)
-    dtype = np.result_type(np.dtype(udm_info.full_dtype or "float64"), updated.dtype, np.float32)
+    dtype = current_udm_dtype(udm_info)
     return _step2_result(
         ClusteringStatus.WORK_IN_PROGRESS, scheme.double_blind, (n, updated.shape[0], a), str(dtype)
     )

@@ -226,3 +226,31 @@ async def test_step1_retry_resumes_from_centi_when_centj_was_lost(worker: PqcWor
     assert close(retry_shift, first_shift, 1e-5)
     centj = await worker.get_ciphertexts(owner, centj_key)
     assert close(decrypt_centroids(owner, centj, 2), new_centroids, 1e-5)
+
+
+async def test_a_manager_echoing_step2s_udm_shape_and_dtype_is_served(worker: PqcWorker) -> None:
+    """The original protocol echoes step 2's ``encrypted_udm_shape``/``encrypted_udm_dtype`` into the
+    next step 1. Storage keeps a float32 upload and step 2 reports the current (float64, n x k x a)
+    matrix: both the echo and the stored values are accepted, anything else is a 422."""
+    owner = owner_context()
+    x, k = blobs(20, 2, 2, seed=4), 2
+    rng = np.random.default_rng(21)
+    plain = udm.build_udm(x, k)
+    key = pqc_dbskmeans.generate_udm_key(plain, rng=rng)
+    sealed = pqc_dbskmeans.encrypt_udm(key, plain, rng).astype(np.float32)  # compact: n x k x a
+    await _prepare(worker, x, k, "f32", keys.encrypted_udm("f32"), sealed)
+    common = {"plaintext_matrix_id": "f32", "k": k}
+    r1 = await worker.ok(DBS, {**common, "step_index": 1, "clustering_status": 1, "iterations": 0})
+    assert r1["encrypted_udm_dtype"] == "float32"
+    s = decrypt_shift(owner, await worker.get_ciphertexts(owner, r1["encrypted_shift_matrix_id"]), 2)
+    await worker.store.put_ndarray(keys.shift_matrix("f32"), pqc_dbskmeans.encrypt_shift(key, s, rng))
+    r2 = await worker.ok(DBS, {**common, "step_index": 2, "is_zero": False})
+    echo = {name: r2[name] for name in ("encrypted_udm_shape", "encrypted_udm_dtype")}
+    assert echo == {"encrypted_udm_shape": [20, 2, 2], "encrypted_udm_dtype": "float64"}
+    nxt = {**common, "step_index": 1, "clustering_status": 2, "iterations": 1}
+    assert (await worker.ok(DBS, {**nxt, **echo}))["n_iterations"] == 2
+    stored = {"encrypted_udm_shape": [20, 2, 2], "encrypted_udm_dtype": "float32"}
+    assert (await worker.ok(DBS, {**nxt, **stored}))["n_iterations"] == 2
+    for wrong in ({"encrypted_udm_dtype": "int64"}, {"encrypted_udm_shape": [20, 3, 2]}):
+        err = await worker.error(DBS, {**nxt, **wrong})
+        assert err["code"] == 422 and str(next(iter(wrong.values()))) in err["message"]
