@@ -259,8 +259,10 @@ class CachedStore(ForwardingStore):
         # the last replies of a shutdown) should not wait on.
         entries = list(self._entries.values())
         self.clear()
-        await asyncio.to_thread(entries.clear)
-        await self.inner.aclose()
+        try:
+            await asyncio.to_thread(entries.clear)
+        finally:  # cancelled meanwhile: the inner store is closed all the same
+            await self.inner.aclose()
 
 
 def with_cache(store: Any, max_bytes: int = DEFAULT_CACHE_BYTES) -> Any:

@@ -4,6 +4,7 @@ bounded size, cold start after a restart, and the version tokens (etag) it relie
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -308,3 +309,21 @@ async def test_closing_releases_the_cached_arrays_off_the_event_loop(tmp_path: P
     await cached.aclose()
     assert cached.stats()["entries"] == 0
     assert released_on and threading.current_thread().name not in released_on
+
+
+async def test_a_cancelled_close_still_closes_the_inner_store(tmp_path: Path) -> None:
+    closed: list[bool] = []
+
+    class Recording(ForwardingStore):
+        async def aclose(self) -> None:
+            closed.append(True)
+            await self.inner.aclose()
+
+    cached = CachedStore(Recording(LocalStore(tmp_path, "rory")), 64 * MB)
+    await cached.put_ndarray("udm", _data(3), num_chunks=1)
+    closing = asyncio.ensure_future(cached.aclose())
+    await asyncio.sleep(0)  # inside aclose, at the hand-off of the cached arrays to a thread
+    closing.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await closing
+    assert closed == [True]
