@@ -418,8 +418,11 @@ class DataOwnerClient:
         names: list[Callable[..., str]] = [
             keys.udm,
             keys.encrypted_udm,
+            keys.udm_shift,
+            keys.encrypted_udm_shift,
             keys.encrypted_shift_matrix,
             keys.shift_matrix,
+            keys.shift_matrix_ope,
             keys.centroids_previous,
             keys.centroids_current,
             keys.init_shift_matrix,

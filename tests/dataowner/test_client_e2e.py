@@ -94,6 +94,13 @@ async def test_dbskmeans_through_the_pool_and_namespaces(setup):
     np.testing.assert_array_equal(first.labels, second.labels)
     assert await client.store.exists(names.udm("shared", "jobA"))
     assert await client.store.exists(names.udm("shared", "jobB"))
+    # Cleaning one job's state removes every object of its namespace (the running sum C included)
+    # and nothing of the other job's.
+    in_a = [b for b in await client.store.list_balls() if b.startswith("jobA")]
+    assert names.udm_shift("shared", "jobA") in in_a
+    await client.cleanup_job("shared", "jobA")
+    assert [b for b in await client.store.list_balls() if b.startswith("jobA")] == []
+    assert await client.store.exists(names.udm_shift("shared", "jobB"))
     dbs = await pool.dbskmeans(x, 3)
     assert dbs.labels is not None and dbs.labels.shape == (x.shape[0],)
     assert client.keys.has_fdhope(f"{dbs.dataset_id}-udm")
