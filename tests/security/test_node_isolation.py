@@ -179,6 +179,7 @@ async def test_a_node_can_neither_read_delete_nor_answer_another_nodes_commands(
     secret = _command("node-b's secret parameters", job_id="job-secret")
     ack = await publish_job(mjs, P, "node-b", secret)
     assert await _pending(manager, "worker-node-b", 1) == 1
+    delivered = (await mjs.consumer_info(STREAM, "worker-node-b")).delivered.consumer_seq
 
     errors = ErrorLog()
     node_a = await cluster.as_user("node-a", errors)
@@ -265,6 +266,8 @@ async def test_a_node_can_neither_read_delete_nor_answer_another_nodes_commands(
     # Nothing changed for node-b: its command is still queued, no record was forged, nothing was
     # published in its name, and node-b computes the command and answers with the true result.
     assert await _pending(manager, "worker-node-b", 1) == 1
+    # never delivered meanwhile (a pull that got it and nak'ed it back would leave the count alone)
+    assert (await mjs.consumer_info(STREAM, "worker-node-b")).delivered.consumer_seq == delivered
     assert (await mjs.stream_info(STREAM)).state.messages == 1
     with pytest.raises(Exception):  # noqa: B017 - KeyNotFoundError (or its parent, by nats-py version)
         await (await mjs.key_value(BUCKET)).get(subjects.record_key(P, "node-b", secret["id"]))
