@@ -73,9 +73,12 @@ def _leaves(value: Any) -> Iterator[Any]:
 
 def _rebuild(value: Any, leaf: Callable[[Any], Any]) -> Any:
     """``value`` with every leaf replaced by ``leaf(it)``: tuples, lists and dicts are rebuilt (as
-    plain ones), anything else is a leaf."""
+    plain ones, except that a named tuple keeps its type, so a core result such as
+    ``EncryptedPhaseResult`` reads the same from the pool as inline), anything else is a leaf."""
     if isinstance(value, tuple):
-        return tuple(_rebuild(item, leaf) for item in value)
+        items = [_rebuild(item, leaf) for item in value]
+        make = getattr(type(value), "_make", None) if hasattr(value, "_fields") else None
+        return make(items) if make is not None else tuple(items)
     if isinstance(value, list):
         return [_rebuild(item, leaf) for item in value]
     if isinstance(value, dict):

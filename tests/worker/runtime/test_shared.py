@@ -291,3 +291,16 @@ def test_sweep_removes_the_files_of_dead_owners_only() -> None:
     again = _fake_owner(directory, f"{2**22 + 9}-{os.urandom(4).hex()}")
     shared.sweep_stale()
     assert not any(p.exists() for p in again)
+
+
+async def test_a_named_tuple_result_keeps_its_fields_through_the_pool(pool: ComputePool) -> None:
+    """Core results are named tuples (``EncryptedPhaseResult``): from the pool they read as inline."""
+    from core.algorithms import skmeans
+
+    rng = np.random.default_rng(3)
+    encrypted, udm = rng.random((40_000, 2, 3)), rng.random((40_000, 2, 2))  # labels: 320 KB
+    inline = skmeans.encrypted_phase(encrypted, udm, 2, True, None)
+    pooled = await pool.run(skmeans.encrypted_phase, encrypted, udm, 2, True, None)
+    assert type(pooled) is skmeans.EncryptedPhaseResult and shared.is_shared(pooled.labels)
+    np.testing.assert_array_equal(pooled.labels, inline.labels)
+    np.testing.assert_allclose(pooled.shift, inline.shift)
