@@ -38,6 +38,7 @@ from worker.storage import LocalStore
 
 FAULTS = ("none", "meta-leader-kill", "worker-kill", "link-cut", "storage-outage")
 MODES = ("jetstream", "core")
+STREAM = subjects.JOBS_STREAM  # what the workers use by default (JETSTREAM_STREAM)
 SERVERS = ("n1", "n2", "n3")
 WORKERS = ("w1", "w2")
 VICTIM = "w1"
@@ -178,8 +179,32 @@ class Cluster:
         raise ValueError(f"unknown fault {fault!r}")
 
     async def healed(self) -> None:
-        """Back to a whole cluster before the next run: three current servers, both workers up."""
+        """Back to a whole cluster before the next run: three current servers, and the jobs stream
+        and every consumer on it with a leader and all replicas current. A restarted server rebuilds
+        its copies after the meta group forms; a run started before that measured the catch-up,
+        not the next fault."""
         await asyncio.to_thread(wait_cluster, list(self.nodes.values()), 60.0)
+        assert self.nc is not None
+        js = self.nc.jetstream(timeout=2.0)
+        until = time.monotonic() + 60.0
+        while time.monotonic() < until:
+            try:
+                infos = [(await js.stream_info(STREAM)).cluster]
+                infos += [c.cluster for c in await js.consumers_info(STREAM)]
+            except Exception:  # a leader election in progress: ask again
+                await asyncio.sleep(0.25)
+                continue
+            if all(_replicas_current(info) for info in infos):
+                return
+            await asyncio.sleep(0.25)
+        raise RuntimeError(f"{STREAM} or its consumers did not catch up within 60 s")
+
+
+def _replicas_current(cluster: Any) -> bool:
+    """A stream's or consumer's cluster info: a leader, and every other replica current."""
+    if cluster is None or not cluster.leader:
+        return False
+    return all(replica.current for replica in cluster.replicas or [])
 
 
 def _stall(times: list[float], start: float, end: float) -> float:
