@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client
+from nats.js.api import ClusterInfo
 
 from schemas import subjects
 from scripts.chaos import manager
@@ -200,7 +201,7 @@ class Cluster:
         raise RuntimeError(f"{STREAM} or its consumers did not catch up within 60 s")
 
 
-def _replicas_current(cluster: Any) -> bool:
+def _replicas_current(cluster: ClusterInfo | None) -> bool:
     """A stream's or consumer's cluster info: a leader, and every other replica current."""
     if cluster is None or not cluster.leader:
         return False

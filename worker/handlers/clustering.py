@@ -125,7 +125,7 @@ class LiuScheme(Scheme[np.ndarray, None]):
 
     async def encrypted_phase(
         self, ctx: JobContext, p: SecureKMeansParams, material: None, inputs: Sequence[str],
-        infos: Sequence[BallInfo], n: int, start: bool, udm_shift: np.ndarray | None = None,
+        infos: Sequence[BallInfo], n: int, start: bool, udm_shift: np.ndarray | None,
     ) -> Phase1[np.ndarray]:
         """One download round for every input, then the core's encrypted phase on U0 + ``udm_shift``
         (the cumulative shift, None: zero): on the event loop for small inputs, else in the pool."""

@@ -98,7 +98,7 @@ class CkksScheme(Scheme[list[bytes], PublicKeys]):
 
     async def encrypted_phase(
         self, ctx: JobContext, p: SecureKMeansParams, material: PublicKeys, inputs: Sequence[str],
-        infos: Sequence[BallInfo], n: int, start: bool, udm_shift: np.ndarray | None = None,
+        infos: Sequence[BallInfo], n: int, start: bool, udm_shift: np.ndarray | None,
     ) -> Phase1[list[bytes]]:
         enc_key, udm_key, *states = inputs
         fetched = await together(
