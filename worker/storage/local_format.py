@@ -44,11 +44,12 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 VERSION_RE = re.compile(r"v[0-9a-f]{8,48}")
 #: Block hashes a manifest can carry (its ``block_hashes`` tag names them; absent: CRC32 only, as
-#: written before XXH3). Writers record both: XXH3 (~20 GB/s) is what this version verifies, and the
-#: CRC32 list keeps the balls readable by workers that predate it. Value range of each.
+#: written before XXH3). Writers record XXH3 only (~20 GB/s; zlib's CRC32 at 3-4 GB/s per core cost
+#: a put half its speed: docs/storage.md), CRC32 only when ``xxhash`` is missing; readers verify
+#: whichever a manifest carries, XXH3 first. Value range of each.
 HASH_BITS = {"crc32": 32, "xxh3_64": 64}
 HASH_FIELD = {"crc32": "crc32", "xxh3_64": "xxh3"}
-WRITTEN_HASHES: tuple[str, ...] = ("crc32", "xxh3_64") if xxhash is not None else ("crc32",)
+WRITTEN_HASHES: tuple[str, ...] = ("xxh3_64",) if xxhash is not None else ("crc32",)
 VERIFIED_HASH = "xxh3_64" if xxhash is not None else "crc32"
 
 

@@ -78,7 +78,7 @@ async def test_large_chunks_use_several_blocks(
     monkeypatch.setattr(local_module, "PIECE_SIZE", 16 * 1024)
     array = np.random.default_rng(1).standard_normal((300, 100))  # 240 kB in one chunk -> 4 blocks
     await store.put_ndarray("big", array)
-    assert len(_manifest(tmp_path, "big")["chunks"][0]["crc32"]) == 4
+    assert len(_manifest(tmp_path, "big")["chunks"][0]["xxh3"]) == 4
     np.testing.assert_array_equal(await store.get_ndarray("big"), array)
     path = _version_dir(tmp_path, "big") / "big_0"
     data = bytearray(path.read_bytes())
@@ -208,7 +208,7 @@ async def test_on_disk_damage_is_corrupt_object(store: LocalStore, tmp_path: Pat
         (directory / "manifest.json").write_text("{not json")
     elif damage == "manifest-crc":
         manifest = json.loads((directory / "manifest.json").read_text())
-        manifest["chunks"][0]["crc32"] = ["x"]
+        manifest["chunks"][0]["xxh3"] = ["x"]
         (directory / "manifest.json").write_text(json.dumps(manifest))
     else:
         (tmp_path / "rory" / "d.ref").write_text("../../etc\n")
@@ -308,23 +308,26 @@ def _chunk_and_manifest(root: Path, ball_id: str) -> tuple[Path, Path, dict]:
     return directory / f"{ball_id}_0", directory / "manifest.json", _manifest(root, ball_id)
 
 
-async def test_manifests_record_crc32_and_xxh3(store: LocalStore, tmp_path: Path) -> None:
-    """XXH3 is what this version verifies; the CRC32 list keeps balls readable by older workers."""
+async def test_manifests_record_xxh3_only(store: LocalStore, tmp_path: Path) -> None:
+    """XXH3 is what this version writes and verifies (CRC32 would halve a put's speed)."""
     xxhash = pytest.importorskip("xxhash")
     array = np.random.default_rng(3).random(300_000)  # 2.4 MB: one block
     await store.put_ndarray("h", array)
     chunk, _, manifest = _chunk_and_manifest(tmp_path, "h")
     record = manifest["chunks"][0]
     data = chunk.read_bytes()
-    assert manifest["block_hashes"] == ["crc32", "xxh3_64"]
-    assert record["crc32"] == [zlib.crc32(data)] and record["xxh3"] == [xxhash.xxh3_64_intdigest(data)]
+    assert manifest["block_hashes"] == ["xxh3_64"]
+    assert "crc32" not in record and record["xxh3"] == [xxhash.xxh3_64_intdigest(data)]
 
 
 @pytest.mark.parametrize("field, detected", [("xxh3", True), ("crc32", False)])
 async def test_reads_verify_xxh3(store: LocalStore, tmp_path: Path, field: str, detected: bool) -> None:
     pytest.importorskip("xxhash")
     await store.put_ndarray("h", np.arange(64.0))
-    _, path, manifest = _chunk_and_manifest(tmp_path, "h")
+    chunk, path, manifest = _chunk_and_manifest(tmp_path, "h")
+    # As the previous version wrote it: both lists.
+    manifest["block_hashes"] = ["crc32", "xxh3_64"]
+    manifest["chunks"][0]["crc32"] = [zlib.crc32(chunk.read_bytes())]
     manifest["chunks"][0][field][0] ^= 1
     path.write_text(json.dumps(manifest))
     if detected:
@@ -341,6 +344,7 @@ async def test_crc32_only_manifests_of_earlier_versions_are_read_and_verified(
     chunk, path, manifest = _chunk_and_manifest(tmp_path, "old")
     manifest.pop("block_hashes", None)
     manifest["chunks"][0].pop("xxh3", None)
+    manifest["chunks"][0]["crc32"] = [zlib.crc32(chunk.read_bytes())]
     path.write_text(json.dumps(manifest))
     np.testing.assert_array_equal(await store.get_ndarray("old"), np.arange(64.0))
     data = bytearray(chunk.read_bytes())
@@ -358,7 +362,7 @@ async def test_block_hash_tags_are_strict(store: LocalStore, tmp_path: Path) -> 
         with pytest.raises(CorruptObject, match="block hashes"):
             await store.get_ndarray("t")
     record = manifest["chunks"][0]
-    for field, values in (("xxh3", [1 << 64]), ("xxh3", []), ("crc32", [True])):
+    for field, values in (("xxh3", [1 << 64]), ("xxh3", []), ("xxh3", [True])):
         path.write_text(json.dumps({**manifest, "chunks": [{**record, field: values}]}))
         with pytest.raises(CorruptObject, match="values"):
             await store.get_ndarray("t")
