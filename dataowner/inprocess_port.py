@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from dataowner.port import CommandPort, Outgoing, new_id
+from dataowner.port import Outgoing, WorkerPort, new_id
 from schemas import codec
 from schemas.envelopes import Reply
 
@@ -32,7 +32,7 @@ class InlinePool:
         return fn(*args, **kwargs)
 
 
-class InProcessPort(CommandPort):
+class InProcessPort(WorkerPort):
     """:class:`dataowner.port.WorkerPort` over the worker's dispatcher in this process.
 
     ``store``: the worker's store (the owner usually shares the same object). ``keys_path``: the

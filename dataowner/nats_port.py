@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal
 
 from dataowner.errors import NoWorkerError, WorkerError
-from dataowner.port import CommandPort, Outgoing, RetryEvent, RetryPolicy, raise_error
+from dataowner.port import Outgoing, RetryEvent, RetryPolicy, WorkerPort, raise_error
 from schemas import codec, subjects
 from schemas.envelopes import Reply
 
@@ -52,7 +52,7 @@ class _Retry(Exception):
         self.final = final
 
 
-class NatsPort(CommandPort):
+class NatsPort(WorkerPort):
     """:class:`dataowner.port.WorkerPort` over a NATS connection.
 
     ``nats``: server URL(s), or a connected ``nats.aio.client.Client`` (not closed by :meth:`close`).

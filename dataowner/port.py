@@ -30,7 +30,6 @@ from schemas.operations import Op, Params, Result
 __all__ = [
     "CallObserver",
     "CallRecord",
-    "CommandPort",
     "Outgoing",
     "RetryEvent",
     "RetryPolicy",
@@ -79,31 +78,6 @@ class CallObserver(Protocol):
     def retry(self, event: RetryEvent) -> None: ...
 
     def record(self, record: CallRecord) -> None: ...
-
-
-class WorkerPort(Protocol):
-    """Send one command of ``op`` and return its result parsed as ``expect``.
-
-    Raises :class:`dataowner.errors.WorkerError` for an error Reply (after the port's retries) and
-    :class:`dataowner.errors.NoWorkerError` when nobody serves the subject. ``idempotent=False``
-    marks a command that must not run twice (a secure k-means step reads state it rewrites): a port
-    re-sends it only where a second delivery cannot run it again.
-    """
-
-    async def call(
-        self,
-        op: Op | str,
-        params: Params,
-        expect: type[R],
-        *,
-        node: str | None = None,
-        deadline_s: float | None = None,
-        job_id: str | None = None,
-        observer: CallObserver | None = None,
-        idempotent: bool = True,
-    ) -> R: ...
-
-    async def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -195,12 +169,17 @@ class Outgoing:
         return data
 
 
-class CommandPort(ABC):
-    """What every port does around one command, whatever carries it (NATS, or this process).
+class WorkerPort(ABC):
+    """How the data owner reaches workers, whatever carries the commands (NATS, or this process).
 
-    :meth:`call` names the command, times it, reports its :class:`CallRecord` to the observer and
-    turns the Reply into the typed result or a :class:`dataowner.errors.WorkerError`; a subclass only
-    delivers the command and returns its final Reply (:meth:`exchange`), counting attempts and bytes.
+    :meth:`call` sends one command of ``op`` and returns its result parsed as ``expect``: it names
+    the command, times it, reports its :class:`CallRecord` to the observer and turns the Reply into
+    the typed result, or raises :class:`dataowner.errors.WorkerError` for an error Reply (after the
+    port's retries) and :class:`dataowner.errors.NoWorkerError` when nobody serves the subject.
+    ``idempotent=False`` marks a command that must not run twice (a secure k-means step reads state
+    it rewrites): a port re-sends it only where a second delivery cannot run it again. A subclass
+    only delivers the command and returns its final Reply (:meth:`exchange`), counting attempts and
+    bytes.
     """
 
     async def call(

@@ -14,10 +14,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import numpy as np
-
 from worker.errors import DeadlineExceeded
-from worker.storage.base import Allocator, BallInfo, ForwardingStore, ObjectStore
+from worker.storage.base import ForwardingStore, ObjectStore
 
 if TYPE_CHECKING:
     from schemas.envelopes import Command
@@ -68,44 +66,15 @@ class TimedStore(ForwardingStore):
         self._get = get_meter
         self._put = put_meter
 
-    async def _timed(self, meter: StageMeter, call: Awaitable[T]) -> T:
+    async def _forward(
+        self, op: str, ball_id: str | None, call: Callable[[], Awaitable[T]], *, array: Any = None
+    ) -> T:
+        meter = self._put if op in ("put", "delete") else self._get
         meter.enter()
         try:
-            return await call
+            return await call()
         finally:
             meter.exit()
-
-    async def put_ndarray(self, *args: Any, **kwargs: Any) -> BallInfo:
-        return await self._timed(self._put, self.inner.put_ndarray(*args, **kwargs))
-
-    async def put_blob(self, *args: Any, **kwargs: Any) -> BallInfo:
-        return await self._timed(self._put, self.inner.put_blob(*args, **kwargs))
-
-    async def put_bytes_list(self, *args: Any, **kwargs: Any) -> BallInfo:
-        return await self._timed(self._put, self.inner.put_bytes_list(*args, **kwargs))
-
-    async def delete(self, ball_id: str) -> int:
-        return await self._timed(self._put, self.inner.delete(ball_id))
-
-    async def get_ndarray(self, ball_id: str) -> np.ndarray:
-        return await self._timed(self._get, self.inner.get_ndarray(ball_id))
-
-    async def fetch_ndarray(
-        self, ball_id: str, *, allocate: Allocator | None = None
-    ) -> tuple[np.ndarray, BallInfo | None]:
-        return await self._timed(self._get, self.inner.fetch_ndarray(ball_id, allocate=allocate))
-
-    async def get_bytes_list(self, ball_id: str) -> list[bytes]:
-        return await self._timed(self._get, self.inner.get_bytes_list(ball_id))
-
-    async def info(self, ball_id: str) -> BallInfo:
-        return await self._timed(self._get, self.inner.info(ball_id))
-
-    async def exists(self, ball_id: str) -> bool:
-        return await self._timed(self._get, self.inner.exists(ball_id))
-
-    async def list_balls(self) -> list[str]:
-        return await self._timed(self._get, self.inner.list_balls())
 
 
 class Resources(dict[str, Any]):

@@ -17,17 +17,7 @@ from core import dataowner
 from core.algorithms.kmeans import l1_kmeans
 from core.algorithms.udm import update_udm
 from schemas import keys
-from tests.worker.handlers.owner import (
-    START,
-    WIP,
-    Rig,
-    blobs,
-    labels_of,
-    mirror_secure_kmeans,
-    run_secure_kmeans,
-    secure_kmeans_round,
-    upload_secure_kmeans,
-)
+from tests.worker.handlers import owner
 from worker.handlers import secure_kmeans
 from worker.handlers.secure_kmeans import UDM_VERSION_TAG
 
@@ -38,14 +28,16 @@ def _shift_key(root: str, double_blind: bool = False, ns: str | None = None) -> 
 
 @pytest.mark.parametrize("double_blind", [False, True])
 async def test_stored_form_is_the_upload_plus_the_sum_of_shifts(rig, double_blind):
-    data = blobs(40, 3, 3, seed=21)
-    job = await upload_secure_kmeans(rig.store, data, 3, "cu", namespace="j1", double_blind=double_blind)
+    data = owner.blobs(40, 3, 3, seed=21)
+    job = await owner.upload_secure_kmeans(
+        rig.store, data, 3, "cu", namespace="j1", double_blind=double_blind
+    )
     uploaded = await rig.store.info(job.udm_key)
     sent: list[np.ndarray] = []
-    status, iterations = START, 0
+    status, iterations = owner.START, 0
     for _ in range(4):
-        r1, _, _ = await secure_kmeans_round(rig, job, status, iterations, tolerance=-1.0)
-        iterations, status = r1["n_iterations"], WIP
+        r1, _, _ = await owner.secure_kmeans_round(rig, job, status, iterations, tolerance=-1.0)
+        iterations, status = r1["n_iterations"], owner.WIP
         sent.append(await rig.store.get_ndarray(keys.shift_matrix("cu", "j1")))
     # The upload is never rewritten; the running sum is k x a, bound to that upload's version.
     assert (await rig.store.info(job.udm_key)).etag == uploaded.etag
@@ -61,21 +53,21 @@ async def test_stored_form_is_the_upload_plus_the_sum_of_shifts(rig, double_blin
         in_place = update_udm(in_place, s)
     np.testing.assert_allclose(update_udm(job.udm, total), in_place, rtol=1e-12, atol=1e-9)
     # And the labels of every round are those of the in-process core with the in-place update.
-    r1, _, _ = await secure_kmeans_round(rig, job, WIP, iterations, tolerance=-1.0)
-    assert await labels_of(rig.store, r1) == mirror_secure_kmeans(job, sent)[-1].tolist()
+    r1, _, _ = await owner.secure_kmeans_round(rig, job, owner.WIP, iterations, tolerance=-1.0)
+    assert await owner.labels_of(rig.store, r1) == owner.mirror_secure_kmeans(job, sent)[-1].tolist()
 
 
 async def test_start_resets_the_sum_and_a_job_matches_l1_kmeans(rig):
-    data = blobs(36, 2, 3, seed=22)
-    job = await upload_secure_kmeans(rig.store, data, 3, "rs", compact=True)
-    labels, iterations, _ = await run_secure_kmeans(rig, job)
+    data = owner.blobs(36, 2, 3, seed=22)
+    job = await owner.upload_secure_kmeans(rig.store, data, 3, "rs", compact=True)
+    labels, iterations, _ = await owner.run_secure_kmeans(rig, job)
     reference = l1_kmeans(data, 3, 10)
     assert (labels, iterations) == (reference.labels.tolist(), reference.n_iter)
     assert np.any(await rig.store.get_ndarray(_shift_key("rs")) != 0)
     # A second job on the same upload starts from U0 again: START writes a zero sum.
-    await rig.ok(job.op, {**job.base(), "step_index": 1, "clustering_status": START})
+    await rig.ok(job.op, {**job.base(), "step_index": 1, "clustering_status": owner.START})
     np.testing.assert_array_equal(await rig.store.get_ndarray(_shift_key("rs")), np.zeros((3, 2)))
-    labels, iterations, _ = await run_secure_kmeans(rig, job)
+    labels, iterations, _ = await owner.run_secure_kmeans(rig, job)
     assert (labels, iterations) == (reference.labels.tolist(), reference.n_iter)
 
 
@@ -83,42 +75,42 @@ async def test_start_resets_the_sum_and_a_job_matches_l1_kmeans(rig):
 async def test_a_new_udm_version_or_no_sum_counts_as_zero(rig, how):
     """An owner that uploads the current UDM itself (refresh_udm), or state an older worker left
     (the UDM updated in place, no sum), continues exactly as the in-place protocol would."""
-    data = blobs(30, 2, 3, seed=23)
-    job = await upload_secure_kmeans(rig.store, data, 3, "nv", compact=True)
-    r1, _, _ = await secure_kmeans_round(rig, job, START, 0, tolerance=-1.0)
+    data = owner.blobs(30, 2, 3, seed=23)
+    job = await owner.upload_secure_kmeans(rig.store, data, 3, "nv", compact=True)
+    r1, _, _ = await owner.secure_kmeans_round(rig, job, owner.START, 0, tolerance=-1.0)
     sent = [await rig.store.get_ndarray(keys.shift_matrix("nv"))]
     current = update_udm(job.udm, sent[0])
     await rig.store.put_ndarray(job.udm_key, current)  # what the in-place protocol stores
     if how == "older-worker":
         await rig.store.delete(_shift_key("nv"))
-    wip = {**job.base(), "step_index": 1, "clustering_status": WIP, "iterations": r1["n_iterations"]}
+    wip = {**job.base(), "step_index": 1, "clustering_status": owner.WIP, "iterations": r1["n_iterations"]}
     r = await rig.ok(job.op, wip)
-    assert await labels_of(rig.store, r) == mirror_secure_kmeans(job, sent)[-1].tolist()
+    assert await owner.labels_of(rig.store, r) == owner.mirror_secure_kmeans(job, sent)[-1].tolist()
 
 
 async def test_a_lost_sum_is_404_until_the_owner_uploads_the_current_udm(rig):
     """A delete-then-put write of the sum that failed (MictlanX) must not pass for a zero sum: the
     round's centroids were computed on this UDM version, so the worker refuses instead of guessing."""
-    data = blobs(30, 2, 3, seed=26)
-    job = await upload_secure_kmeans(rig.store, data, 3, "lost", compact=True)
-    r1, _, _ = await secure_kmeans_round(rig, job, START, 0, tolerance=-1.0)
+    data = owner.blobs(30, 2, 3, seed=26)
+    job = await owner.upload_secure_kmeans(rig.store, data, 3, "lost", compact=True)
+    r1, _, _ = await owner.secure_kmeans_round(rig, job, owner.START, 0, tolerance=-1.0)
     sent = [await rig.store.get_ndarray(keys.shift_matrix("lost"))]
     await rig.store.delete(_shift_key("lost"))
-    wip = {**job.base(), "step_index": 1, "clustering_status": WIP, "iterations": r1["n_iterations"]}
+    wip = {**job.base(), "step_index": 1, "clustering_status": owner.WIP, "iterations": r1["n_iterations"]}
     assert (await rig.error(job.op, wip))["code"] == 404
     assert (await rig.error(job.op, {**job.base(), "step_index": 2, "is_zero": False}))["code"] == 404
     await rig.store.put_ndarray(job.udm_key, update_udm(job.udm, sent[0]))  # U = D - c, current
     r = await rig.ok(job.op, wip)
-    assert await labels_of(rig.store, r) == mirror_secure_kmeans(job, sent)[-1].tolist()
+    assert await owner.labels_of(rig.store, r) == owner.mirror_secure_kmeans(job, sent)[-1].tolist()
 
 
 async def test_a_corrupt_sum_bound_to_the_udm_is_422(rig):
-    data = blobs(20, 2, 2, seed=24)
-    job = await upload_secure_kmeans(rig.store, data, 2, "bad", compact=True)
-    r1, _, _ = await secure_kmeans_round(rig, job, START, 0, tolerance=-1.0)
+    data = owner.blobs(20, 2, 2, seed=24)
+    job = await owner.upload_secure_kmeans(rig.store, data, 2, "bad", compact=True)
+    r1, _, _ = await owner.secure_kmeans_round(rig, job, owner.START, 0, tolerance=-1.0)
     etag = (await rig.store.info(job.udm_key)).etag
     await rig.store.put_ndarray(_shift_key("bad"), np.zeros((3, 2)), tags={UDM_VERSION_TAG: etag})
-    wip = {**job.base(), "step_index": 1, "clustering_status": WIP, "iterations": r1["n_iterations"]}
+    wip = {**job.base(), "step_index": 1, "clustering_status": owner.WIP, "iterations": r1["n_iterations"]}
     error = await rig.error(job.op, wip)
     assert error["code"] == 422 and "cumulative shift" in error["message"]
     error = await rig.error(job.op, {**job.base(), "step_index": 2, "is_zero": False})
@@ -136,39 +128,39 @@ async def test_small_step1_runs_inline_larger_in_the_pool(rig, monkeypatch, thre
 
     monkeypatch.setattr(rig.worker.pool, "run", counting)
     monkeypatch.setattr(secure_kmeans, "INLINE_COMPUTE_BYTES", threshold)
-    data = blobs(40, 2, 3, seed=25)
-    job = await upload_secure_kmeans(rig.store, data, 3, f"in{threshold}", compact=True)
-    labels, _, _ = await run_secure_kmeans(rig, job)
+    data = owner.blobs(40, 2, 3, seed=25)
+    job = await owner.upload_secure_kmeans(rig.store, data, 3, f"in{threshold}", compact=True)
+    labels, _, _ = await owner.run_secure_kmeans(rig, job)
     assert labels == l1_kmeans(data, 3, 10).labels.tolist()
     # Step 2 adds k x a numbers: never worth a process hop.
     assert calls == ([] if threshold else ["encrypted_phase"] * len(calls))
     assert bool(calls) == (threshold == 0)
 
 
-async def test_dbskmeans_step1_accepts_the_shape_step2_reported(rig: Rig) -> None:
+async def test_dbskmeans_step1_accepts_the_shape_step2_reported(rig: owner.Rig) -> None:
     """A Manager that echoes step 2's ``encrypted_udm_shape`` (n x k x a) into the next step 1 is
     served, although storage keeps the n x n x a upload."""
-    data = blobs(40, 3, 3, seed=21)
-    job = await upload_secure_kmeans(rig.store, data, 3, "echo", double_blind=True)
-    await rig.ok(job.op, {**job.base(), "step_index": 1, "clustering_status": START, "iterations": 0})
+    data = owner.blobs(40, 3, 3, seed=21)
+    job = await owner.upload_secure_kmeans(rig.store, data, 3, "echo", double_blind=True)
+    await rig.ok(job.op, {**job.base(), "step_index": 1, "clustering_status": owner.START, "iterations": 0})
     assert job.fkey is not None
     sent = dataowner.encrypt_shift_ope(job.fkey, np.full((3, 3), 0.5), job.rng)
     await rig.store.put_ndarray(keys.shift_matrix(job.root, job.namespace), sent)
     r2 = await rig.ok(job.op, {**job.base(), "step_index": 2, "is_zero": False})
     echo = {k: r2[k] for k in ("encrypted_udm_shape", "encrypted_udm_dtype")}
     assert echo["encrypted_udm_shape"] == [40, 3, 3]
-    step1 = {**job.base(), **echo, "step_index": 1, "clustering_status": WIP, "iterations": 1}
+    step1 = {**job.base(), **echo, "step_index": 1, "clustering_status": owner.WIP, "iterations": 1}
     r1 = await rig.ok(job.op, step1)
     assert r1["n_iterations"] == 2
 
 
 async def test_a_udm_replaced_during_step1_is_a_conflict_not_mixed_labels(
-    rig: Rig, monkeypatch: pytest.MonkeyPatch
+    rig: owner.Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The owner re-uploads the UDM between the worker's version check and its read: the step is
     refused (409) instead of scoring the new UDM with a shift bound to the old one."""
-    data = blobs(30, 2, 3, seed=8)
-    job = await upload_secure_kmeans(rig.store, data, 3, "race")
+    data = owner.blobs(30, 2, 3, seed=8)
+    job = await owner.upload_secure_kmeans(rig.store, data, 3, "race")
     read = rig.store.fetch_ndarray
 
     async def replaced_first(ball_id: str, **options: Any) -> Any:
@@ -177,6 +169,6 @@ async def test_a_udm_replaced_during_step1_is_a_conflict_not_mixed_labels(
         return await read(ball_id, **options)
 
     monkeypatch.setattr(rig.store, "fetch_ndarray", replaced_first)
-    step1 = {**job.base(), "step_index": 1, "clustering_status": START, "iterations": 0}
+    step1 = {**job.base(), "step_index": 1, "clustering_status": owner.START, "iterations": 0}
     error = await rig.error(job.op, step1)
     assert error["type"] == "CONFLICT" and job.udm_key in error["message"]

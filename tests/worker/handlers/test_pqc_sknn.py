@@ -11,37 +11,36 @@ from core.algorithms import pqc_sknn
 from core.crypto import ckks
 from core.pqc_dataowner import encrypt_dataset, encrypt_dataset_columns, run_pqc_sknn
 from schemas import keys
-from tests.worker.handlers.pqc_support import (
-    PqcWorker,
-    blobs,
-    close,
-    owner_context,
-    start_pqc_worker,
-    stop_pqc_worker,
-)
+from tests.worker.handlers import pqc_support
 from worker.handlers import pqc, pqc_common
 
 OP = "classification.pqc.sknn.predict"
 
 
 @pytest.fixture(scope="module")
-async def worker(nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[PqcWorker]:
-    w = await start_pqc_worker(
-        nats_url, tmp_path_factory.mktemp("pqcsknn"), keys_ctx=owner_context(), num_chunks=3, capacity=2
+async def worker(
+    nats_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[pqc_support.PqcWorker]:
+    w = await pqc_support.start_pqc_worker(
+        nats_url,
+        tmp_path_factory.mktemp("pqcsknn"),
+        keys_ctx=pqc_support.owner_context(),
+        num_chunks=3,
+        capacity=2,
     )
     yield w
-    await stop_pqc_worker(w)
+    await pqc_support.stop_pqc_worker(w)
 
 
 def _data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    model = blobs(9, 3, 3, seed=2)
+    model = pqc_support.blobs(9, 3, 3, seed=2)
     labels = np.array([7, 9, 4, 7, 9, 4, 7, 9, 4])
     records = model[[1, 4, 8, 0]] + np.random.default_rng(1).normal(0, 0.05, size=(4, 3))
     return model, labels, records
 
 
 async def _upload(
-    worker: PqcWorker,
+    worker: pqc_support.PqcWorker,
     model: np.ndarray,
     labels: np.ndarray,
     records: np.ndarray,
@@ -50,7 +49,7 @@ async def _upload(
     rid: str,
 ) -> int:
     """Returns the model block size (packed) or 0 (rows)."""
-    owner = owner_context()
+    owner = pqc_support.owner_context()
     await worker.store.put_ndarray(keys.labels(mid), labels.reshape(1, -1))
     if layout == "rows":
         await worker.put_ciphertexts(keys.encrypted(mid), encrypt_dataset(owner, model), list(model.shape))
@@ -69,8 +68,8 @@ async def _upload(
 
 
 @pytest.mark.parametrize("layout", ["rows", "packed"])
-async def test_predictions_match_plaintext_and_in_process(worker: PqcWorker, layout: str) -> None:
-    owner = owner_context()
+async def test_predictions_match_plaintext_and_in_process(worker: pqc_support.PqcWorker, layout: str) -> None:
+    owner = pqc_support.owner_context()
     model, labels, records = _data()
     mid, rid = f"model{layout}", f"records{layout}"
     await _upload(worker, model, labels, records, layout, mid, rid)
@@ -98,7 +97,7 @@ async def test_predictions_match_plaintext_and_in_process(worker: PqcWorker, lay
         grid = [flat[t : t + 1] for t in range(4)]
         decrypted = np.stack([ckks.decrypt_vector(owner, row[0])[:9] for row in grid])
         index = pqc_sknn.nearest_from_packed(owner, grid, 9)
-    assert close(decrypted, plain, 1e-3)
+    assert pqc_support.close(decrypted, plain, 1e-3)
     assert index.tolist() == np.argmin(plain, axis=1).tolist() == [1, 4, 8, 0]
     await worker.store.put_ndarray(keys.distances_index(rid), index.reshape(1, -1))
     r2 = await worker.ok(OP, {**params, "step_index": 2, "model_labels_shape": [1, 9]})
@@ -106,7 +105,7 @@ async def test_predictions_match_plaintext_and_in_process(worker: PqcWorker, lay
     assert r2["label_vector"] == inproc.tolist() == labels[[1, 4, 8, 0]].tolist()
 
 
-async def test_manhattan_is_refused_and_euclidean_is_the_default(worker: PqcWorker) -> None:
+async def test_manhattan_is_refused_and_euclidean_is_the_default(worker: pqc_support.PqcWorker) -> None:
     model, labels, records = _data()
     await _upload(worker, model, labels, records, "rows", "mm", "mr")
     for spelling in ("MANHATHAN", "manhattan"):
@@ -118,7 +117,7 @@ async def test_manhattan_is_refused_and_euclidean_is_the_default(worker: PqcWork
     assert r1["distances_shape"] == [4, 9] and r1["distance"] == "EUCLIDEAN"
 
 
-async def test_loop_bounds_come_from_storage_not_from_declared_shapes(worker: PqcWorker) -> None:
+async def test_loop_bounds_come_from_storage_not_from_declared_shapes(worker: pqc_support.PqcWorker) -> None:
     model, labels, records = _data()
     await _upload(worker, model, labels, records, "rows", "bm", "br")
     err = await worker.error(
@@ -134,9 +133,9 @@ async def test_loop_bounds_come_from_storage_not_from_declared_shapes(worker: Pq
 
 @pytest.mark.parametrize("layout", ["rows", "packed"])
 async def test_work_split_over_the_pool_gives_the_same_distances(
-    worker: PqcWorker, layout: str, monkeypatch: pytest.MonkeyPatch
+    worker: pqc_support.PqcWorker, layout: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    owner = owner_context()
+    owner = pqc_support.owner_context()
     model, labels, records = _data()
     mid, rid = f"splitm{layout}", f"splitr{layout}"
     await _upload(worker, model, labels, records, layout, mid, rid)
@@ -148,4 +147,4 @@ async def test_work_split_over_the_pool_gives_the_same_distances(
     split = await worker.get_ciphertexts(owner, (await worker.ok(OP, params))["distances_id"])
     assert len(split) == len(whole) and len(pids_before) == 2
     for a, b in zip(whole, split, strict=True):
-        assert close(ckks.decrypt_vector(owner, a), ckks.decrypt_vector(owner, b), 1e-6)
+        assert pqc_support.close(ckks.decrypt_vector(owner, a), ckks.decrypt_vector(owner, b), 1e-6)

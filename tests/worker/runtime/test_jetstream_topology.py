@@ -14,17 +14,7 @@ from nats.aio.client import Client
 from nats.js.api import AckPolicy, RetentionPolicy
 
 from schemas import codec, subjects
-from tests.faults.support import (
-    Workers,
-    command,
-    consumer_info,
-    dead_letters,
-    peer,
-    publish,
-    results,
-    stream_empty,
-    wait_for,
-)
+from tests.faults import support
 from tests.ops import command as op_command
 from worker.embedded import EmbeddedNats
 from worker.runtime import jetstream
@@ -59,7 +49,7 @@ def test_results_bucket_name() -> None:
 
 
 # ----------------------------------------------------------------------------- topology
-async def test_topology_is_created_and_core_paths_keep_working(workers: Workers, nc: Client) -> None:
+async def test_topology_is_created_and_core_paths_keep_working(workers: support.Workers, nc: Client) -> None:
     settings = workers.settings()
     worker = await workers.start(settings)
     js = nc.jetstream()
@@ -68,8 +58,8 @@ async def test_topology_is_created_and_core_paths_keep_working(workers: Workers,
     assert info.config.retention == RetentionPolicy.WORK_QUEUE
     assert info.config.subjects == [f"{prefix}.jobs.>"]
     assert info.config.duplicate_window == jetstream.DUPLICATE_WINDOW
-    node = await consumer_info(nc, settings, f"worker-{settings.node_id}")
-    pool = await consumer_info(nc, settings, "pool")
+    node = await support.consumer_info(nc, settings, f"worker-{settings.node_id}")
+    pool = await support.consumer_info(nc, settings, "pool")
     assert node.config.filter_subject == f"{prefix}.jobs.{settings.node_id}.>"
     assert pool.config.filter_subject == f"{prefix}.jobs.pool.>"
     for consumer in (node, pool):
@@ -98,35 +88,37 @@ async def test_topology_is_created_and_core_paths_keep_working(workers: Workers,
     assert codec.decode(reply.data, json_mode=False)["result"]["message"] == "hi"
 
 
-async def test_the_result_ttl_setting_is_applied_to_an_existing_bucket(workers: Workers, nc: Client) -> None:
+async def test_the_result_ttl_setting_is_applied_to_an_existing_bucket(
+    workers: support.Workers, nc: Client
+) -> None:
     settings = workers.settings(jetstream_result_ttl=600.0)
     await workers.start(settings)
     kv = await nc.jetstream().key_value(jetstream.results_bucket(settings.jetstream_stream))
     assert (await kv.status()).ttl == 600.0
     # a second instance of the node, verify-only (its consumers exist)
     await workers.start(
-        peer(settings, node_id=settings.node_id, jetstream_result_ttl=900.0, jetstream_ensure=False)
+        support.peer(settings, node_id=settings.node_id, jetstream_result_ttl=900.0, jetstream_ensure=False)
     )
     assert (await kv.status()).ttl == 600.0  # verify-only: the bucket's own TTL stays
-    await workers.start(peer(settings, jetstream_result_ttl=900.0))
+    await workers.start(support.peer(settings, jetstream_result_ttl=900.0))
     assert (await kv.status()).ttl == 900.0
 
 
-async def test_verify_only_mode(workers: Workers) -> None:
+async def test_verify_only_mode(workers: support.Workers) -> None:
     settings = workers.settings(jetstream_ensure=False)
     with pytest.raises(JetStreamUnavailable, match="does not exist"):
         await workers.start(settings)
-    await workers.start(peer(settings, jetstream_ensure=True))  # an admin-capable worker creates them
+    await workers.start(support.peer(settings, jetstream_ensure=True))  # an admin-capable worker creates them
     with pytest.raises(JetStreamUnavailable, match="consumer worker-"):
         await workers.start(settings)  # this node's own consumer is still missing: nobody made it
-    other = peer(settings, node_id=workers.started[0].node_id, jetstream_ensure=False)
+    other = support.peer(settings, node_id=workers.started[0].node_id, jetstream_ensure=False)
     worker = await workers.start(other)  # a second instance of a provisioned node only verifies
     assert worker.status() == "ready"
 
 
 async def test_a_server_without_jetstream_fails_the_start_clearly(tmp_path: Path) -> None:
     async with EmbeddedNats(tmp_path / "plain", jetstream=False) as server:
-        group = Workers(server.url, tmp_path)
+        group = support.Workers(server.url, tmp_path)
         try:
             with pytest.raises(JetStreamUnavailable, match="JetStream is not available"):
                 await group.start(group.settings())
@@ -134,7 +126,7 @@ async def test_a_server_without_jetstream_fails_the_start_clearly(tmp_path: Path
             await group.close()
 
 
-async def test_a_stream_of_another_prefix_is_refused(workers: Workers) -> None:
+async def test_a_stream_of_another_prefix_is_refused(workers: support.Workers) -> None:
     first = workers.settings()
     await workers.start(first)
     second = workers.settings(jetstream_stream=first.jetstream_stream)
@@ -142,14 +134,14 @@ async def test_a_stream_of_another_prefix_is_refused(workers: Workers) -> None:
         await workers.start(second)
 
 
-async def test_a_deleted_consumer_is_recreated(workers: Workers, nc: Client) -> None:
+async def test_a_deleted_consumer_is_recreated(workers: support.Workers, nc: Client) -> None:
     settings = workers.settings()
     await workers.start(settings)
     js = nc.jetstream()
     await js.delete_consumer(settings.jetstream_stream, "pool")
-    collector = await results(nc, settings)
-    await wait_for(lambda: _exists(js, settings.jetstream_stream, "pool"), 8)
-    await publish(nc, settings, command("recreated"))
+    collector = await support.results(nc, settings)
+    await support.wait_for(lambda: _exists(js, settings.jetstream_stream, "pool"), 8)
+    await support.publish(nc, settings, support.command("recreated"))
     (reply,) = await collector.wait(1, timeout=8)
     assert reply["ok"]
 
@@ -220,7 +212,7 @@ accounts {{
 
 async def test_a_restricted_worker_serves_with_the_documented_permissions(tmp_path: Path) -> None:
     password = "pw-" + uuid.uuid4().hex[:8]
-    group = Workers("nats://127.0.0.1:1", tmp_path)  # URL replaced below
+    group = support.Workers("nats://127.0.0.1:1", tmp_path)  # URL replaced below
     settings = group.settings(jetstream_ack_wait=1.5, jetstream_max_deliver=2)
     config = tmp_path / "auth.conf"
     config.write_text(_restricted_config(settings, password))
@@ -252,9 +244,9 @@ async def test_a_restricted_worker_serves_with_the_documented_permissions(tmp_pa
             provisioner = await group.start(settings.model_copy(update=admin))  # creates everything
             await provisioner.stop(grace=0)
             worker = await group.start(restricted, error_cb=on_error)
-            collector = await results(client, settings)
-            good, again = command("perm"), None
-            await publish(client, settings, good, node=settings.node_id)
+            collector = await support.results(client, settings)
+            good, again = support.command("perm"), None
+            await support.publish(client, settings, good, node=settings.node_id)
             await collector.wait(1)
             again = dict(good)  # answered from the record (direct get) under the restricted user
             await client.jetstream().publish(
@@ -275,7 +267,7 @@ async def test_a_restricted_worker_serves_with_the_documented_permissions(tmp_pa
             # worker's (which does not even subscribe to the advisories with JETSTREAM_ENSURE=false).
             await mover.start()
             await worker.stop(grace=0)
-            await publish(client, settings, command("permghost"))
+            await support.publish(client, settings, support.command("permghost"))
             thief = await client.jetstream().pull_subscribe_bind("pool", settings.jetstream_stream)
             for _ in range(3):  # every delivery the server will make (2 runs + 1), never acked
                 await thief.fetch(1, timeout=3)
@@ -287,9 +279,9 @@ async def test_a_restricted_worker_serves_with_the_documented_permissions(tmp_pa
             assert collector.messages[3].subject.startswith(
                 f"{settings.rory_subject_prefix}.results.dlq-mover."
             )
-            assert len(await dead_letters(client.jetstream(), settings)) == 2
+            assert len(await support.dead_letters(client.jetstream(), settings)) == 2
             assert mover.moved == 1
-            await wait_for(stream_empty(client.jetstream(), settings.jetstream_stream), 3)
+            await support.wait_for(support.stream_empty(client.jetstream(), settings.jetstream_stream), 3)
             assert violations == []
         finally:
             await mover.close()
