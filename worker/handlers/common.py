@@ -22,7 +22,7 @@ import functools
 import logging
 import math
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -372,7 +372,9 @@ async def put_all(ctx: JobContext, writes: Sequence[Write]) -> None:
        cancelled), delete every new key, partial ones included, and re-raise: storage is exactly as
        before the step;
     3. then overwrite the EXISTING keys one at a time, in the order given; if one fails, delete the
-       new objects of step 2 and re-raise.
+       new objects of step 2 and re-raise. On a store whose overwrite is atomic
+       (``ObjectStore.atomic_overwrite``: the local backend) all but the last go together, then the
+       last: no overwrite there can lose a ball, so only the last one's place matters.
 
     Guarantee, stated honestly: a failed ``put_all`` never leaves a *new* object behind, and never
     touches an existing object before every new object is safely stored. Existing objects are not
@@ -399,21 +401,29 @@ async def put_all(ctx: JobContext, writes: Sequence[Write]) -> None:
     stamp = {WRITER_TAG: str(ctx.op), WRITE_TOKEN_TAG: token}
     fresh_keys = [w.key for w in fresh]
     try:
-        outcomes = await asyncio.gather(*(_write(ctx, w, stamp) for w in fresh), return_exceptions=True)
-    except BaseException:  # cancelled (deadline): the new objects may be partly written
+        await _all_or_first_error([_write(ctx, w, stamp) for w in fresh])
+    except BaseException:  # failed, or cancelled (deadline): the new objects may be partly written
         await _discard(ctx, fresh_keys, token)
         raise
+
+    # On a store whose overwrite is atomic no ball is ever lost half-way, so only the last write's
+    # place matters (the step's own input comes last): the ones before it go together.
+    together = stale[:-1] if ctx.store.atomic_overwrite else []
+    try:
+        await _all_or_first_error([_write(ctx, write, stamp) for write in together])
+        for write in stale[len(together) :]:
+            await _write(ctx, write, stamp)
+    except BaseException:
+        await _discard(ctx, fresh_keys, token)
+        raise
+
+
+async def _all_or_first_error(calls: Sequence[Awaitable[None]]) -> None:
+    """Await every call (none is left running), then raise the first failure, if any."""
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
     failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
     if failures:
-        await _discard(ctx, fresh_keys, token)
         raise failures[0]
-
-    for write in stale:
-        try:
-            await _write(ctx, write, stamp)
-        except BaseException:
-            await _discard(ctx, fresh_keys, token)
-            raise
 
 
 # ------------------------------------------------------------------ registration

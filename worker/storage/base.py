@@ -89,6 +89,12 @@ class ObjectStore(ABC):
 
     backend: str
 
+    @property
+    def atomic_overwrite(self) -> bool:
+        """Whether replacing a ball is one step: a reader, and a write that fails, see the old ball
+        or the new one, never neither (local: a pointer renamed; MictlanX: delete-then-put, False)."""
+        return False
+
     @abstractmethod
     async def put_ndarray(
         self,
@@ -197,6 +203,10 @@ class ForwardingStore(ObjectStore):
         if name == "inner":  # not set yet (e.g. during unpickling): no recursion
             raise AttributeError(name)
         return getattr(self.inner, name)
+
+    @property
+    def atomic_overwrite(self) -> bool:
+        return self.inner.atomic_overwrite
 
     async def _forward(
         self, op: str, ball_id: str | None, call: Callable[[], Awaitable[T]], *, array: Any = None

@@ -172,6 +172,10 @@ class LocalStore(PlannedStore, BucketFiles):
 
     backend = "local"
 
+    @property
+    def atomic_overwrite(self) -> bool:
+        return True  # a commit renames the pointer over the old one
+
     def __init__(
         self,
         root: str | os.PathLike[str],
@@ -308,9 +312,8 @@ class LocalStore(PlannedStore, BucketFiles):
         )
 
     def _write_small(self, plan: BallPlan, version: str, directory: Path) -> bytes:
-        """Prepare the version directory, write a small ball's chunks and return its manifest, in one
-        go (one thread hop instead of two; the commit stays a separate hop, so a cancelled write
-        never commits)."""
+        """Prepare the version directory, write a small ball's chunks and return its manifest (the
+        thread-side half of a small put: :meth:`_write_version` commits it in the same hop)."""
         self._prepare(directory)
         block_hashes = [
             _write_pieces([Piece(directory / chunk.key, chunk.data, 0, chunk.size, None)])
@@ -323,30 +326,45 @@ class LocalStore(PlannedStore, BucketFiles):
         small = plan.size <= SMALL_PUT_BYTES and all(c.size <= BLOCK_SIZE for c in plan.chunks)
         if small and not self.sha256 and not self.fsync:
             # The same on-disk result as the general path for a ball of at most SMALL_PUT_BYTES (one
-            # block per chunk) in two thread hops instead of three: a k-means step writes tiny balls.
+            # block per chunk) in one thread hop instead of three: a k-means step writes tiny balls.
             plan.set_full_checksum(None)
-            version, _ = await self._write_version(plan, self._fill_small)
+            version, _ = await self._write_version(plan, None)
             return replace(plan.info(None), etag=version)
         version, full = await self._write_version(plan, self._fill)
         return replace(plan.info(full), etag=version)
 
     async def _write_version(
-        self, plan: BallPlan, fill: Callable[[BallPlan, Job, str, Path], Awaitable[tuple[bytes, T]]]
-    ) -> tuple[str, T]:
+        self, plan: BallPlan, fill: Callable[[BallPlan, Job, str, Path], Awaitable[tuple[bytes, T]]] | None
+    ) -> tuple[str, T | None]:
         """Write ``plan`` as a new version and commit it; returns the version and what ``fill`` returned.
 
         ``fill(plan, job, version, directory)`` creates and fills the version directory and returns
-        the manifest. On any failure or cancellation the job's threads are waited for and the
-        directory is removed unless the commit happened; disk errors become ``StorageUnavailable``.
+        the manifest; None writes a small ball (:meth:`_write_small`) and commits it in the same
+        thread hop (a put costs one hand-off instead of two). On any failure or cancellation the
+        job's threads are waited for and the directory is removed unless the commit happened; disk
+        errors become ``StorageUnavailable``. A cancelled write never commits unless its commit had
+        already begun: the one-hop path checks ``abandoned`` just before committing, as the
+        two-hop path's commit, once queued, is cancelled only before it starts.
         """
         version = new_version()
         directory = self._version_dir(plan.ball_id, version)
         job = Job(self._pool)
-        committed = threading.Event()
+        committed, abandoned = threading.Event(), threading.Event()
+        result: T | None = None
+
+        def write_and_commit() -> None:
+            body = self._write_small(plan, version, directory)
+            if not abandoned.is_set():
+                self._commit(plan.ball_id, version, directory, body, committed)
+
         try:
-            body, result = await fill(plan, job, version, directory)
-            await job.submit(self._commit, plan.ball_id, version, directory, body, committed)
+            if fill is None:
+                await job.submit(write_and_commit)
+            else:
+                body, result = await fill(plan, job, version, directory)
+                await job.submit(self._commit, plan.ball_id, version, directory, body, committed)
         except BaseException as error:
+            abandoned.set()
             await job.abort(
                 lambda: None if committed.is_set() else shutil.rmtree(directory, ignore_errors=True)
             )
@@ -354,11 +372,6 @@ class LocalStore(PlannedStore, BucketFiles):
                 raise unavailable(error) from error
             raise
         return version, result
-
-    async def _fill_small(
-        self, plan: BallPlan, job: Job, version: str, directory: Path
-    ) -> tuple[bytes, None]:
-        return await job.submit(self._write_small, plan, version, directory), None
 
     async def _fill(
         self, plan: BallPlan, job: Job, version: str, directory: Path

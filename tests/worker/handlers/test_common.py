@@ -127,6 +127,44 @@ async def test_put_all_overwrites_in_order_and_keeps_later_ones(store):
     np.testing.assert_array_equal(await store.get_ndarray("last"), np.ones(3))
 
 
+class Recording(FailingStore):
+    """Records when each put starts and ends; ``atomic`` is the overwrite the store declares."""
+
+    def __init__(self, store: LocalStore, atomic: bool) -> None:
+        super().__init__(store, set())
+        self.atomic = atomic
+        self.events: list[tuple[str, str]] = []
+
+    @property
+    def atomic_overwrite(self) -> bool:
+        return self.atomic
+
+    async def put_ndarray(self, ball_id: str, array: np.ndarray, **kwargs: Any) -> Any:
+        self.events.append(("start", ball_id))
+        try:
+            return await self._store.put_ndarray(ball_id, array, **kwargs)
+        finally:
+            self.events.append(("end", ball_id))
+
+
+@pytest.mark.parametrize("atomic", [True, False])
+async def test_put_all_overwrites_the_last_key_after_all_the_others(store, atomic):
+    """The step's own input (last) is replaced only once every other write has landed; on a store
+    whose overwrite is atomic the others go together, elsewhere (delete-then-put) one at a time."""
+    for key in "abc":
+        await store.put_ndarray(key, np.ones(3))
+    recording = Recording(store, atomic)
+    await put_all(_ctx(recording), [Write(key, np.zeros(3)) for key in "abc"])
+    events = recording.events
+    assert events.index(("start", "c")) > max(events.index(("end", "a")), events.index(("end", "b")))
+    if atomic:
+        assert events[:2] == [("start", "a"), ("start", "b")]
+    else:
+        assert events == [(edge, key) for key in "abc" for edge in ("start", "end")]
+    for key in "abc":
+        np.testing.assert_array_equal(await store.get_ndarray(key), np.zeros(3))
+
+
 async def test_put_all_success(store):
     ctx = _ctx(store)
     await put_all(

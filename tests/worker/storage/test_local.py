@@ -178,6 +178,35 @@ async def test_cancelled_write_leaves_nothing(
     assert not await store.exists("never")
 
 
+async def test_a_cancelled_small_overwrite_keeps_the_old_version(
+    store: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small put writes and commits in one thread hop; cancelled before its commit, it commits nothing."""
+    await store.put_ndarray("state", np.zeros((5, 8)))
+    gate = threading.Event()
+    real = local_module._write_pieces
+
+    def slow(pieces):  # type: ignore[no-untyped-def]
+        gate.wait(5)
+        return real(pieces)
+
+    monkeypatch.setattr(local_module, "_write_pieces", slow)
+    task = asyncio.ensure_future(store.put_ndarray("state", np.ones((5, 8))))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    np.testing.assert_array_equal(await store.get_ndarray("state"), np.zeros((5, 8)))
+    for _ in range(100):
+        if len([p for p in (tmp_path / "rory").iterdir() if p.name.startswith("state.v")]) == 1:
+            break
+        await asyncio.sleep(0.01)
+    assert [p.name for p in (tmp_path / "rory").iterdir() if p.name.startswith("state.v")] == [
+        _version_dir(tmp_path, "state").name
+    ]
+
+
 async def test_crash_leftovers_are_invisible_and_swept(store: LocalStore, tmp_path: Path) -> None:
     await store.put_ndarray("ok", np.ones(4))
     orphan = tmp_path / "rory" / "ok.v0123456789abcdef"  # a writer died before its commit
