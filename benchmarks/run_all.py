@@ -25,10 +25,13 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "storage": ("bench_storage.py", [], ["--full"]),
     "core-liu": ("bench_core_liu.py", [], []),
     "core-ckks": ("bench_core_ckks.py", [], ["--n", "100000"]),
+    # the secure round at small n, where the fixed cost per round shows (issue goal: <= 3 ms)
+    "e2e-small": ("bench_e2e.py", ["--n", "1500", "--rounds", "30"], ["--n", "1500", "--rounds", "30"]),
     "e2e": ("bench_e2e.py", ["--n", "20000"], []),
     # SKMeans at n = 1e3 .. 1e5 (--full: .. 1e6, a 1 GB read cache), one table of growth per 10x n
     "growth": ("bench_growth.py", ["--quick"], []),
     "ledger": ("bench_ledger.py", [], []),
+    "jetstream": ("bench_jetstream.py", [], []),
     "pplr": ("bench_pplr.py", [], ["--rows"]),
     # --full is the scaling run: 16 cores, one worker process per slot
     "pool": (

@@ -26,6 +26,7 @@ from core.crypto import fdhope
 from dataowner.drivers.base import Driver, DriverConfig, columns
 from dataowner.drivers.classification import ClassificationDriver
 from dataowner.drivers.kmeans import PlainClusteringDriver
+from dataowner.drivers.options import ClassificationOptions, KMeansOptions, TrainingOptions
 from dataowner.drivers.pqc_kmeans import PqcKMeansDriver
 from dataowner.drivers.regression import RegressionDriver
 from dataowner.drivers.secure_kmeans import Scheme, SecureKMeansDriver
@@ -180,10 +181,11 @@ class DataOwnerClient:
         await self._base.delete(*names)
 
     # Each protocol method below is the public signature (defaults, documentation); dataowner/forwarding.py
-    # passes the call on to the protocol driver in dataowner/drivers that does the work.
+    # passes the call on to the protocol driver in dataowner/drivers that does the work, the options
+    # several drivers share grouped (``lead``: dataowner/drivers/options.py) so no driver repeats them.
 
     # ------------------------------------------------------------------ plaintext clustering
-    @forward("_plain")
+    @forward("_plain", lead=[KMeansOptions])
     async def kmeans(
         self, data: np.ndarray, k: int, *, dataset_id: str | None = None, max_iterations: int = 300,
         tolerance: float = 1e-4, upload: bool = True, progress: ProgressCallback | None = None,
@@ -256,7 +258,7 @@ class DataOwnerClient:
         return await self._base.upload_ckks_rows(None, key, data, profile)
 
     # ------------------------------------------------------------------ secure k-means
-    @forward("_secure", "run", lead=lambda compact_udm: Scheme(Op.SKMEANS, compact_udm))
+    @forward("_secure", "run", lead=[lambda compact_udm: Scheme(Op.SKMEANS, compact_udm), KMeansOptions])
     async def skmeans(
         self, data: np.ndarray, k: int, *, dataset_id: str | None = None, max_iterations: int = 10,
         tolerance: float = 1e-6, compact_udm: bool = True, upload: bool = True, namespace: str | None = None,
@@ -271,9 +273,12 @@ class DataOwnerClient:
 
     @forward(
         "_secure", "run",
-        lead=lambda compact_udm, sensitivity, refresh_udm: Scheme(
-            Op.DBSKMEANS, compact_udm, sensitivity=sensitivity, refresh_udm=refresh_udm
-        ),
+        lead=[
+            lambda compact_udm, sensitivity, refresh_udm: Scheme(
+                Op.DBSKMEANS, compact_udm, sensitivity=sensitivity, refresh_udm=refresh_udm
+            ),
+            KMeansOptions,
+        ],
     )
     async def dbskmeans(
         self, data: np.ndarray, k: int, *, dataset_id: str | None = None, max_iterations: int = 10,
@@ -288,7 +293,7 @@ class DataOwnerClient:
         uploads a fresh OPE(D - c) instead and skips step 2: same kind of values, no drift.
         """
 
-    @forward("_secure", "run", lead=lambda profile: Scheme(Op.PQC_SKMEANS, profile=profile))
+    @forward("_secure", "run", lead=[lambda profile: Scheme(Op.PQC_SKMEANS, profile=profile), KMeansOptions])
     async def pqc_skmeans(
         self, data: np.ndarray, k: int, *, dataset_id: str | None = None, max_iterations: int = 10,
         tolerance: float = 1e-4, profile: str = "default-128", upload: bool = True,
@@ -302,9 +307,12 @@ class DataOwnerClient:
 
     @forward(
         "_secure", "run",
-        lead=lambda profile, sensitivity, refresh_udm: Scheme(
-            Op.PQC_DBSKMEANS, profile=profile, sensitivity=sensitivity, refresh_udm=refresh_udm
-        ),
+        lead=[
+            lambda profile, sensitivity, refresh_udm: Scheme(
+                Op.PQC_DBSKMEANS, profile=profile, sensitivity=sensitivity, refresh_udm=refresh_udm
+            ),
+            KMeansOptions,
+        ],
     )
     async def pqc_dbskmeans(
         self, data: np.ndarray, k: int, *, dataset_id: str | None = None, max_iterations: int = 10,
@@ -318,7 +326,7 @@ class DataOwnerClient:
         """
 
     # ------------------------------------------------------------------ PQC k-means (labels only)
-    @forward("_pqc_kmeans", "run")
+    @forward("_pqc_kmeans", "run", lead=[KMeansOptions])
     async def pqc_kmeans(
         self, data: np.ndarray, k: int, *, dataset_id: str | None = None, max_iterations: int = 300,
         tolerance: float = 1e-4, profile: str = "default-128", namespace: str | None = None,
@@ -328,7 +336,7 @@ class DataOwnerClient:
         (:mod:`dataowner.drivers.pqc_kmeans`)."""
 
     # ------------------------------------------------------------------ classification
-    @forward("_classification")
+    @forward("_classification", lead=[ClassificationOptions])
     async def knn(
         self, model: np.ndarray, model_labels: np.ndarray, records: np.ndarray, *,
         model_id: str | None = None, records_id: str | None = None, distance: str | None = None,
@@ -342,7 +350,7 @@ class DataOwnerClient:
         """SKNN "training": Liu-encrypt the model to ``encrypted<M>`` and store labels at ``<M>labels``."""
         return await self._classification.upload_sknn_model(None, model, model_labels, model_id)
 
-    @forward("_classification")
+    @forward("_classification", lead=[ClassificationOptions])
     async def sknn(
         self, model: np.ndarray, model_labels: np.ndarray, records: np.ndarray, *,
         model_id: str | None = None, records_id: str | None = None, distance: str = "EUCLIDEAN",
@@ -354,7 +362,7 @@ class DataOwnerClient:
         approximate component-wise |.|.
         """
 
-    @forward("_classification")
+    @forward("_classification", lead=[ClassificationOptions])
     async def pqc_sknn(
         self, model: np.ndarray, model_labels: np.ndarray, records: np.ndarray, *,
         model_id: str | None = None, records_id: str | None = None, layout: str = "packed",
@@ -367,7 +375,7 @@ class DataOwnerClient:
         """
 
     # ------------------------------------------------------------------ regression
-    @forward("_regression")
+    @forward("_regression", lead=[TrainingOptions])
     async def pplr_train(
         self, x: np.ndarray, y: np.ndarray, *, train_id: str | None = None, epochs: int = 2,
         learning_rate: float = 0.1, profile: str = "ml-128", refresh_threshold: float = 1e-5,
@@ -393,7 +401,7 @@ class DataOwnerClient:
         prediction). ``report.extra["probabilities"]`` holds the decrypted sigma~ values.
         """
 
-    @forward("_regression")
+    @forward("_regression", lead=[TrainingOptions])
     async def lr_train(
         self, x: np.ndarray, y: np.ndarray, *, train_id: str | None = None, epochs: int = 10,
         learning_rate: float = 0.1, progress: ProgressCallback | None = None,

@@ -5,7 +5,8 @@
   parameterised by :class:`.secure_kmeans.Scheme`;
 * :mod:`.pqc_kmeans` -- the labels-only CKKS k-means;
 * :mod:`.classification` -- KNN, SKNN and PQC SKNN;
-* :mod:`.regression` -- LR and PPLR.
+* :mod:`.regression` -- LR and PPLR;
+* :mod:`.options` -- the option groups several of them share (built by the facade's forwarding).
 
 :class:`dataowner.client.DataOwnerClient` is the public facade over them.
 """

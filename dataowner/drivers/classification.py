@@ -17,8 +17,8 @@ from core.algorithms import pqc_sknn
 from core.algorithms import sknn as core_sknn
 from core.crypto import ckks
 from dataowner.drivers.base import Driver, columns, grid
+from dataowner.drivers.options import ClassificationOptions
 from dataowner.job import Job, JobReport
-from dataowner.progress import ProgressCallback
 from schemas import keys
 from schemas.operations import (
     DistancesResult,
@@ -38,21 +38,14 @@ P = TypeVar("P", SknnParams, PqcSknnParams)
 
 class ClassificationDriver(Driver):
     async def knn(
-        self,
-        model: np.ndarray,
-        model_labels: np.ndarray,
-        records: np.ndarray,
-        *,
-        model_id: str | None,
-        records_id: str | None,
-        distance: str | None,
-        progress: ProgressCallback | None,
+        self, options: ClassificationOptions, model: np.ndarray, model_labels: np.ndarray,
+        records: np.ndarray, *, distance: str | None,
     ) -> JobReport:
         """Plaintext 1-NN on the worker: model, labels (1 x n) and records uploaded in the clear."""
-        rec, rid, job = self.start(Op.KNN_PREDICT, records, records_id, progress)
+        rec, rid, job = self.start(Op.KNN_PREDICT, records, options.records_id, options.progress)
         mdl = np.asarray(model, dtype=np.float64)
         lab = np.asarray(model_labels).reshape(1, -1)
-        mid = self.dataset_id(model_id)
+        mid = self.dataset_id(options.model_id)
         await asyncio.gather(
             self.put_matrix(job, mid, mdl),
             job.store.put_ndarray(keys.labels(mid), lab, num_chunks=1),
@@ -60,7 +53,7 @@ class ClassificationDriver(Driver):
         )
         params = KnnParams(
             model_id=mid, records_test_id=rid, model_labels_shape=list(lab.shape), distance=distance,
-            **self.common(),
+            **self.common(options.namespace),
         )
         _, job.report.predictions = await self.labels_round(job, params, LabelsResult)
         return job.finish()
@@ -79,29 +72,21 @@ class ClassificationDriver(Driver):
         return mid
 
     async def sknn(
-        self,
-        model: np.ndarray,
-        model_labels: np.ndarray,
-        records: np.ndarray,
-        *,
-        model_id: str | None,
-        records_id: str | None,
-        distance: str,
-        upload_model: bool,
-        namespace: str | None,
-        progress: ProgressCallback | None,
+        self, options: ClassificationOptions, model: np.ndarray, model_labels: np.ndarray,
+        records: np.ndarray, *, distance: str, upload_model: bool,
     ) -> JobReport:
-        rec, rid, job = self.start(Op.SKNN_PREDICT, records, records_id, progress, rounds=2)
-        ns = self.ns(namespace)
+        rec, rid, job = self.start(Op.SKNN_PREDICT, records, options.records_id, options.progress, rounds=2)
+        ns = self.ns(options.namespace)
         lab_shape = [1, int(np.asarray(model_labels).size)]
         if upload_model:
             mid, _ = await asyncio.gather(
-                self.upload_sknn_model(job, model, model_labels, model_id), self.upload_liu(job, rid, rec)
+                self.upload_sknn_model(job, model, model_labels, options.model_id),
+                self.upload_liu(job, rid, rec),
             )
         else:
-            if not model_id:
+            if not options.model_id:
                 raise ValueError("upload_model=False needs the model_id of an uploaded model")
-            mid = model_id
+            mid = options.model_id
             await self.upload_liu(job, rid, rec)
 
         async def nearest(r1: DistancesResult) -> np.ndarray:
@@ -117,7 +102,7 @@ class ClassificationDriver(Driver):
                 m=self.keys.liu.m,
                 model_labels_shape=lab_shape,
                 distance=distance,
-                **self.common(namespace),
+                **self.common(options.namespace),
             )
 
         r1 = await self._secure_1nn(job, params, DistancesResult, keys.distances_index(rid, ns), nearest)
@@ -125,17 +110,8 @@ class ClassificationDriver(Driver):
         return job.finish()
 
     async def pqc_sknn(
-        self,
-        model: np.ndarray,
-        model_labels: np.ndarray,
-        records: np.ndarray,
-        *,
-        model_id: str | None,
-        records_id: str | None,
-        layout: str,
-        profile: str,
-        namespace: str | None,
-        progress: ProgressCallback | None,
+        self, options: ClassificationOptions, model: np.ndarray, model_labels: np.ndarray,
+        records: np.ndarray, *, layout: str, profile: str,
     ) -> JobReport:
         if layout not in ("packed", "rows"):
             raise ValueError(f"layout must be 'packed' or 'rows', got {layout!r}")
@@ -144,10 +120,10 @@ class ClassificationDriver(Driver):
         lab = np.asarray(model_labels).reshape(1, -1).astype(np.int64)
         if mdl.ndim != 2 or rec.ndim != 2 or mdl.shape[1] != rec.shape[1] or lab.size != mdl.shape[0]:
             raise ValueError(f"model {mdl.shape}, labels {lab.shape} and records {rec.shape} disagree")
-        ns = self.ns(namespace)
-        mid, rid = self.dataset_id(model_id), self.dataset_id(records_id)
+        ns = self.ns(options.namespace)
+        mid, rid = self.dataset_id(options.model_id), self.dataset_id(options.records_id)
         n_model, a = mdl.shape
-        job = self.job(Op.PQC_SKNN_PREDICT.value, rid, rec.shape[0], 2, progress)
+        job = self.job(Op.PQC_SKNN_PREDICT.value, rid, rec.shape[0], 2, options.progress)
         with job.owner():
             ctx = self.keys.ckks(profile)
             if layout == "packed":
@@ -180,7 +156,7 @@ class ClassificationDriver(Driver):
                 layout=layout,
                 model_labels_shape=list(lab.shape),
                 distance="EUCLIDEAN",
-                **self.common(namespace),
+                **self.common(options.namespace),
             )
 
         await self._secure_1nn(job, params, PqcDistancesResult, keys.distances_index(rid, ns), nearest)

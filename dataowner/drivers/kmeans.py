@@ -7,6 +7,7 @@ import numpy as np
 from core.crypto import fdhope
 from core.dataowner import distance_matrix, threshold
 from dataowner.drivers.base import Driver
+from dataowner.drivers.options import KMeansOptions
 from dataowner.job import JobReport
 from dataowner.progress import ProgressCallback
 from schemas import keys
@@ -16,22 +17,16 @@ __all__ = ["PlainClusteringDriver"]
 
 
 class PlainClusteringDriver(Driver):
-    async def kmeans(
-        self,
-        data: np.ndarray,
-        k: int,
-        *,
-        dataset_id: str | None,
-        max_iterations: int,
-        tolerance: float,
-        upload: bool,
-        progress: ProgressCallback | None,
-    ) -> JobReport:
-        x, ds, job = self.start(ops.Op.KMEANS, data, dataset_id, progress)
+    async def kmeans(self, options: KMeansOptions, data: np.ndarray, k: int, *, upload: bool) -> JobReport:
+        x, ds, job = self.start(ops.Op.KMEANS, data, options.dataset_id, options.progress)
         if upload:
             await job.store.put_blob(ds, x)
         params = ops.KMeansParams(
-            plaintext_matrix_id=ds, k=k, max_iterations=max_iterations, tolerance=tolerance, **self.common()
+            plaintext_matrix_id=ds,
+            k=k,
+            max_iterations=options.max_iterations,
+            tolerance=options.tolerance,
+            **self.common(options.namespace),
         )
         result, job.report.labels = await self.labels_round(job, params, ops.KMeansResult)
         job.report.iterations = result.iterations

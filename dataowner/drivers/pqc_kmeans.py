@@ -14,9 +14,9 @@ import tenseal as ts
 from core.algorithms import pqc_kmeans
 from core.crypto import ckks
 from dataowner.drivers.base import Driver, columns, grid
+from dataowner.drivers.options import KMeansOptions
 from dataowner.drivers.secure_kmeans import clustering_input
 from dataowner.job import JobReport
-from dataowner.progress import ProgressCallback
 from schemas import keys
 from schemas.operations import Op, PqcKMeansDistancesResult, PqcKMeansParams, PqcKMeansSumsResult
 
@@ -24,24 +24,14 @@ __all__ = ["PqcKMeansDriver"]
 
 
 class PqcKMeansDriver(Driver):
-    async def run(
-        self,
-        data: np.ndarray,
-        k: int,
-        *,
-        dataset_id: str | None,
-        max_iterations: int,
-        tolerance: float,
-        profile: str,
-        namespace: str | None,
-        progress: ProgressCallback | None,
-    ) -> JobReport:
+    async def run(self, options: KMeansOptions, data: np.ndarray, k: int, *, profile: str) -> JobReport:
         x = clustering_input(data, k)
         n, a = x.shape
-        ns = self.ns(namespace)
-        ds = self.dataset_id(dataset_id)
+        max_iterations = options.max_iterations
+        ns = self.ns(options.namespace)
+        ds = self.dataset_id(options.dataset_id)
         op = Op.PQC_KMEANS.value
-        job = self.job(op, ds, n, max_iterations, progress)
+        job = self.job(op, ds, n, max_iterations, options.progress)
         with job.owner():
             ctx = self.keys.ckks(profile)
             blobs, shape = columns(ctx, x)
@@ -51,12 +41,12 @@ class PqcKMeansDriver(Driver):
         job.prepared()
 
         with job.owner():  # the stopping rule's scale: a pass over the data
-            tol_abs = float(np.mean(np.var(x, axis=0)) * tolerance)
+            tol_abs = float(np.mean(np.var(x, axis=0)) * options.tolerance)
         centroids = x[:k].copy()
         previous: np.ndarray | None = None
         labels = np.zeros(n, dtype=np.int64)
         converged = final_pass = False
-        common = self.common(namespace)
+        common = self.common(options.namespace)
         cent_key, labels_key = keys.pqc_kmeans_centroids(ds, ns), keys.pqc_kmeans_labels(ds, ns)
 
         def step(index: int, it: int) -> PqcKMeansParams:

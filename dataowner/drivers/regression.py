@@ -13,6 +13,7 @@ from core import pqc_dataowner
 from core.algorithms import pplr
 from core.crypto import ckks
 from dataowner.drivers.base import Driver
+from dataowner.drivers.options import TrainingOptions
 from dataowner.job import Job, JobReport
 from dataowner.progress import ProgressCallback
 from schemas import keys
@@ -44,20 +45,12 @@ def pplr_model_keys(train_id: str) -> tuple[str, str]:
 class RegressionDriver(Driver):
     # ------------------------------------------------------------------ PPLR (CKKS)
     async def pplr_train(
-        self,
-        x: np.ndarray,
-        y: np.ndarray,
-        *,
-        train_id: str | None,
-        epochs: int,
-        learning_rate: float,
-        profile: str,
-        refresh_threshold: float,
-        progress: ProgressCallback | None,
-        layout: Literal["rows", "packed"] = "rows",
+        self, options: TrainingOptions, x: np.ndarray, y: np.ndarray, *, profile: str,
+        refresh_threshold: float, layout: Literal["rows", "packed"] = "rows",
     ) -> JobReport:
         """One encrypted gradient step per call; between epochs the owner decrypts, cleans
         (|v| < ``refresh_threshold`` -> 0) and re-encrypts the weights (instead of bootstrapping)."""
+        epochs = options.epochs
         features = np.asarray(x, dtype=np.float64)
         target = np.asarray(y, dtype=np.float64).reshape(-1)
         if features.ndim != 2 or target.size != features.shape[0]:
@@ -65,14 +58,13 @@ class RegressionDriver(Driver):
         if epochs < 1:
             raise ValueError("epochs must be >= 1")
         n, d = features.shape
-        tid = self.dataset_id(train_id)
-        job = self.job(Op.PPLR_TRAIN.value, tid, n, epochs, progress)
+        tid = self.dataset_id(options.train_id)
+        job = self.job(Op.PPLR_TRAIN.value, tid, n, epochs, options.progress)
         x_key, y_key = keys.encrypted(tid), keys.encrypted(f"{tid}y")
         w_key, b_key = pplr_model_keys(tid)
         if layout == "packed":
             weights, bias = await self._pplr_train_packed(
-                job, features, target, (x_key, y_key, w_key, b_key), epochs, learning_rate, profile,
-                refresh_threshold,
+                job, features, target, (x_key, y_key, w_key, b_key), options, profile, refresh_threshold
             )
             job.report.iterations = epochs
             job.report.extra.update(train_id=tid, weights=weights, bias=bias, profile=profile, layout=layout)
@@ -96,7 +88,7 @@ class RegressionDriver(Driver):
                 return pqc_dataowner.decrypt_model(ctx, w_vec[0], b_vec[0], threshold=refresh_threshold)
 
         weights, bias = await self._pplr_epochs(
-            job, (x_key, y_key, w_key, b_key), (n, d), epochs, learning_rate, put, update
+            job, (x_key, y_key, w_key, b_key), (n, d), epochs, options.learning_rate, put, update
         )
         job.report.iterations = epochs
         job.report.extra.update(train_id=tid, weights=weights, bias=bias, profile=profile)
@@ -141,8 +133,8 @@ class RegressionDriver(Driver):
         return weights, bias
 
     async def _pplr_train_packed(
-        self, job: Job, features: np.ndarray, target: np.ndarray, ids: tuple[str, str, str, str], epochs: int,
-        learning_rate: float, profile: str, refresh_threshold: float,
+        self, job: Job, features: np.ndarray, target: np.ndarray, ids: tuple[str, str, str, str],
+        options: TrainingOptions, profile: str, refresh_threshold: float,
     ) -> tuple[np.ndarray, float]:
         """Packed layout (``core/algorithms/pplr.py``): X and y column-packed once; per epoch the
         owner uploads fresh replicated w and b, the worker returns per-slot gradients, the owner sums
@@ -167,11 +159,11 @@ class RegressionDriver(Driver):
             gradients = await self.get_vectors(job, result.encrypted_gradients_id, profile)
             with job.owner():
                 return pplr.update_from_packed(
-                    ctx, gradients, weights, bias, learning_rate, n, refresh_threshold
+                    ctx, gradients, weights, bias, options.learning_rate, n, refresh_threshold
                 )
 
         return await self._pplr_epochs(
-            job, ids, features.shape, epochs, learning_rate, put, update, layout="packed"
+            job, ids, features.shape, options.epochs, options.learning_rate, put, update, layout="packed"
         )
 
     async def put_model_packed(
@@ -247,17 +239,8 @@ class RegressionDriver(Driver):
         return job.finish()
 
     # ------------------------------------------------------------------ LR (plaintext)
-    async def lr_train(
-        self,
-        x: np.ndarray,
-        y: np.ndarray,
-        *,
-        train_id: str | None,
-        epochs: int,
-        learning_rate: float,
-        progress: ProgressCallback | None,
-    ) -> JobReport:
-        features, tid, job = self.start(Op.LR_TRAIN, x, train_id, progress)
+    async def lr_train(self, options: TrainingOptions, x: np.ndarray, y: np.ndarray) -> JobReport:
+        features, tid, job = self.start(Op.LR_TRAIN, x, options.train_id, options.progress)
         target = np.asarray(y, dtype=np.float64).reshape(-1)
         x_key, y_key, weights_id, bias_id = lr_keys(tid)
         await asyncio.gather(self.put_matrix(job, x_key, features), self.put_matrix(job, y_key, target))
@@ -266,8 +249,8 @@ class RegressionDriver(Driver):
             plaintext_label_vector_train_id=y_key,
             weights_id=weights_id,
             bias_id=bias_id,
-            epochs=epochs,
-            learning_rate=learning_rate,
+            epochs=options.epochs,
+            learning_rate=options.learning_rate,
             **self.common(),
         )
 
@@ -276,7 +259,7 @@ class RegressionDriver(Driver):
             return await asyncio.gather(job.store.get_ndarray(weights_id), job.store.get_ndarray(bias_id))
 
         _, (weights, bias) = await self.one_round(job, params, TrainResult, download_model)
-        job.report.iterations = epochs
+        job.report.iterations = options.epochs
         job.report.extra.update(
             train_id=tid,
             weights_id=weights_id,

@@ -30,8 +30,8 @@ from core.algorithms.convergence import max_abs_shift
 from core.algorithms.udm import build_udm
 from core.crypto import ckks, fdhope
 from dataowner.drivers.base import Driver
+from dataowner.drivers.options import KMeansOptions
 from dataowner.job import Job, JobReport
-from dataowner.progress import ProgressCallback
 from schemas import keys
 from schemas.operations import (
     ClusteringStatus,
@@ -84,30 +84,21 @@ def clustering_input(data: np.ndarray, k: int, max_iterations: int | None = None
 
 class SecureKMeansDriver(Driver):
     async def run(
-        self,
-        scheme: Scheme,
-        data: np.ndarray,
-        k: int,
-        *,
-        dataset_id: str | None,
-        max_iterations: int,
-        tolerance: float,
-        upload: bool,
-        namespace: str | None,
-        progress: ProgressCallback | None,
+        self, scheme: Scheme, options: KMeansOptions, data: np.ndarray, k: int, *, upload: bool,
         rng: np.random.Generator | None = None,
     ) -> JobReport:
         """The rounds the four secure k-means protocols share."""
+        max_iterations = options.max_iterations
         x = clustering_input(data, k, max_iterations)
         n, a = x.shape
-        ns = self.ns(namespace)
-        ds = self.dataset_id(dataset_id)
-        job = self.job(scheme.op.value, ds, n, max_iterations, progress)
+        ns = self.ns(options.namespace)
+        ds = self.dataset_id(options.dataset_id)
+        job = self.job(scheme.op.value, ds, n, max_iterations, options.progress)
         fkey = await self._uploads(job, scheme, ds, ns, x, k, upload, rng)
         job.emit("upload", message=f"{n}x{a} encrypted, UDM uploaded")
         job.prepared()
 
-        base: dict[str, Any] = {"plaintext_matrix_id": ds, "k": k, **self.common(namespace)}
+        base: dict[str, Any] = {"plaintext_matrix_id": ds, "k": k, **self.common(options.namespace)}
         if scheme.profile is None:
             with job.owner():  # may read the Liu key from disk (upload=False skipped that so far)
                 base["m"] = self.keys.liu.m
@@ -131,7 +122,7 @@ class SecureKMeansDriver(Driver):
                     centroids = centroids - shift
                 shift_matrices.append(shift)
                 job.report.shifts.append(size)
-                converged = size <= tolerance
+                converged = size <= options.tolerance
                 labels = await labels_task
                 if converged or it == max_iterations:
                     job.emit("converged" if converged else "max-iterations", it, size)

@@ -22,6 +22,7 @@ from numpy.typing import ArrayLike
 
 from core.crypto import fdhope, liu
 from dataowner.drivers.base import DriverConfig
+from dataowner.drivers.options import KMeansOptions
 from dataowner.drivers.secure_kmeans import Scheme, SecureKMeansDriver
 from dataowner.inprocess_port import InProcessPort
 from dataowner.job import JobReport
@@ -141,18 +142,8 @@ class InProcessOwner:
         port = InProcessPort(store, keys_path=self.keys_path)
         try:
             driver = SecureKMeansDriver(port, store, self.keys, DriverConfig())
-            return await driver.run(
-                scheme,
-                data,
-                k,
-                dataset_id=None,
-                max_iterations=max_iterations,
-                tolerance=tolerance,
-                upload=True,
-                namespace=None,
-                progress=None,
-                rng=rng,
-            )
+            options = KMeansOptions(None, max_iterations, tolerance, progress=None)
+            return await driver.run(scheme, options, data, k, upload=True, rng=rng)
         finally:
             await port.close()
             await store.aclose()
