@@ -62,9 +62,23 @@ class RegressionDriver(Driver):
         job = self.job(Op.PPLR_TRAIN.value, tid, n, epochs, options.progress)
         x_key, y_key = keys.encrypted(tid), keys.encrypted(f"{tid}y")
         w_key, b_key = pplr_model_keys(tid)
+        # One command serves every epoch; ``layout`` is sent only where it is not the default, so a
+        # rows-layout command stays as the original client sent it (without the field).
+        command = PplrTrainParams(
+            encrypted_matrix_train_id=x_key,
+            encrypted_label_vector_train_id=y_key,
+            encrypted_weights_id=w_key,
+            encrypted_bias_id=b_key,
+            learning_rate=options.learning_rate,
+            n_features=d,
+            n_samples=n,
+            epochs=1,
+            **({"layout": layout} if layout != "rows" else {}),
+            **self.common(),
+        )
         if layout == "packed":
             weights, bias = await self._pplr_train_packed(
-                job, features, target, (x_key, y_key, w_key, b_key), options, profile, refresh_threshold
+                job, features, target, command, options, profile, refresh_threshold
             )
             job.report.iterations = epochs
             job.report.extra.update(train_id=tid, weights=weights, bias=bias, profile=profile, layout=layout)
@@ -87,9 +101,7 @@ class RegressionDriver(Driver):
             with job.owner():
                 return pqc_dataowner.decrypt_model(ctx, w_vec[0], b_vec[0], threshold=refresh_threshold)
 
-        weights, bias = await self._pplr_epochs(
-            job, (x_key, y_key, w_key, b_key), (n, d), epochs, options.learning_rate, put, update
-        )
+        weights, bias = await self._pplr_epochs(job, command, d, epochs, put, update)
         job.report.iterations = epochs
         job.report.extra.update(train_id=tid, weights=weights, bias=bias, profile=profile)
         return job.finish()
@@ -97,49 +109,33 @@ class RegressionDriver(Driver):
     async def _pplr_epochs(
         self,
         job: Job,
-        ids: tuple[str, str, str, str],
-        shape: tuple[int, int],
+        command: PplrTrainParams,
+        n_features: int,
         epochs: int,
-        learning_rate: float,
         put: Callable[[np.ndarray, float], Awaitable[None]],
         update: Callable[[PplrTrainResult, np.ndarray, float], Awaitable[tuple[np.ndarray, float]]],
-        **layout: str,
     ) -> tuple[np.ndarray, float]:
         """The epochs both PPLR layouts share: ``put`` the current model, one encrypted step on the
-        worker, then the owner's ``update`` from what it left. ``layout`` is passed on only where
-        given, so a rows-layout command stays as it was (without the field)."""
-        x_key, y_key, w_key, b_key = ids
-        n, d = shape
+        worker (``command``, the same every epoch), then the owner's ``update`` from what it left."""
         job.prepared()
-        weights, bias = np.zeros(d), 0.0
+        weights, bias = np.zeros(n_features), 0.0
         for epoch in range(1, epochs + 1):
             with job.round():
                 await put(weights, bias)
                 job.emit("train", epoch)
-                params = PplrTrainParams(
-                    encrypted_matrix_train_id=x_key,
-                    encrypted_label_vector_train_id=y_key,
-                    encrypted_weights_id=w_key,
-                    encrypted_bias_id=b_key,
-                    learning_rate=learning_rate,
-                    n_features=d,
-                    n_samples=n,
-                    epochs=1,
-                    **layout,
-                    **self.common(),
-                )
-                result = await job.call(params, PplrTrainResult)
+                result = await job.call(command, PplrTrainResult)
                 weights, bias = await update(result, weights, bias)
         return weights, bias
 
     async def _pplr_train_packed(
-        self, job: Job, features: np.ndarray, target: np.ndarray, ids: tuple[str, str, str, str],
+        self, job: Job, features: np.ndarray, target: np.ndarray, command: PplrTrainParams,
         options: TrainingOptions, profile: str, refresh_threshold: float,
     ) -> tuple[np.ndarray, float]:
         """Packed layout (``core/algorithms/pplr.py``): X and y column-packed once; per epoch the
         owner uploads fresh replicated w and b, the worker returns per-slot gradients, the owner sums
         them and steps in plaintext. No Galois keys; 4 levels (the ``pplr-*`` profiles)."""
-        x_key, y_key, w_key, b_key = ids
+        x_key, y_key = command.encrypted_matrix_train_id, command.encrypted_label_vector_train_id
+        w_key, b_key = command.encrypted_weights_id, command.encrypted_bias_id
         n = features.shape[0]
         with job.owner():
             ctx = self.keys.ckks(profile)
@@ -162,9 +158,7 @@ class RegressionDriver(Driver):
                     ctx, gradients, weights, bias, options.learning_rate, n, refresh_threshold
                 )
 
-        return await self._pplr_epochs(
-            job, ids, features.shape, options.epochs, options.learning_rate, put, update, layout="packed"
-        )
+        return await self._pplr_epochs(job, command, features.shape[1], options.epochs, put, update)
 
     async def put_model_packed(
         self, job: Job, ctx: ts.Context, w_key: str, b_key: str, weights: np.ndarray, bias: float, size: int

@@ -153,9 +153,10 @@ async def test_failed_write_keeps_the_old_version(
     ]
 
 
-async def test_cancelled_write_leaves_nothing(
-    store: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+async def _cancel_while_writing(
+    store: LocalStore, monkeypatch: pytest.MonkeyPatch, ball_id: str, array: np.ndarray, num_chunks: int = 1
 ) -> None:
+    """Start a put, cancel it while its chunk files are being written, and wait until it has ended."""
     gate = threading.Event()
     real = local_module._write_pieces
 
@@ -164,12 +165,18 @@ async def test_cancelled_write_leaves_nothing(
         return real(pieces)
 
     monkeypatch.setattr(local_module, "_write_pieces", slow)
-    task = asyncio.ensure_future(store.put_ndarray("never", np.ones((8, 2)), num_chunks=4))
+    task = asyncio.ensure_future(store.put_ndarray(ball_id, array, num_chunks=num_chunks))
     await asyncio.sleep(0.05)
     task.cancel()
     gate.set()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_cancelled_write_leaves_nothing(
+    store: LocalStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await _cancel_while_writing(store, monkeypatch, "never", np.ones((8, 2)), num_chunks=4)
     for _ in range(100):
         if not any(p.name.startswith("never.") for p in (tmp_path / "rory").iterdir()):
             break
@@ -183,20 +190,7 @@ async def test_a_cancelled_small_overwrite_keeps_the_old_version(
 ) -> None:
     """A small put writes and commits in one thread hop; cancelled before its commit, it commits nothing."""
     await store.put_ndarray("state", np.zeros((5, 8)))
-    gate = threading.Event()
-    real = local_module._write_pieces
-
-    def slow(pieces):  # type: ignore[no-untyped-def]
-        gate.wait(5)
-        return real(pieces)
-
-    monkeypatch.setattr(local_module, "_write_pieces", slow)
-    task = asyncio.ensure_future(store.put_ndarray("state", np.ones((5, 8))))
-    await asyncio.sleep(0.05)
-    task.cancel()
-    gate.set()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await _cancel_while_writing(store, monkeypatch, "state", np.ones((5, 8)))
     np.testing.assert_array_equal(await store.get_ndarray("state"), np.zeros((5, 8)))
     for _ in range(100):
         if len([p for p in (tmp_path / "rory").iterdir() if p.name.startswith("state.v")]) == 1:
