@@ -32,7 +32,7 @@ def scale(array: np.ndarray, factor: float) -> np.ndarray:
 
 
 def scribble(array: np.ndarray) -> float:
-    """Writes into its argument (a private copy-on-write mapping in the child)."""
+    """Writes into its argument (read-only in the child: large inputs are shared mappings)."""
     array[:] = -1.0
     return float(array[0])
 
@@ -176,8 +176,25 @@ async def test_results_reuse_files_lent_by_the_parent(pool: ComputePool) -> None
 async def test_the_child_cannot_change_the_callers_array(pool: ComputePool) -> None:
     pooled = shared.empty((BIG,), np.float64)
     pooled[:] = 7.0
-    assert await pool.run(scribble, pooled) == -1.0
-    assert float(pooled.min()) == 7.0  # copy-on-write in the child
+    with pytest.raises(ValueError, match="read-only"):
+        await pool.run(scribble, pooled)
+    assert float(pooled.min()) == 7.0
+
+
+async def test_a_slot_sees_the_current_bytes_of_a_file_it_mapped_before(pool: ComputePool) -> None:
+    """Slots keep the previous call's input mappings: a file the parent rewrote between two calls
+    reads as rewritten, and a file freed and replaced by another reads as the new one."""
+    pooled = shared.empty((BIG,), np.float64)
+    for value in (1.0, 2.0, 3.0, 4.0):  # two slots: each sees every file at least twice
+        pooled[:] = value
+        assert await pool.run(total, pooled) == pytest.approx(value * BIG)
+    del pooled
+    gc.collect()
+    for value in (5.0, 6.0, 7.0, 8.0):
+        fresh = shared.empty((BIG,), np.float64)  # often the same pooled file, sometimes a new one
+        fresh[:] = value
+        assert await pool.run(total, fresh) == pytest.approx(value * BIG)
+        assert await pool.run(total, fresh[1000:]) == pytest.approx(value * (BIG - 1000))
 
 
 async def test_failures_leave_no_files_behind(pool: ComputePool) -> None:
