@@ -4,6 +4,7 @@
     python benchmarks/bench_e2e.py --n 20000       # smaller
     python benchmarks/bench_e2e.py --in-process    # worker inside this process (pool still separate)
     python benchmarks/bench_e2e.py --store-cache-mb 0   # the worker's store exactly as the service opens it
+    python benchmarks/bench_e2e.py --protocols skmeans  # SKMeans only (no per-protocol table rows)
 
 Both sides run the same driver (``dataowner/drivers/secure_kmeans.py``) for exactly ``--rounds``
 rounds (tolerance < 0: no early stop), so the totals compare the same work: Liu encryption + UDM
@@ -31,6 +32,15 @@ owner's own storage + decryption between commands; "the core" is the in-process 
 time (the same core functions, inline). Small jobs compute on the worker's event loop
 (``worker.handlers.secure_kmeans.INLINE_COMPUTE_BYTES``), so "worker compute" is pool or inline time.
 The goals are printed, never asserted: figures on a shared machine are noisy.
+
+Then one row per protocol of ``--protocols`` (default all four of the SKMeans family): the mean
+round in process and end to end, their ratio, and whether the two runs' labels agree. The SKMeans
+row is the job above; DBSKMeans runs at ``--n`` x ``--rounds`` too, the CKKS variants (one
+ciphertext per record: costly, keep it small) at ``--pqc-n`` x ``--pqc-rounds``. Every protocol
+gets its own warm-up job on both sides, and all of them run on the same worker. FDH-OPE (the double-
+blind variants) and CKKS encrypt with fresh randomness, so their labels may legitimately differ
+between two runs near a cluster boundary: the column shows the share that agrees; only SKMeans'
+labels decide the exit status.
 """
 
 from __future__ import annotations
@@ -42,7 +52,9 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,8 +63,45 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 if TYPE_CHECKING:
+    from dataowner.client import DataOwnerClient
     from dataowner.job import JobReport
     from dataowner.keys import OwnerKeys
+
+#: --protocols name -> the DataOwnerClient method that runs it
+PROTOCOLS: dict[str, str] = {
+    "skmeans": "skmeans",
+    "dbskmeans": "dbskmeans",
+    "pqc-skmeans": "pqc_skmeans",
+    "pqc-dbskmeans": "pqc_dbskmeans",
+}
+#: the protocols over CKKS row ciphertexts (their worker needs the public CKKS material)
+CKKS_PROTOCOLS = frozenset({"pqc-skmeans", "pqc-dbskmeans"})
+CKKS_PROFILE = "default-128"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One measured job: ``protocol`` (a key of :data:`PROTOCOLS`) over ``x`` for exactly ``rounds``."""
+
+    protocol: str
+    x: np.ndarray
+    rounds: int
+
+
+def _runner(client: DataOwnerClient, job: Job) -> Callable[..., Awaitable[JobReport]]:
+    run: Callable[..., Awaitable[JobReport]] = getattr(client, PROTOCOLS[job.protocol])
+    return run
+
+
+async def warm_up(client: DataOwnerClient, job: Job, k: int) -> None:
+    """A small job of the same protocol first: the worker's pool processes import numpy/the core
+    (and TenSEAL) on their first task."""
+    await _runner(client, job)(job.x[: max(k, 50)], k, max_iterations=2, tolerance=-1.0)
+
+
+async def measure(client: DataOwnerClient, job: Job, k: int) -> JobReport:
+    """The job itself: exactly ``job.rounds`` rounds (tolerance < 0: no early stop)."""
+    return await _runner(client, job)(job.x, k, max_iterations=job.rounds, tolerance=-1.0)
 
 
 def make_data(n: int, a: int, k: int, seed: int = 0) -> np.ndarray:
@@ -77,6 +126,22 @@ async def in_process(
 
     ``port``: makes the worker's port from the (cached) store the owner shares; default
     ``InProcessPort`` (bench_growth.py passes one over a store that counts the worker's bytes)."""
+    job = Job("skmeans", x, rounds)
+    return (await in_process_jobs([job], k, keys, data_dir, num_chunks, cache_mb, port))[0]
+
+
+async def in_process_jobs(
+    jobs: Sequence[Job],
+    k: int,
+    keys: OwnerKeys,
+    data_dir: Path,
+    num_chunks: int | None,
+    cache_mb: int,
+    port: Callable[[Any], Any] | None = None,
+    keys_path: Path | None = None,
+) -> list[JobReport]:
+    """:func:`in_process` for several jobs, one after the other, each after its own warm-up.
+    ``keys_path``: the worker's public CKKS material (the CKKS protocols need it)."""
     from dataowner.client import DataOwnerClient
     from dataowner.inprocess_port import InProcessPort
     from worker.storage import LocalStore
@@ -84,10 +149,14 @@ async def in_process(
 
     raw = LocalStore(data_dir / "inproc-storage", "rory")
     store = with_cache(raw, max(0, cache_mb) << 20)  # the owner shares the worker's store object
-    client = DataOwnerClient(None, store, keys, port=(port or InProcessPort)(store), num_chunks=num_chunks)
+    make_port = port or partial(InProcessPort, keys_path=keys_path)
+    client = DataOwnerClient(None, store, keys, port=make_port(store), num_chunks=num_chunks)
     try:
-        await client.skmeans(x[: max(k, 50)], k, max_iterations=2, tolerance=-1.0)
-        return await client.skmeans(x, k, max_iterations=rounds, tolerance=-1.0)
+        reports = []
+        for job in jobs:
+            await warm_up(client, job, k)
+            reports.append(await measure(client, job, k))
+        return reports
     finally:
         await client.close()
         await raw.aclose()
@@ -191,15 +260,25 @@ async def _start_worker_process(env: dict[str, str], log_file: Path, cache_mb: i
     return worker
 
 
+@dataclass
+class EndToEnd:
+    """:func:`end_to_end`'s results: a report per job, the owner's keys, the first job's health probes."""
+
+    reports: list[JobReport]
+    keys: OwnerKeys
+    health: list[float]
+
+
 async def end_to_end(
-    x: np.ndarray,
+    jobs: Sequence[Job],
     k: int,
-    rounds: int,
     data_dir: Path,
     in_process_worker: bool,
     num_chunks: int | None,
     cache_mb: int,
-) -> dict[str, Any]:
+) -> EndToEnd:
+    """The jobs through one worker over NATS, each after its own warm-up job; health is probed
+    while the first one runs."""
     import nats
 
     from dataowner.client import DataOwnerClient
@@ -209,7 +288,10 @@ async def end_to_end(
     from worker.embedded import EmbeddedNats
     from worker.storage import LocalStore
 
-    keys = OwnerKeys.generate(data_dir / "owner-keys", profiles=())
+    ckks = any(job.protocol in CKKS_PROTOCOLS for job in jobs)
+    keys = OwnerKeys.generate(data_dir / "owner-keys", profiles=(CKKS_PROFILE,) if ckks else ())
+    if ckks:  # before the worker starts: its KEYS_PATH
+        keys.export_public(data_dir / "worker-keys", CKKS_PROFILE)
     server = await EmbeddedNats(data_dir / "nats", log_file=data_dir / "nats.log").start()
     worker: Any = None
     nc = await nats.connect(server.url)
@@ -232,12 +314,14 @@ async def end_to_end(
         client = DataOwnerClient(
             nc, store, keys, prefix=PREFIX, node="bench-0", timeout=600, num_chunks=num_chunks
         )
-        # warm-up: the worker's pool processes import numpy/the core on their first task
-        await client.skmeans(x[: max(k, 50)], k, max_iterations=2, tolerance=-1.0)
+        await warm_up(client, jobs[0], k)
         async with _HealthProbe(server.url, subjects.health(PREFIX, "bench-0")) as probe:
-            report = await client.skmeans(x, k, max_iterations=rounds, tolerance=-1.0)
+            reports = [await measure(client, jobs[0], k)]
             health = await probe.samples()
-        return {"report": report, "keys": keys, "health": health}
+        for job in jobs[1:]:
+            await warm_up(client, job, k)
+            reports.append(await measure(client, job, k))
+        return EndToEnd(reports, keys, health)
     finally:
         if worker is not None:
             await worker.stop()
@@ -260,6 +344,35 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1000:9.1f}"
 
 
+def _protocols(text: str) -> list[str]:
+    names = [name for name in text.split(",") if name]
+    unknown = sorted(set(names) - set(PROTOCOLS))
+    if unknown:
+        choices = ", ".join(PROTOCOLS)
+        raise argparse.ArgumentTypeError(f"unknown protocol(s) {', '.join(unknown)}; choose from {choices}")
+    return list(dict.fromkeys(names))  # once each
+
+
+def print_protocols(
+    names: Sequence[str], jobs: Sequence[Job], local: Sequence[JobReport], e2e: Sequence[JobReport]
+) -> None:
+    """The per-protocol table: mean round in process and end to end, their ratio, labels agreeing."""
+    print()
+    print("per protocol: mean round in process vs end to end, ratio end-to-end / in-process")
+    print(
+        f"  {'protocol':16}{'n':>8}{'rounds':>8}{'in-process ms':>15}{'end-to-end ms':>15}{'ratio':>8}"
+        "  labels agree"
+    )
+    for name in names:
+        i = next(i for i, job in enumerate(jobs) if job.protocol == name)
+        here, there = statistics.mean(local[i].per_round_seconds), statistics.mean(e2e[i].per_round_seconds)
+        agree = float(np.mean(local[i].labels == e2e[i].labels))
+        print(
+            f"  {name:16}{len(jobs[i].x):8d}{e2e[i].iterations:8d}{here * 1000:15.1f}{there * 1000:15.1f}"
+            f"{there / here:7.2f}x  {'identical' if agree == 1.0 else f'{agree:.1%}'}"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=100_000, help="records (default 100000)")
@@ -280,6 +393,14 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="BLAS threads of the in-process side (default: as one compute slot, cores // 2; 0 = leave)",
     )
+    parser.add_argument(
+        "--protocols",
+        type=_protocols,
+        default=list(PROTOCOLS),
+        help=f"rows of the per-protocol table, comma-separated (default {','.join(PROTOCOLS)})",
+    )
+    parser.add_argument("--pqc-n", type=int, default=500, help="records of the CKKS variants (default 500)")
+    parser.add_argument("--pqc-rounds", type=int, default=3, help="rounds of the CKKS variants (default 3)")
     parser.add_argument("--serve-worker", type=int, metavar="MB", help=argparse.SUPPRESS)
     parser.add_argument("--probe-health", nargs=2, metavar=("URL", "SUBJECT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -297,6 +418,13 @@ def main(argv: list[str] | None = None) -> int:
     if blas > 0:
         limit_blas_threads(blas)
     x = make_data(args.n, args.a, args.k)
+    ckks = bool(CKKS_PROTOCOLS & set(args.protocols))
+    x_pqc = make_data(args.pqc_n, args.a, args.k) if ckks else x
+    jobs = [Job("skmeans", x, args.rounds)] + [
+        Job(name, x_pqc, args.pqc_rounds) if name in CKKS_PROTOCOLS else Job(name, x, args.rounds)
+        for name in args.protocols
+        if name != "skmeans"
+    ]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     if load > 1.0:
         print(
@@ -307,14 +435,15 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="rory-bench-") as tmp:
         data_dir = Path(tmp)
         e2e = asyncio.run(
-            end_to_end(
-                x, args.k, args.rounds, data_dir, args.in_process, args.num_chunks, args.store_cache_mb
+            end_to_end(jobs, args.k, data_dir, args.in_process, args.num_chunks, args.store_cache_mb)
+        )
+        keys_path = data_dir / "worker-keys" if ckks else None  # written by end_to_end
+        locals_ = asyncio.run(
+            in_process_jobs(
+                jobs, args.k, e2e.keys, data_dir, args.num_chunks, args.store_cache_mb, keys_path=keys_path
             )
         )
-        report, keys, health = e2e["report"], e2e["keys"], sorted(e2e["health"])
-        local = asyncio.run(
-            in_process(x, args.k, keys, args.rounds, data_dir, args.num_chunks, args.store_cache_mb)
-        )
+    report, local, health = e2e.reports[0], locals_[0], sorted(e2e.health)
 
     same = bool(np.array_equal(local.labels, report.labels))
     rounds = report.rounds
@@ -366,6 +495,8 @@ def main(argv: list[str] | None = None) -> int:
             f"p50 {p50 * 1e3:.2f} ms, p99 {p99 * 1e3:.2f} ms, max {health[-1] * 1e3:.2f} ms "
             "(goal p99 < 10 ms)"
         )
+    if args.protocols:
+        print_protocols(args.protocols, jobs, locals_, e2e.reports)
     return 0 if same else 1
 
 

@@ -53,14 +53,18 @@ CASES: dict[str, tuple[str, list[str], list[str]]] = {
     ),
     "e2e": (
         "bench_e2e.py",
-        ["--n", "60", "--rounds", "2"],
+        ["--n", "60", "--rounds", "2", "--pqc-n", "60", "--pqc-rounds", "1"],
         ["(worker process,", "labels identical", "in-process", "end-to-end", "mean round (ms)", "(goal <=",
-         "round ratio end-to-end / in-process", "per-round overhead", "health while the job ran", "goal p99"],
+         "round ratio end-to-end / in-process", "per-round overhead", "health while the job ran", "goal p99",
+         "per protocol: mean round in process vs end to end", "labels agree", "  skmeans ", "  dbskmeans ",
+         "  pqc-skmeans ", "  pqc-dbskmeans "],
     ),
     "e2e_in_process": (
         "bench_e2e.py",
-        ["--n", "60", "--rounds", "2", "--in-process"],
-        ["(worker in process,", "labels identical", "mean round (ms)", "(goal <=", "per-round overhead"],
+        ["--n", "60", "--rounds", "2", "--in-process", "--protocols", "skmeans,pqc-skmeans", "--pqc-n", "60",
+         "--pqc-rounds", "1"],
+        ["(worker in process,", "labels identical", "mean round (ms)", "(goal <=", "per-round overhead",
+         "per protocol: mean round in process vs end to end", "  pqc-skmeans "],
     ),
     "growth": (
         "bench_growth.py",
