@@ -67,15 +67,22 @@ def _claim(where: str, facade: inspect.Signature, builder: Builder, taken: set[s
 
     A builder parameter the facade lacks keeps its default; without one, fail now rather than at the
     first call. An option two builders name would reach only the first (the other keeping its
-    default, silently), so that fails too.
+    default, silently), and a builder parameter named like a positional facade parameter would keep
+    its default while the driver gets the value by position, so both fail too.
     """
     keyword = {name for name, p in facade.parameters.items() if p.kind is p.KEYWORD_ONLY}
     params = inspect.signature(builder).parameters
     missing = [name for name, p in params.items() if name not in keyword and p.default is p.empty]
+    positional = [name for name in params if name in facade.parameters and name not in keyword]
     names = [name for name in params if name in keyword]
     twice = taken.intersection(names)
-    if missing or twice:
-        problem = f"lacks {missing}" if missing else f"passes {sorted(twice)} to two builders"
+    if missing or twice or positional:
+        if missing:
+            problem = f"lacks {missing}"
+        elif positional:
+            problem = f"takes {positional} by position, not by keyword,"
+        else:
+            problem = f"passes {sorted(twice)} to two builders"
         raise TypeError(f"{where} {problem} for {builder!r}")
     taken.update(names)
     return names

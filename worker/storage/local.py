@@ -342,9 +342,11 @@ class LocalStore(PlannedStore, BucketFiles):
         the manifest; None writes a small ball (:meth:`_write_small`) and commits it in the same
         thread hop (a put costs one hand-off instead of two). On any failure or cancellation the
         job's threads are waited for and the directory is removed unless the commit happened; disk
-        errors become ``StorageUnavailable``. A cancelled write never commits unless its commit had
-        already begun: the one-hop path checks ``abandoned`` just before committing, as the
-        two-hop path's commit, once queued, is cancelled only before it starts.
+        errors become ``StorageUnavailable``. A cancellation that reaches this coroutine before the
+        thread checks ``abandoned`` (just before committing) commits nothing. One delivered later
+        finds the version committed and still raises: the caller sees CancelledError for a put that
+        landed, as when a two-hop commit had already begun. The thread cannot see a cancel the loop has
+        not delivered yet, so the one-hop path's window is the loop's delay in delivering it.
         """
         version = new_version()
         directory = self._version_dir(plan.ball_id, version)

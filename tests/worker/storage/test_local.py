@@ -18,6 +18,7 @@ from worker.errors import CorruptObject, InvalidName, NotFound, StorageUnavailab
 from worker.settings import Settings
 from worker.storage import LocalStore, MictlanXStore, open_store
 from worker.storage import local as local_module
+from worker.storage.base import ForwardingStore
 
 
 @pytest.fixture
@@ -168,6 +169,11 @@ async def _cancel_while_writing(
     task = asyncio.ensure_future(store.put_ndarray(ball_id, array, num_chunks=num_chunks))
     await asyncio.sleep(0.05)
     task.cancel()
+    # Let the task take the cancellation (a few loop turns; the write is held, so nothing races)
+    # before the write goes on: a cancel the loop has not delivered yet cannot stop a commit.
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not task.done()  # still waiting for its writer thread before it cleans up
     gate.set()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -389,3 +395,18 @@ async def test_block_hash_tags_are_strict(store: LocalStore, tmp_path: Path) -> 
         path.write_text(json.dumps({**manifest, "chunks": [{**record, field: values}]}))
         with pytest.raises(CorruptObject, match="values"):
             await store.get_ndarray("t")
+
+
+async def test_wrappers_report_the_overwrite_of_the_store_they_wrap(store: LocalStore) -> None:
+    """put_all overwrites several keys at once only on a store whose overwrite is atomic: a wrapper
+    says what its inner store says, and an inner object outside the interface counts as not atomic."""
+
+    class Anything:
+        backend = "proxy"
+
+        def __getattr__(self, name: str) -> object:
+            return lambda *args: None  # answers every attribute, as test doubles and proxies do
+
+    assert store.atomic_overwrite is True
+    assert ForwardingStore(ForwardingStore(store)).atomic_overwrite is True
+    assert ForwardingStore(Anything()).atomic_overwrite is False  # type: ignore[arg-type]
