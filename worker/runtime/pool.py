@@ -429,7 +429,7 @@ class ComputePool:
             spares = shared.POOL.lend(self._result_sizes.get(key, ()))
             result = await self._run_in_slot(shared.call, fn, args, kwargs, spares, tag)
             sizes = shared.shared_sizes(result)
-            if sizes:
+            if shared.has_shared(result):
                 used = shared.result_paths(result)
                 result = await shared.in_thread(shared.collect, result, spares)
             if len(self._result_sizes) < 1024 or key in self._result_sizes:

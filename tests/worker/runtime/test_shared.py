@@ -41,6 +41,15 @@ def fail_after_result(array: np.ndarray) -> np.ndarray:
     raise ValueError("boom")
 
 
+def reversed_blobs(blobs: list[bytes], extra: bytes) -> tuple[list[bytes], list[str]]:
+    """Returns the byte strings reversed plus one, and the types it received."""
+    return [*reversed(blobs), extra], sorted({type(blob).__name__ for blob in blobs})
+
+
+def blob_lengths(blobs: list[bytes]) -> list[int]:
+    return [len(blob) for blob in blobs]
+
+
 def blas_threads() -> int:
     from threadpoolctl import threadpool_info  # installed with scikit-learn (test dependency)
 
@@ -321,3 +330,38 @@ async def test_a_named_tuple_result_keeps_its_fields_through_the_pool(pool: Comp
     assert type(pooled) is skmeans.EncryptedPhaseResult and shared.is_shared(pooled.labels)
     np.testing.assert_array_equal(pooled.labels, inline.labels)
     np.testing.assert_allclose(pooled.shift, inline.shift)
+
+
+# ----------------------------------------------------------------------------- byte strings
+def _ciphertext_like(count: int, size: int) -> list[bytes]:
+    """Serialized ciphertexts stand-ins: distinct contents, one empty string among them."""
+    rng = np.random.default_rng(count)
+    return [b""] + [rng.bytes(size) for _ in range(count - 1)]
+
+
+async def test_large_byte_string_lists_cross_both_ways_intact(pool: ComputePool) -> None:
+    blobs = _ciphertext_like(40, 20_000)  # 780 KB: above the threshold, crosses in a transfer file
+    assert shared.needs_copy((blobs,)) and shared.has_large((blobs,))
+    before = _our_files()
+    result, kinds = await pool.run(reversed_blobs, blobs, b"tail")
+    assert result == [*reversed(blobs), b"tail"]
+    assert kinds == ["bytes"]  # the callee gets bytes, as TenSEAL needs
+    gc.collect()
+    leaked = {p for p in _our_files() - before if p not in shared.POOL.tracked()}
+    assert not leaked  # the result's file was read out and deleted
+
+
+async def test_small_or_mixed_lists_are_not_moved_to_files(pool: ComputePool) -> None:
+    small = _ciphertext_like(4, 100)
+    mixed: list[object] = [*_ciphertext_like(40, 20_000), "not bytes"]
+    assert not shared.has_large((small,)) and not shared.has_large((mixed,))
+    assert await pool.run(blob_lengths, small) == [len(blob) for blob in small]
+
+
+async def test_a_failed_call_with_byte_strings_leaves_no_files(pool: ComputePool) -> None:
+    before = _our_files()
+    with pytest.raises(ValueError, match="boom"):
+        await pool.run(fail_after_result, _ciphertext_like(40, 20_000))
+    gc.collect()
+    leaked = {p for p in _our_files() - before if p not in shared.POOL.tracked()}
+    assert not leaked
