@@ -428,6 +428,7 @@ class ComputePool:
             # large results into pages that already exist (about 4x cheaper than a fresh tmpfs file).
             spares = shared.POOL.lend(self._result_sizes.get(key, ()))
             result = await self._run_in_slot(shared.call, fn, args, kwargs, spares, tag)
+            keep.clear()  # the child is done with the input copies: free them before collecting
             sizes = shared.shared_sizes(result)
             if shared.has_shared(result):
                 used = shared.result_paths(result)

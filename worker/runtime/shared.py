@@ -32,6 +32,7 @@ from __future__ import annotations
 import glob
 import mmap
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -222,10 +223,32 @@ MapKey = tuple[str, int, tuple[int, ...], str]
 #: This process's mappings of the previous call's inputs, with the file identity (device, inode) each
 #: was made from. A job's rounds hand the same dataset file to the same slot again and again; mapping
 #: it anew each time and faulting its pages in cost 36 ms a round for 512 MB (n = 10^6), more than
-#: the whole transfer otherwise. Replaced after every call, so at most one call's inputs stay mapped
-#: (an idle slot keeps the pages of its last call's inputs until its next call or its end).
+#: the whole transfer otherwise. Replaced after every call, so at most one call's inputs stay mapped,
+#: and dropped once the slot has been idle for KEEP_IDLE_S: a kept mapping holds its file's pages
+#: even after the parent deleted the file, which an idle slot must not do for long.
 Mappings = dict[MapKey, tuple[tuple[int, int], np.ndarray]]
 _kept: Mappings = {}
+KEEP_IDLE_S = 5.0
+_forget_timer: threading.Timer | None = None
+
+
+def _keep(mappings: Mappings) -> None:
+    """Keep ``mappings`` (only those) for the next call, and forget them after KEEP_IDLE_S idle."""
+    global _forget_timer
+    _kept.clear()
+    _kept.update(mappings)
+    if mappings:
+        _forget_timer = threading.Timer(KEEP_IDLE_S, _kept.clear)
+        _forget_timer.daemon = True
+        _forget_timer.start()
+
+
+def _stop_forgetting() -> None:
+    """A call starts: the kept mappings must stay while it runs."""
+    global _forget_timer
+    if _forget_timer is not None:
+        _forget_timer.cancel()
+        _forget_timer = None
 
 
 def _map(shared: SharedArray, reused: Mappings | None = None) -> np.ndarray:
@@ -296,11 +319,11 @@ def call(
     def load(leaf: SharedArray) -> np.ndarray:
         return _map(leaf, reused)
 
+    _stop_forgetting()
     try:
         result = fn(*unpack(args, load), **unpack(kwargs, load))
     finally:
-        _kept.clear()  # the previous call's other mappings go now (their files may be gone)
-        _kept.update(reused)
+        _keep(reused)  # the previous call's other mappings go now (their files may be gone)
     created: list[str] = []
     lent = list(spares)
     call_tag = tag or f"{owner_id()}-{next_serial()}"
@@ -353,6 +376,12 @@ def collect(result: Any, spares: Sequence[Spare] = (), pool: FilePool | None = N
         return unpack(result, load)
     except BaseException:
         mapped.clear()  # their files go back to the pool
+        # A lent file the child wrote but this never mapped goes back to the pool here: the caller
+        # counts every result path as used and so gives back only the lent files the child left alone.
+        written = set(result_paths(result))
+        for path in lent:
+            if path in written:
+                pool.release(path)
         taken = {spare.path for spare in spares}
         unlink([p for p in result_paths(result) if p not in taken and p not in pool.tracked()])
         raise

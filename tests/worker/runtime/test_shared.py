@@ -7,6 +7,7 @@ import asyncio
 import gc
 import glob
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -365,3 +366,31 @@ async def test_a_failed_call_with_byte_strings_leaves_no_files(pool: ComputePool
     gc.collect()
     leaked = {p for p in _our_files() - before if p not in shared.POOL.tracked()}
     assert not leaked
+
+
+def test_a_lent_file_the_child_wrote_returns_to_the_pool_when_collecting_fails() -> None:
+    path, capacity = shared.POOL.acquire(BIG * 8)  # lent to the call, written by the child
+    spare = shared.Spare(path, capacity)
+    in_use = shared.POOL.in_use_bytes
+    gone = shared.SharedBlobs("/nonexistent/rory-gone.bin", 0, (10,))
+    result = (gone, shared.SharedArray(path, (BIG,), "<f8"))
+    with pytest.raises(FileNotFoundError):
+        shared.collect(result, [spare])  # fails on the byte strings, before mapping the array
+    assert shared.POOL.in_use_bytes == in_use - capacity  # idle again, not leaked in use
+    assert path in shared.POOL.tracked() and Path(path).exists()
+
+
+def test_a_slot_forgets_its_kept_mappings_once_idle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kept mappings pin their files' pages even after the parent deleted the files: an idle slot
+    drops them (here the child side runs in this process, with a short idle time)."""
+    monkeypatch.setattr(shared, "KEEP_IDLE_S", 0.05)
+    pooled = shared.empty((BIG,), np.float64)
+    pooled[:] = 2.0
+    described = shared.describe(pooled)
+    assert shared.call(total, (described,), {}) == pytest.approx(2.0 * BIG)
+    assert shared._kept  # kept for the next call
+    for _ in range(500):  # bounded: the timer fires after 0.05 s
+        if not shared._kept:
+            break
+        time.sleep(0.01)
+    assert not shared._kept
