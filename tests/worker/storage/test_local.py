@@ -410,3 +410,32 @@ async def test_wrappers_report_the_overwrite_of_the_store_they_wrap(store: Local
     assert store.atomic_overwrite is True
     assert ForwardingStore(ForwardingStore(store)).atomic_overwrite is True
     assert ForwardingStore(Anything()).atomic_overwrite is False  # type: ignore[arg-type]
+
+
+async def test_lookups_see_a_version_another_store_wrote(store: LocalStore, tmp_path: Path) -> None:
+    """info, exists and get answer from the kept manifest only while the pointer still names its
+    version: a second store (another worker on the same directory) replacing or deleting the ball
+    is seen at once."""
+    other = LocalStore(tmp_path, "rory")
+    try:
+        await store.put_ndarray("shared", np.zeros((3, 2)))
+        first = await store.info("shared")
+        np.testing.assert_array_equal(await store.get_ndarray("shared"), np.zeros((3, 2)))
+        written = await other.put_ndarray("shared", np.ones((4, 2)))
+        assert (await store.info("shared")).etag == written.etag != first.etag
+        np.testing.assert_array_equal(await store.get_ndarray("shared"), np.ones((4, 2)))
+        await other.delete("shared")
+        assert not await store.exists("shared")
+        with pytest.raises(NotFound):
+            await store.info("shared")
+    finally:
+        await other.aclose()
+
+
+async def test_a_closed_store_refuses_lookups(tmp_path: Path) -> None:
+    closed = LocalStore(tmp_path, "rory")
+    await closed.put_ndarray("x", np.zeros(3))
+    await closed.aclose()
+    for lookup in (closed.exists, closed.info, closed.get_ndarray):
+        with pytest.raises(StorageUnavailable):
+            await lookup("x")
