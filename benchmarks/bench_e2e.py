@@ -262,11 +262,13 @@ async def _start_worker_process(env: dict[str, str], log_file: Path, cache_mb: i
 
 @dataclass
 class EndToEnd:
-    """:func:`end_to_end`'s results: a report per job, the owner's keys, the first job's health probes."""
+    """:func:`end_to_end`'s results: a report per job, the owner's keys, the first job's health
+    probes, and where the worker's public CKKS material was written (None without CKKS jobs)."""
 
     reports: list[JobReport]
     keys: OwnerKeys
     health: list[float]
+    keys_path: Path | None
 
 
 async def end_to_end(
@@ -290,14 +292,16 @@ async def end_to_end(
 
     ckks = any(job.protocol in CKKS_PROTOCOLS for job in jobs)
     keys = OwnerKeys.generate(data_dir / "owner-keys", profiles=(CKKS_PROFILE,) if ckks else ())
-    if ckks:  # before the worker starts: its KEYS_PATH
-        keys.export_public(data_dir / "worker-keys", CKKS_PROFILE)
+    worker_keys = data_dir / "worker-keys"
+    keys_path = worker_keys if ckks else None
+    if keys_path is not None:  # before the worker starts: its KEYS_PATH
+        keys.export_public(keys_path, CKKS_PROFILE)
     server = await EmbeddedNats(data_dir / "nats", log_file=data_dir / "nats.log").start()
     worker: Any = None
     nc = await nats.connect(server.url)
     store = LocalStore(data_dir / "storage", "rory")
     try:
-        env = worker_env(data_dir, "bench-0", server.url, data_dir / "worker-keys")
+        env = worker_env(data_dir, "bench-0", server.url, worker_keys)
         if cache_mb > 0:
             # The service wraps its store in a cache of STORAGE_CACHE_BYTES itself (worker/runtime/
             # service.py) and with_cache keeps the first wrapper: size that one, or the flag does
@@ -307,8 +311,7 @@ async def end_to_end(
             from dataowner.demo import start_in_process
 
             _install_store_cache(cache_mb)
-            keys_dir = data_dir / "worker-keys"
-            worker = await start_in_process(data_dir, "bench-0", server.url, keys_dir, "local")
+            worker = await start_in_process(data_dir, "bench-0", server.url, worker_keys, "local")
         else:
             worker = await _start_worker_process(env, data_dir / "worker.log", cache_mb, nc)
         client = DataOwnerClient(
@@ -321,7 +324,7 @@ async def end_to_end(
         for job in jobs[1:]:
             await warm_up(client, job, k)
             reports.append(await measure(client, job, k))
-        return EndToEnd(reports, keys, health)
+        return EndToEnd(reports, keys, health, keys_path)
     finally:
         if worker is not None:
             await worker.stop()
@@ -363,8 +366,9 @@ def print_protocols(
         f"  {'protocol':16}{'n':>8}{'rounds':>8}{'in-process ms':>15}{'end-to-end ms':>15}{'ratio':>8}"
         "  labels agree"
     )
+    index = {job.protocol: i for i, job in enumerate(jobs)}
     for name in names:
-        i = next(i for i, job in enumerate(jobs) if job.protocol == name)
+        i = index[name]
         here, there = statistics.mean(local[i].per_round_seconds), statistics.mean(e2e[i].per_round_seconds)
         agree = float(np.mean(local[i].labels == e2e[i].labels))
         print(
@@ -437,10 +441,10 @@ def main(argv: list[str] | None = None) -> int:
         e2e = asyncio.run(
             end_to_end(jobs, args.k, data_dir, args.in_process, args.num_chunks, args.store_cache_mb)
         )
-        keys_path = data_dir / "worker-keys" if ckks else None  # written by end_to_end
         locals_ = asyncio.run(
             in_process_jobs(
-                jobs, args.k, e2e.keys, data_dir, args.num_chunks, args.store_cache_mb, keys_path=keys_path
+                jobs, args.k, e2e.keys, data_dir, args.num_chunks, args.store_cache_mb,
+                keys_path=e2e.keys_path,
             )
         )
     report, local, health = e2e.reports[0], locals_[0], sorted(e2e.health)

@@ -76,19 +76,28 @@ class RegressionDriver(Driver):
             **({"layout": layout} if layout != "rows" else {}),
             **self.common(),
         )
+        train = self._pplr_train_packed if layout == "packed" else self._pplr_train_rows
+        weights, bias = await train(job, features, target, command, options, profile, refresh_threshold)
+        job.report.iterations = epochs
+        job.report.extra.update(train_id=tid, weights=weights, bias=bias, profile=profile)
         if layout == "packed":
-            weights, bias = await self._pplr_train_packed(
-                job, features, target, command, options, profile, refresh_threshold
-            )
-            job.report.iterations = epochs
-            job.report.extra.update(train_id=tid, weights=weights, bias=bias, profile=profile, layout=layout)
-            return job.finish()
+            job.report.extra["layout"] = layout
+        return job.finish()
+
+    async def _pplr_train_rows(
+        self, job: Job, features: np.ndarray, target: np.ndarray, command: PplrTrainParams,
+        options: TrainingOptions, profile: str, refresh_threshold: float,
+    ) -> tuple[np.ndarray, float]:
+        """Rows layout: one ciphertext per training row; per epoch the owner uploads the encrypted
+        model, the worker takes one gradient step on it, the owner decrypts and cleans the result."""
+        x_key, y_key = command.encrypted_matrix_train_id, command.encrypted_label_vector_train_id
+        w_key, b_key = command.encrypted_weights_id, command.encrypted_bias_id
         with job.owner():
             ctx = self.keys.ckks(profile)
             y_blobs = ckks.serialize(pqc_dataowner.encrypt_labels(ctx, target))
         await asyncio.gather(
             self.upload_ckks_rows(job, x_key, features, profile),
-            self.put_ciphertexts(job, y_key, y_blobs, [n]),
+            self.put_ciphertexts(job, y_key, y_blobs, [features.shape[0]]),
         )
 
         async def put(weights: np.ndarray, bias: float) -> None:
@@ -101,16 +110,12 @@ class RegressionDriver(Driver):
             with job.owner():
                 return pqc_dataowner.decrypt_model(ctx, w_vec[0], b_vec[0], threshold=refresh_threshold)
 
-        weights, bias = await self._pplr_epochs(job, command, d, epochs, put, update)
-        job.report.iterations = epochs
-        job.report.extra.update(train_id=tid, weights=weights, bias=bias, profile=profile)
-        return job.finish()
+        return await self._pplr_epochs(job, command, options.epochs, put, update)
 
     async def _pplr_epochs(
         self,
         job: Job,
         command: PplrTrainParams,
-        n_features: int,
         epochs: int,
         put: Callable[[np.ndarray, float], Awaitable[None]],
         update: Callable[[PplrTrainResult, np.ndarray, float], Awaitable[tuple[np.ndarray, float]]],
@@ -118,7 +123,7 @@ class RegressionDriver(Driver):
         """The epochs both PPLR layouts share: ``put`` the current model, one encrypted step on the
         worker (``command``, the same every epoch), then the owner's ``update`` from what it left."""
         job.prepared()
-        weights, bias = np.zeros(n_features), 0.0
+        weights, bias = np.zeros(command.n_features), 0.0
         for epoch in range(1, epochs + 1):
             with job.round():
                 await put(weights, bias)
@@ -158,7 +163,7 @@ class RegressionDriver(Driver):
                     ctx, gradients, weights, bias, options.learning_rate, n, refresh_threshold
                 )
 
-        return await self._pplr_epochs(job, command, features.shape[1], options.epochs, put, update)
+        return await self._pplr_epochs(job, command, options.epochs, put, update)
 
     async def put_model_packed(
         self, job: Job, ctx: ts.Context, w_key: str, b_key: str, weights: np.ndarray, bias: float, size: int

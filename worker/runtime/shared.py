@@ -131,14 +131,19 @@ def _pack_array(array: np.ndarray, keep: list[Any]) -> SharedArray:
     return described
 
 
+def _ends(blobs: list[bytes]) -> tuple[int, ...]:
+    """Where each byte string ends when they are laid end to end."""
+    return tuple(int(end) for end in np.cumsum([len(blob) for blob in blobs]))
+
+
 def _pack_blobs(blobs: list[bytes], keep: list[Any]) -> SharedBlobs:
-    ends = np.cumsum([len(blob) for blob in blobs])
-    buffer = empty((int(ends[-1]),), np.uint8)
+    ends = _ends(blobs)
+    buffer = empty((ends[-1],), np.uint8)
     np.concatenate([np.frombuffer(blob, np.uint8) for blob in blobs], out=buffer)
     keep.append(buffer)  # held until the call is over, like a copied array
     described = describe(buffer)
     assert described is not None  # at least THRESHOLD_BYTES: a pooled file
-    return SharedBlobs(described.path, described.offset, tuple(int(end) for end in ends))
+    return SharedBlobs(described.path, described.offset, ends)
 
 
 def _pack_leaf(leaf: Any, keep: list[Any]) -> Any:
@@ -203,7 +208,7 @@ def _read_blobs(shared: SharedBlobs) -> list[bytes]:
 def _write_blobs(blobs: list[bytes], tag: str, created: list[str]) -> SharedBlobs:
     """Child side: a large list of byte strings written end to end into a new file named after the
     call (the parent reads them out and deletes it)."""
-    ends = tuple(int(end) for end in np.cumsum([len(blob) for blob in blobs]))
+    ends = _ends(blobs)
     path = new_path(transfer_dir(ends[-1]), tag)
     fd = os.open(path, CREATE, 0o600)  # 0600 like every transfer file; write(): a full tmpfs raises
     created.append(str(path))
@@ -378,12 +383,12 @@ def collect(result: Any, spares: Sequence[Spare] = (), pool: FilePool | None = N
         mapped.clear()  # their files go back to the pool
         # A lent file the child wrote but this never mapped goes back to the pool here: the caller
         # counts every result path as used and so gives back only the lent files the child left alone.
-        written = set(result_paths(result))
+        written = result_paths(result)
         for path in lent:
             if path in written:
                 pool.release(path)
         taken = {spare.path for spare in spares}
-        unlink([p for p in result_paths(result) if p not in taken and p not in pool.tracked()])
+        unlink([p for p in written if p not in taken and p not in pool.tracked()])
         raise
     finally:
         unlink([leaf.path for leaf in _leaves(result) if isinstance(leaf, SharedBlobs)])

@@ -256,7 +256,7 @@ class LocalStore(PlannedStore, BucketFiles):
 
     async def info(self, ball_id: str) -> BallInfo:
         check_ball_id(ball_id)
-        stored = self._kept_current(ball_id) or await self._run(self._load, ball_id)
+        stored = await self._current(ball_id)
         return replace(stored.layout.info(), etag=stored.version)
 
     async def exists(self, ball_id: str) -> bool:
@@ -269,26 +269,23 @@ class LocalStore(PlannedStore, BucketFiles):
         except OSError as error:
             raise unavailable(error) from error
 
-    def _kept_current(self, ball_id: str) -> Stored | None:
-        """The current version when its manifest is kept, found on the loop by reading the pointer
-        alone (under 256 bytes; a planted FIFO or symlink is refused without blocking); None when the
-        manifest is not kept, so the caller loads it in a thread (which also reports absence)."""
+    async def _current(self, ball_id: str) -> Stored:
+        """The ball's current version. When its manifest is kept, found on the loop by reading the
+        pointer alone (under 256 bytes; a planted FIFO or symlink is refused without blocking), since
+        a thread hand-off costs ten times that; otherwise loaded in a thread (which also reports
+        absence)."""
         self._check_open()
         with self._manifests_lock:
-            if ball_id not in self._manifests:
-                return None
-        try:
-            refs = self._read_refs(ball_id)
-        except OSError as error:
-            raise unavailable(error) from error
-        if refs is None:
-            return None
-        with self._manifests_lock:
-            cached = self._manifests.get(ball_id)
-            if cached is None or cached[1].version != refs[0]:
-                return None
-            self._manifests.move_to_end(ball_id)
-            return replace(cached[1], refs=refs)
+            kept = ball_id in self._manifests
+        if kept:
+            try:
+                refs = self._read_refs(ball_id)
+            except OSError as error:
+                raise unavailable(error) from error
+            stored = self._cached(ball_id, refs, refs[0]) if refs is not None else None
+            if stored is not None:
+                return stored
+        return await self._run(self._load, ball_id)
 
     async def delete(self, ball_id: str) -> int:
         check_ball_id(ball_id)
@@ -461,11 +458,9 @@ class LocalStore(PlannedStore, BucketFiles):
         check every byte read, so a manifest replaced on disk afterwards changes nothing for this
         store (a missing or short chunk file is still ``Incomplete``).
         """
-        with self._manifests_lock:
-            cached = self._manifests.get(ball_id)
-            if cached is not None and cached[1].version == version:
-                self._manifests.move_to_end(ball_id)
-                return replace(cached[1], refs=refs)
+        stored = self._cached(ball_id, refs, version)
+        if stored is not None:
+            return stored
         directory = self._version_dir(ball_id, version)
         try:
             raw = read_manifest(ball_id, directory / MANIFEST, MAX_MANIFEST_BYTES)
@@ -475,6 +470,15 @@ class LocalStore(PlannedStore, BucketFiles):
         if len(raw) <= MANIFEST_CACHE_ENTRY_BYTES:
             self._keep_manifest(ball_id, len(raw), stored)
         return stored
+
+    def _cached(self, ball_id: str, refs: Refs, version: str) -> Stored | None:
+        """``version`` of ``ball_id`` from the manifest cache (then the most recently used), else None."""
+        with self._manifests_lock:
+            cached = self._manifests.get(ball_id)
+            if cached is None or cached[1].version != version:
+                return None
+            self._manifests.move_to_end(ball_id)
+            return replace(cached[1], refs=refs)
 
     def _keep_manifest(self, ball_id: str, size: int, stored: Stored) -> None:
         """Keep ``stored`` as ``ball_id``'s manifest (replacing the one of an older version), evicting
@@ -508,7 +512,7 @@ class LocalStore(PlannedStore, BucketFiles):
         writer replaces it meanwhile and falling back to the previous version when the current one
         turns out incomplete. Returns the version read and the output."""
         for _ in range(MAX_RESTARTS):
-            stored = self._kept_current(ball_id) or await self._run(self._load, ball_id)
+            stored = await self._current(ball_id)
             out, flat = await prepare(stored.layout)
             try:
                 if await self._read_into(stored, flat):

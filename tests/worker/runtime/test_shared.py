@@ -70,6 +70,12 @@ def _our_files() -> set[str]:
     return set(glob.glob(f"/dev/shm/{pattern}")) | set(glob.glob(f"/tmp/{pattern}"))
 
 
+def _leaked_since(before: set[str]) -> set[str]:
+    """Transfer files that appeared since ``before`` and that the file pool does not hold."""
+    gc.collect()
+    return {p for p in _our_files() - before if p not in shared.POOL.tracked()}
+
+
 # ----------------------------------------------------------------------------- the file pool
 def test_empty_puts_large_arrays_in_a_pooled_file_and_small_ones_in_memory() -> None:
     large = shared.empty((BIG,), np.float64)
@@ -207,13 +213,13 @@ async def test_a_slot_sees_the_current_bytes_of_a_file_it_mapped_before(pool: Co
         assert await pool.run(total, fresh[1000:]) == pytest.approx(value * (BIG - 1000))
 
 
-async def test_failures_leave_no_files_behind(pool: ComputePool) -> None:
+@pytest.mark.parametrize("kind", ["array", "byte strings"])
+async def test_failures_leave_no_files_behind(pool: ComputePool, kind: str) -> None:
+    argument = np.ones(BIG) if kind == "array" else _ciphertext_like(40, 20_000)
     before = _our_files()
     with pytest.raises(ValueError, match="boom"):
-        await pool.run(fail_after_result, np.ones(BIG))
-    gc.collect()
-    leaked = {p for p in _our_files() - before if p not in shared.POOL.tracked()}
-    assert not leaked
+        await pool.run(fail_after_result, argument)
+    assert not _leaked_since(before)
 
 
 async def test_discard_call_removes_uncollected_result_files(tmp_path: Path) -> None:
@@ -347,9 +353,7 @@ async def test_large_byte_string_lists_cross_both_ways_intact(pool: ComputePool)
     result, kinds = await pool.run(reversed_blobs, blobs, b"tail")
     assert result == [*reversed(blobs), b"tail"]
     assert kinds == ["bytes"]  # the callee gets bytes, as TenSEAL needs
-    gc.collect()
-    leaked = {p for p in _our_files() - before if p not in shared.POOL.tracked()}
-    assert not leaked  # the result's file was read out and deleted
+    assert not _leaked_since(before)  # the result's file was read out and deleted
 
 
 async def test_small_or_mixed_lists_are_not_moved_to_files(pool: ComputePool) -> None:
@@ -357,15 +361,6 @@ async def test_small_or_mixed_lists_are_not_moved_to_files(pool: ComputePool) ->
     mixed: list[object] = [*_ciphertext_like(40, 20_000), "not bytes"]
     assert not shared.has_large((small,)) and not shared.has_large((mixed,))
     assert await pool.run(blob_lengths, small) == [len(blob) for blob in small]
-
-
-async def test_a_failed_call_with_byte_strings_leaves_no_files(pool: ComputePool) -> None:
-    before = _our_files()
-    with pytest.raises(ValueError, match="boom"):
-        await pool.run(fail_after_result, _ciphertext_like(40, 20_000))
-    gc.collect()
-    leaked = {p for p in _our_files() - before if p not in shared.POOL.tracked()}
-    assert not leaked
 
 
 def test_a_lent_file_the_child_wrote_returns_to_the_pool_when_collecting_fails() -> None:
