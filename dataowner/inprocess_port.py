@@ -49,7 +49,7 @@ class InProcessPort(WorkerPort):
         **settings_overrides: Any,
     ) -> None:
         from worker.handlers import default_registry
-        from worker.runtime.context import Resources
+        from worker.runtime.context import Resources, WorkerServices
         from worker.runtime.discovery import Discovery
         from worker.runtime.dispatch import Dispatcher
         from worker.settings import load_settings
@@ -67,13 +67,11 @@ class InProcessPort(WorkerPort):
             node_id=node_id,
             operations=[(op.name, op.description, dict(op.metadata)) for op in registry],
         )
+        pool = InlinePool()  # duck-typed: only .run is used
         self.dispatcher = Dispatcher(
-            settings=self.settings,
+            services=WorkerServices(self.settings, store, pool, Resources()),  # type: ignore[arg-type]
             registry=registry,
             discovery=discovery,
-            store=store,
-            pool=InlinePool(),  # type: ignore[arg-type]  # duck-typed: only .run is used
-            resources=Resources(),
             instance_id=discovery.instance_id,
         )
         self.calls = 0

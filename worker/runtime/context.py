@@ -12,6 +12,7 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from worker.errors import DeadlineExceeded
@@ -106,6 +107,20 @@ class Resources(dict[str, Any]):
             return value
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerServices:
+    """What every job of one worker shares: its settings, object store, compute pool and resources.
+
+    Built once by the service (or an in-process port) and handed to the dispatcher, which gives each
+    job a :class:`JobContext` over it.
+    """
+
+    settings: Settings
+    store: ObjectStore
+    pool: ComputePool | None
+    resources: Resources
+
+
 class JobContext:
     """Everything a handler needs for one command.
 
@@ -132,25 +147,21 @@ class JobContext:
 
     def __init__(
         self,
-        *,
-        settings: Settings,
+        services: WorkerServices,
         command: Command,
-        node_id: str,
-        store: ObjectStore,
-        pool: ComputePool | None,
-        resources: Resources,
+        *,
         deadline: float | None = None,
         log: logging.Logger | logging.LoggerAdapter[Any] | None = None,
     ) -> None:
-        self.settings = settings
+        self.settings = services.settings
         self.command = command
-        self.node_id = node_id
+        self.node_id = services.settings.node_id
         self._get = StageMeter()
         self._put = StageMeter()
         self._compute = StageMeter()
-        self.store: ObjectStore = TimedStore(store, self._get, self._put)
-        self._pool = pool
-        self.resources = resources
+        self.store: ObjectStore = TimedStore(services.store, self._get, self._put)
+        self._pool = services.pool
+        self.resources = services.resources
         self._deadline = deadline  # loop.time() based, None = no deadline
         self.log = log or logging.getLogger("rory.worker.job")
 

@@ -40,13 +40,11 @@ from worker.errors import (
     UnknownOperation,
     classify,
 )
-from worker.runtime.context import JobContext, Resources
+from worker.runtime.context import JobContext, WorkerServices
 from worker.runtime.discovery import Discovery, EndpointStats
-from worker.runtime.pool import ComputePool
 from worker.runtime.registry import Operation, Registry
 from worker.runtime.replays import RecentReplies
 from worker.runtime.slots import Slots
-from worker.settings import Settings
 from worker.storage.breaker import storage_deadline
 
 log = logging.getLogger("rory.worker.dispatch")
@@ -97,20 +95,15 @@ class Dispatcher:
     def __init__(
         self,
         *,
-        settings: Settings,
+        services: WorkerServices,
         registry: Registry,
         discovery: Discovery,
-        store: Any,
-        pool: ComputePool | None,
-        resources: Resources,
         instance_id: str,
     ) -> None:
-        self.settings = settings
+        settings = services.settings
+        self.services = services
         self.registry = registry
         self.discovery = discovery
-        self.store = store
-        self.pool = pool
-        self.resources = resources
         self.node_id = settings.node_id
         self.capacity = settings.worker_capacity
         self.max_bytes = settings.max_message_bytes
@@ -273,16 +266,7 @@ class Dispatcher:
     async def _run_once(self, job: Job) -> dict[str, Any]:
         started = time.perf_counter()
         command = job.command
-        ctx = JobContext(
-            settings=self.settings,
-            command=command,
-            node_id=self.node_id,
-            store=self.store,
-            pool=self.pool,
-            resources=self.resources,
-            deadline=job.deadline,
-            log=log,
-        )
+        ctx = JobContext(self.services, command, deadline=job.deadline, log=log)
         result: dict[str, Any] | None = None
         error: RoryError | None = None
         try:

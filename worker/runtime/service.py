@@ -36,7 +36,7 @@ from schemas import codec, subjects
 from schemas.envelopes import WorkerStatus
 from worker.errors import StorageUnavailable
 from worker.runtime import connection
-from worker.runtime.context import Resources
+from worker.runtime.context import Resources, WorkerServices
 from worker.runtime.discovery import Discovery
 from worker.runtime.dispatch import Dispatcher, Job, Rejected
 from worker.runtime.health import RefusedSubscriptions, StorageProbe, nats_status
@@ -196,12 +196,9 @@ class WorkerService:
             health_data=self._health_data,
         )
         self.dispatcher = Dispatcher(
-            settings=settings,
+            services=WorkerServices(settings, self._store, self.pool, self.resources),
             registry=self.registry,
             discovery=self.discovery,
-            store=self._store,
-            pool=self.pool,
-            resources=self.resources,
             instance_id=self.instance_id,
         )
         nc = self.nc
