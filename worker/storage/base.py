@@ -13,7 +13,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypedDict, TypeVar, Unpack
 
 import numpy as np
 
@@ -77,6 +77,19 @@ async def allocate_output(layout: Any, allocate: Allocator | None) -> tuple[np.n
     if not usable or not (out.flags.c_contiguous and out.flags.writeable):  # type: ignore[union-attr]
         return layout.allocate()  # type: ignore[no-any-return]
     return out, out.reshape(-1).view(np.uint8)
+
+
+class ChunkOptions(TypedDict, total=False):
+    """The keyword options of :meth:`ObjectStore.put_ndarray`, as a wrapper passes them on unchanged."""
+
+    num_chunks: int
+    tags: Mapping[str, str] | None
+
+
+class BytesListOptions(ChunkOptions, total=False):
+    """The keyword options of :meth:`ObjectStore.put_bytes_list`."""
+
+    shape: Sequence[int] | None
 
 
 class ObjectStore(ABC):
@@ -218,19 +231,9 @@ class ForwardingStore(ObjectStore):
         ndarray a ``put_ndarray`` or ``put_blob`` writes (None otherwise)."""
         return await call()
 
-    async def put_ndarray(
-        self,
-        ball_id: str,
-        array: np.ndarray,
-        *,
-        num_chunks: int = 1,
-        tags: Mapping[str, str] | None = None,
-    ) -> BallInfo:
+    async def put_ndarray(self, ball_id: str, array: np.ndarray, **options: Unpack[ChunkOptions]) -> BallInfo:
         return await self._forward(
-            "put",
-            ball_id,
-            lambda: self.inner.put_ndarray(ball_id, array, num_chunks=num_chunks, tags=tags),
-            array=array,
+            "put", ball_id, lambda: self.inner.put_ndarray(ball_id, array, **options), array=array
         )
 
     async def get_ndarray(self, ball_id: str) -> np.ndarray:
@@ -251,18 +254,10 @@ class ForwardingStore(ObjectStore):
         )
 
     async def put_bytes_list(
-        self,
-        ball_id: str,
-        items: Sequence[bytes],
-        *,
-        num_chunks: int = 1,
-        shape: Sequence[int] | None = None,
-        tags: Mapping[str, str] | None = None,
+        self, ball_id: str, items: Sequence[bytes], **options: Unpack[BytesListOptions]
     ) -> BallInfo:
         return await self._forward(
-            "put",
-            ball_id,
-            lambda: self.inner.put_bytes_list(ball_id, items, num_chunks=num_chunks, shape=shape, tags=tags),
+            "put", ball_id, lambda: self.inner.put_bytes_list(ball_id, items, **options)
         )
 
     async def get_bytes_list(self, ball_id: str) -> list[bytes]:
