@@ -45,6 +45,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from worker.errors import Internal
@@ -234,30 +235,36 @@ def _context(method: str, preload: tuple[str, ...]) -> multiprocessing.context.B
     return ctx
 
 
+@dataclass(frozen=True)
+class _ChildRecipe:
+    """How a slot's process is started: the same for every slot of a pool, and for a replacement."""
+
+    ctx: multiprocessing.context.BaseContext
+    preload: tuple[str, ...]
+    niceness: int
+    blas_threads: int
+
+    def executor(self) -> concurrent.futures.ProcessPoolExecutor:
+        """A one-process executor whose process runs :func:`_init_child` first."""
+        return concurrent.futures.ProcessPoolExecutor(
+            max_workers=1,
+            mp_context=self.ctx,
+            initializer=_init_child,
+            initargs=(self.preload, self.niceness, self.blas_threads, os.getpid()),
+        )
+
+
 class _Slot:
     """One process behind its own executor, so it can be killed and replaced alone."""
 
-    __slots__ = ("_blas_threads", "_ctx", "_niceness", "_preload", "busy", "executor", "index", "warm")
+    __slots__ = ("_recipe", "busy", "executor", "index", "warm")
 
-    def __init__(
-        self, index: int, ctx: Any, preload: tuple[str, ...], niceness: int, blas_threads: int = 1
-    ) -> None:
+    def __init__(self, index: int, recipe: _ChildRecipe) -> None:
         self.index = index
         self.busy = False
-        self._ctx = ctx
-        self._preload = preload
-        self._niceness = niceness
-        self._blas_threads = blas_threads
-        self.executor = self._new_executor()
+        self._recipe = recipe
+        self.executor = recipe.executor()
         self.warm: concurrent.futures.Future[int] = self.executor.submit(_ready)
-
-    def _new_executor(self) -> concurrent.futures.ProcessPoolExecutor:
-        return concurrent.futures.ProcessPoolExecutor(
-            max_workers=1,
-            mp_context=self._ctx,
-            initializer=_init_child,
-            initargs=(self._preload, self._niceness, self._blas_threads, os.getpid()),
-        )
 
     def pids(self) -> list[int]:
         processes = getattr(self.executor, "_processes", None) or {}
@@ -279,7 +286,7 @@ class _Slot:
         old = self.executor
         with contextlib.suppress(Exception):
             old.shutdown(wait=False, cancel_futures=True)
-        self.executor = self._new_executor()
+        self.executor = self._recipe.executor()
         self.warm = self.executor.submit(_ready)
         self.warm.add_done_callback(_consume)
 
@@ -330,11 +337,13 @@ class ComputePool:
         if self._free is not None:
             return
         loop = asyncio.get_running_loop()
-        ctx = _context(self._method, self._preload)
+        recipe = _ChildRecipe(
+            _context(self._method, self._preload), self._preload, self._niceness, self.blas_threads
+        )
         self._free = asyncio.Queue()
-        self._starting = loop.run_in_executor(None, self._create_slots, ctx, loop)
+        self._starting = loop.run_in_executor(None, self._create_slots, recipe, loop)
 
-    def _create_slots(self, ctx: Any, loop: asyncio.AbstractEventLoop) -> None:
+    def _create_slots(self, recipe: _ChildRecipe, loop: asyncio.AbstractEventLoop) -> None:
         try:
             shared.sweep_stale()  # transfer files of workers that were killed (their slots are gone)
         except Exception as error:  # cleanup must never keep the pool from starting
@@ -342,7 +351,7 @@ class ComputePool:
         for index in range(self.size):
             if self._closed:
                 return
-            slot = _Slot(index, ctx, self._preload, self._niceness, self.blas_threads)  # blocks until forked
+            slot = _Slot(index, recipe)  # blocks until forked
             slot.warm.add_done_callback(_consume)
             loop.call_soon_threadsafe(self._add_slot, slot)
 
