@@ -11,8 +11,8 @@ from worker.settings import Settings
 REPO = Path(__file__).resolve().parents[2]
 WORKER_VARS = frozenset(name.upper() for name in Settings.model_fields)
 
-# Every variable the original worker's docs list (shared/seed/000_507ab1d124d27fd6.txt, "Configuration &
-# Environment"); each must still be configurable and documented in config/worker.env.
+# Every variable the original worker's documentation lists in its "Configuration & Environment"
+# section; each must still be configurable and documented in config/worker.env.
 SEED_VARS = frozenset(
     {
         "NODE_ID",

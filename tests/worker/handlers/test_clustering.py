@@ -115,7 +115,7 @@ async def test_skmeans_step2_is_zero_true_touches_nothing(rig):
 
 
 async def test_skmeans_centroid_state_names(rig):
-    """Step 1 stores the round's starting centroids in centi and the new ones in centj (bug 7 fixed)."""
+    """Step 1 stores the round's starting centroids in centi and the new ones in centj (docs/original-rory.md, row 7)."""
     data = blobs(24, 2, 3, seed=21)
     job = await upload_secure_kmeans(rig.store, data, 3, "st")
     await secure_kmeans_round(rig, job, START, 0)
@@ -135,7 +135,7 @@ async def test_dbskmeans_job_matches_core(rig):
     status, iterations, labels = START, 0, []
     for _ in range(10):
         r1, done, _plain = await secure_kmeans_round(rig, job, status, iterations)
-        assert r1["n_iterations"] == iterations + 1  # bug 10: always incremented
+        assert r1["n_iterations"] == iterations + 1  # every step 1 counts one iteration
         labels, iterations = r1["label_vector"], r1["n_iterations"]
         if done:
             break
