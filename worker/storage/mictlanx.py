@@ -80,7 +80,14 @@ from worker.storage.mictlanx_uri import (
     router_endpoints,
 )
 from worker.storage.names import check_ball_id, check_bucket_id, chunk_key
-from worker.storage.remote import HASH_INLINE_LIMIT, RemoteStore, content_etag, plan_checksums, sha256_hex
+from worker.storage.remote import (
+    HASH_INLINE_LIMIT,
+    RemoteStore,
+    plan_checksums,
+    plan_etag,
+    sha256_hex,
+    written_at,
+)
 from worker.storage.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -358,7 +365,9 @@ class MictlanXStore(RemoteStore):
         arrives), else the ``full_checksum`` (then checked over the whole payload), else none."""
         info = super()._info(layout)
         if info.etag is None and layout.full_checksum:
-            info = replace(info, etag=f"full-sha256:{layout.full_checksum}")
+            stamp = written_at(layout.chunks)
+            etag = f"full-sha256:{layout.full_checksum}" + (f"@{stamp}" if stamp else "")
+            info = replace(info, etag=etag)
         return info
 
     async def delete(self, ball_id: str) -> int:
@@ -434,7 +443,7 @@ class MictlanXStore(RemoteStore):
             with contextlib.suppress(BaseException):
                 await asyncio.shield(cleanup)
             raise
-        return replace(plan.info(full), etag=content_etag([(c.size, sums[c.index]) for c in plan.chunks]))
+        return replace(plan.info(full), etag=plan_etag(plan, sums))
 
     async def _discard(self, ball_id: str) -> None:
         """One best-effort pass (no retries) removing a failed put's chunks."""

@@ -72,7 +72,7 @@ from worker.storage.codec import (
     num_chunks_of,
 )
 from worker.storage.names import check_ball_id, check_bucket_id, chunk_key
-from worker.storage.remote import RemoteStore, content_etag, plan_checksums
+from worker.storage.remote import RemoteStore, plan_checksums, plan_etag
 from worker.storage.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -513,7 +513,7 @@ class NatsObjectStore(RemoteStore):
                 )
             except RoryError as error:  # invisible to readers (chunk 0 says how many there are)
                 log.warning("could not remove stale chunks of %s/%s: %s", self.bucket, plan.ball_id, error)
-        return replace(plan.info(full), etag=content_etag([(c.size, sums[c.index]) for c in plan.chunks]))
+        return replace(plan.info(full), etag=plan_etag(plan, sums))
 
 
 __all__ = ["NatsObjectStore", "StorageFull"]

@@ -62,12 +62,34 @@ def sha256_hex(views: Sequence[memoryview]) -> str:
     return digest.hexdigest()
 
 
-def content_etag(chunks: Sequence[tuple[int, str | None]]) -> str | None:
-    """A version token from the chunks' (size, SHA-256): the content itself names the version."""
+#: The tag holding when a ball was written (ms since the epoch): this project's writers and MictlanX's
+#: newer client set it on every chunk. It joins the content in the etag (chunk 0's, the commit point).
+WRITTEN_AT_TAG = "updated_at"
+
+
+def content_etag(chunks: Sequence[tuple[int, str | None]], written_at: str | None = None) -> str | None:
+    """A version token from the chunks' (size, SHA-256) and, when known, the write's time.
+
+    The content names the version, and the time tells two writes of the same bytes apart, as the
+    local backend's per-write versions do: state bound to a version (a UDM's running shift) is not
+    taken for a later upload of identical bytes (docs/storage.md, "Versions").
+    """
     if not chunks or not all(checksum for _, checksum in chunks):
         return None
     text = "\n".join(f"{size}:{checksum}" for size, checksum in chunks)
+    if written_at:
+        text += f"\nwritten:{written_at}"
     return "chunks-sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def written_at(chunks: Sequence[ChunkMeta] | Sequence[ChunkPayload]) -> str | None:
+    """The write time chunk 0's tags carry (None for writers that set none)."""
+    return chunks[0].tags.get(WRITTEN_AT_TAG) if chunks else None
+
+
+def plan_etag(plan: BallPlan, sums: Sequence[str]) -> str | None:
+    """The etag readers will find for ``plan`` once stored with the chunk checksums ``sums``."""
+    return content_etag([(c.size, sums[c.index]) for c in plan.chunks], written_at(plan.chunks))
 
 
 async def plan_checksums(plan: BallPlan) -> tuple[list[str], str]:
@@ -119,7 +141,8 @@ class RemoteStore(PlannedStore):
 
     def _info(self, layout: Layout) -> BallInfo:
         """BallInfo with the content etag of the chunks' checksums (None when one is unknown)."""
-        return replace(layout.info(), etag=content_etag([(m.size, m.checksum) for m in layout.chunks]))
+        etag = content_etag([(m.size, m.checksum) for m in layout.chunks], written_at(layout.chunks))
+        return replace(layout.info(), etag=etag)
 
     # ------------------------------------------------------------------ shared machinery
     async def _bounded(self, factories: Iterable[Callable[[], Awaitable[T]]]) -> list[T]:
@@ -237,4 +260,13 @@ class RemoteStore(PlannedStore):
         return True
 
 
-__all__ = ["HASH_INLINE_LIMIT", "RemoteStore", "content_etag", "plan_checksums", "sha256_hex"]
+__all__ = [
+    "HASH_INLINE_LIMIT",
+    "WRITTEN_AT_TAG",
+    "RemoteStore",
+    "content_etag",
+    "plan_checksums",
+    "plan_etag",
+    "sha256_hex",
+    "written_at",
+]

@@ -115,7 +115,8 @@ async def test_skmeans_step2_is_zero_true_touches_nothing(rig):
 
 
 async def test_skmeans_centroid_state_names(rig):
-    """Step 1 stores the round's starting centroids in centi and the new ones in centj (docs/original-rory.md, row 7)."""
+    """Step 1 stores the round's starting centroids in centi and the new ones in centj
+    (docs/original-rory.md, row 7)."""
     data = blobs(24, 2, 3, seed=21)
     job = await upload_secure_kmeans(rig.store, data, 3, "st")
     await secure_kmeans_round(rig, job, START, 0)

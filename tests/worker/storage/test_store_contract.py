@@ -197,6 +197,19 @@ async def test_overwrite_replaces(store: ObjectStore) -> None:
     assert stored.num_chunks == 2 and stored.tags == {"v": "2"} and stored.full_shape == (8,)
 
 
+async def test_writing_the_same_bytes_again_is_a_new_version(store: ObjectStore) -> None:
+    """Every write has its own etag, even of identical bytes: state bound to a version (a UDM's
+    running shift) must not carry over to a later upload, on any backend."""
+    data = _array((6, 4), "float64")
+    first = await store.put_ndarray("same", data, num_chunks=2)
+    assert first.etag is not None and (await store.info("same")).etag == first.etag
+    await asyncio.sleep(0.005)  # a later write (content-hash backends stamp it in milliseconds)
+    second = await store.put_ndarray("same", data.copy(), num_chunks=2)
+    assert second.etag is not None and second.etag != first.etag
+    _, read = await store.fetch_ndarray("same")
+    assert read is not None and read.etag == second.etag == (await store.info("same")).etag
+
+
 @pytest.mark.parametrize("name", ["a__b", "a.b", "_x", "x_", "a--", "ñandú", "", "a/b", "../etc", "x" * 201])
 async def test_names_the_router_would_rewrite(backend: Backend, name: str) -> None:
     before = len(backend.router.requests)
