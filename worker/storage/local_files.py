@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import errno
 import fcntl
 import logging
@@ -127,7 +126,13 @@ class Job:
         return asyncio.wrap_future(future)
 
     async def abort(self, cleanup: Callable[[], None]) -> None:
-        """Cancel queued work, then (in a helper thread) wait for running work and run ``cleanup``."""
+        """Cancel queued work, then (in a helper thread) wait for running work and run ``cleanup``.
+
+        Returns only once that is done, even when the caller is cancelled meanwhile (a deadline and
+        then a shutdown): returning earlier would let the caller's own cleanup (``put_all`` deleting
+        the keys it created) run while a thread can still commit. Such a cancellation is raised
+        afterwards.
+        """
         for future in self._futures:
             future.cancel()
         done: concurrent.futures.Future[None] = concurrent.futures.Future()
@@ -143,8 +148,15 @@ class Job:
                 done.set_result(None)
 
         threading.Thread(target=janitor, name="css-local-cleanup", daemon=True).start()
-        with contextlib.suppress(BaseException):
-            await asyncio.shield(asyncio.wrap_future(done))
+        finished = asyncio.wrap_future(done)
+        cancelled = False
+        while not finished.done():
+            try:
+                await asyncio.shield(finished)
+            except asyncio.CancelledError:
+                cancelled = True
+        if cancelled:
+            raise asyncio.CancelledError
 
 
 __all__ = [
