@@ -48,6 +48,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from worker.aio import await_to_end
 from worker.errors import Internal
 from worker.runtime import shared
 
@@ -441,7 +442,8 @@ class ComputePool:
             sizes = shared.shared_sizes(result)
             if shared.has_shared(result):
                 used = shared.result_paths(result)
-                result = await shared.in_thread(shared.collect, result, spares)
+                # To its end even when cancelled: discard_call below must not race the mapping.
+                result = await await_to_end(shared.in_thread(shared.collect, result, spares))
             if len(self._result_sizes) < 1024 or key in self._result_sizes:
                 self._result_sizes[key] = sizes
             outcome = "ok"

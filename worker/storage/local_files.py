@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from worker.aio import await_to_end
 from worker.errors import CorruptObject, StorageUnavailable
 
 log = logging.getLogger("worker.storage.local")
@@ -148,15 +149,7 @@ class Job:
                 done.set_result(None)
 
         threading.Thread(target=janitor, name="css-local-cleanup", daemon=True).start()
-        finished = asyncio.wrap_future(done)
-        cancelled = False
-        while not finished.done():
-            try:
-                await asyncio.shield(finished)
-            except asyncio.CancelledError:
-                cancelled = True
-        if cancelled:
-            raise asyncio.CancelledError
+        await await_to_end(asyncio.wrap_future(done))
 
 
 __all__ = [

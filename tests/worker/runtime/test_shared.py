@@ -7,6 +7,7 @@ import asyncio
 import gc
 import glob
 import os
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -219,6 +220,43 @@ async def test_failures_leave_no_files_behind(pool: ComputePool, kind: str) -> N
     before = _our_files()
     with pytest.raises(ValueError, match="boom"):
         await pool.run(fail_after_result, argument)
+    assert not _leaked_since(before)
+
+
+async def test_a_cancel_while_collecting_waits_for_the_mapping_before_discarding(
+    pool: ComputePool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled while the parent maps the results in a thread: the stray-file cleanup must not run
+    before that thread is done with the files; then the call ends cancelled and leaves no file."""
+    collecting, release = threading.Event(), threading.Event()
+    order: list[str] = []
+    collect, discard = shared.collect, shared.discard_call
+
+    def slow_collect(result: Any, spares: Any) -> Any:
+        collecting.set()
+        release.wait(30)
+        order.append("collected")
+        return collect(result, spares)
+
+    def recorded_discard(tag: str) -> None:
+        order.append("discarded")
+        discard(tag)
+
+    monkeypatch.setattr(shared, "collect", slow_collect)
+    monkeypatch.setattr(shared, "discard_call", recorded_discard)
+    before = _our_files()
+    try:
+        task = asyncio.ensure_future(pool.run(scale, np.ones(BIG), 2.0))
+        await asyncio.to_thread(collecting.wait, 30)
+        task.cancel()
+        # The mapping thread is held, so the call cannot have ended however the machine schedules it.
+        done, _ = await asyncio.wait([task], timeout=0.2)
+        assert not done and order == []
+    finally:
+        release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert order == ["collected", "discarded"]
     assert not _leaked_since(before)
 
 
