@@ -28,8 +28,9 @@ Cumulative UDM (every scheme: Liu and CKKS, plaintext and FDH-OPE UDM). Every re
 uploaded one plus the same k x a sum of the shifts so far, U = U0[:, :k] + C (core/algorithms/udm.py).
 So the worker never rewrites the UDM: ``<P>udm`` / ``<P>encryptedudm`` stays exactly as the owner
 uploaded it, and the running sum C lives in ``<P>udmshift`` / ``<P>encryptedudmshift`` (k x a
-float64, :func:`udm_shift_key`), tagged with the version (etag) of the UDM it applies to
-(:data:`UDM_VERSION_TAG`). Step 1 at START writes C = 0; step 1 later reads C and scores U0 + C block
+float64, :func:`udm_shift_key`), tagged with the version of the UDM it applies to (its etag,
+:data:`UDM_VERSION_TAG`, and where the backend knows it the upload's write time,
+:data:`UDM_WRITTEN_TAG`). Step 1 at START writes C = 0; step 1 later reads C and scores U0 + C block
 by block; step 2 writes C + S (k x a numbers instead of n x k x a). A C tagged with another UDM
 version (the owner uploaded a new UDM, e.g. ``refresh_udm``) counts as zero: exactly the old
 behaviour, where uploading a UDM replaced the state; so does a missing C unless the round's centroids
@@ -47,7 +48,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -72,6 +73,7 @@ from worker.storage.base import BallInfo
 __all__ = [
     "INLINE_COMPUTE_BYTES",
     "UDM_VERSION_TAG",
+    "UDM_WRITTEN_TAG",
     "Phase1",
     "Scheme",
     "Together",
@@ -96,6 +98,9 @@ __all__ = [
 INLINE_COMPUTE_BYTES = 1 << 20
 #: Tag on the cumulative shift ``<P>udmshift``: the etag of the UDM version it applies to.
 UDM_VERSION_TAG = "rory_udm_version"
+#: With it, the UDM upload's write time (``BallInfo.written``) where the backend has one: MictlanX and
+#: NATS name a version by its content, so identical bytes uploaded again have the same etag.
+UDM_WRITTEN_TAG = "rory_udm_written"
 
 #: How a scheme awaits several storage calls at once; results in order, the first failure raised.
 Together = Callable[..., Awaitable[list[Any]]]
@@ -179,14 +184,14 @@ def current_udm_shift(
     shift is trusted and a missing one counts as zero (START resets it).
     """
     if found is None:
-        if udm.etag is not None and centroids is not None and centroids.tags.get(UDM_VERSION_TAG) == udm.etag:
+        if udm.etag is not None and centroids is not None and bound_to(centroids.tags, udm):
             raise NotFound(
                 f"the cumulative shift of {udm.ball_id} is missing although {centroids.ball_id} was computed "
                 "on this UDM version (a failed write lost it): upload the current UDM again, or send START"
             )
         return None
     array, info = found
-    if udm.etag is not None and info.tags.get(UDM_VERSION_TAG) != udm.etag:
+    if udm.etag is not None and not bound_to(info.tags, udm):
         return None
     check_numeric(info, info.ball_id, ndim=2)
     if shape_of(info) != (k, a) or array.shape != (k, a):
@@ -196,11 +201,22 @@ def current_udm_shift(
     return array
 
 
+def bound_to(tags: Mapping[str, str], udm: BallInfo) -> bool:
+    """Whether state tagged by :func:`with_udm_version` was computed on this very upload of ``udm``:
+    the same etag and, where both know it, the same write time. State written before workers
+    recorded the write time matches on the etag alone, as it did then."""
+    if tags.get(UDM_VERSION_TAG) != udm.etag:
+        return False
+    written = tags.get(UDM_WRITTEN_TAG)
+    return written is None or udm.written is None or written == udm.written
+
+
 def with_udm_version(write: Write, udm: BallInfo) -> Write:
     """``write`` tagged with the UDM version it was computed on (:func:`current_udm_shift`)."""
     if udm.etag is None:
         return write
-    return replace(write, tags={**(write.tags or {}), UDM_VERSION_TAG: udm.etag})
+    version = {UDM_VERSION_TAG: udm.etag, **({UDM_WRITTEN_TAG: udm.written} if udm.written else {})}
+    return replace(write, tags={**(write.tags or {}), **version})
 
 
 def udm_shift_write(key: str, value: np.ndarray, udm: BallInfo) -> Write:

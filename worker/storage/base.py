@@ -36,8 +36,13 @@ class BallInfo:
 
     ``etag`` names the stored version: it changes whenever the ball is rewritten with other content,
     so (``ball_id``, ``etag``) may key a read cache. The local backend uses its version directory
-    name (unique per write); MictlanX uses a content hash (the ``full_checksum`` tag, else a hash of
-    the per-chunk checksums). ``None`` when the backend cannot name the version (never cached).
+    name (unique per write); MictlanX and NATS a hash of the per-chunk checksums (MictlanX: the
+    ``full_checksum`` tag for objects without them). ``None`` when the backend cannot name the
+    version (never cached).
+
+    ``written`` tells two writes of the same bytes apart where the etag cannot: on MictlanX and NATS,
+    the write's time in milliseconds (chunk 0's ``updated_at`` tag, when the writer set one); None on
+    the local backend, whose etag already differs for every write.
     """
 
     ball_id: str
@@ -49,6 +54,7 @@ class BallInfo:
     checksum: str | None
     tags: dict[str, str] = field(default_factory=dict)
     etag: str | None = None
+    written: str | None = None
 
 
 #: Outputs at least this large are allocated by a custom allocator in a thread (it may touch pages).

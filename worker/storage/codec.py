@@ -9,7 +9,8 @@ ball written here is readable by the original Rory code and vice versa (docs/ori
 * tags (all strings): ``index``, ``num_chunks``, ``shape``/``dtype`` of *this chunk* spelled like
   Python (``"(3, 4)"``, ``"(5,)"``, ``"float64"``), ``full_shape``, ``full_dtype``, ``records``,
   ``attributes``, ``chunk_size`` (bytes of this chunk), ``group_id`` (the ball id),
-  ``full_checksum`` (SHA-256 hex of all chunk bytes in order), ``updated_at`` (ms epoch) and
+  ``full_checksum`` (SHA-256 hex of all chunk bytes in order), ``updated_at`` (ms epoch, as the
+  newer client 0.1.2a0 adds it) and
   ``rory_kind`` (ours: ``ndarray``/``blob``/``bytes_list``; the reference client ignores it);
 * a single-blob ndarray (Rory's ``put_ndarray``) is the whole array's bytes split into byte pieces,
   every piece tagged with the *whole* shape and dtype;

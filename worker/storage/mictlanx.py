@@ -84,9 +84,8 @@ from worker.storage.remote import (
     HASH_INLINE_LIMIT,
     RemoteStore,
     plan_checksums,
-    plan_etag,
     sha256_hex,
-    written_at,
+    stored_info,
 )
 from worker.storage.retry import RetryPolicy
 
@@ -365,9 +364,7 @@ class MictlanXStore(RemoteStore):
         arrives), else the ``full_checksum`` (then checked over the whole payload), else none."""
         info = super()._info(layout)
         if info.etag is None and layout.full_checksum:
-            stamp = written_at(layout.chunks)
-            etag = f"full-sha256:{layout.full_checksum}" + (f"@{stamp}" if stamp else "")
-            info = replace(info, etag=etag)
+            info = replace(info, etag=f"full-sha256:{layout.full_checksum}")
         return info
 
     async def delete(self, ball_id: str) -> int:
@@ -443,7 +440,7 @@ class MictlanXStore(RemoteStore):
             with contextlib.suppress(BaseException):
                 await asyncio.shield(cleanup)
             raise
-        return replace(plan.info(full), etag=plan_etag(plan, sums))
+        return stored_info(plan, full, sums)
 
     async def _discard(self, ball_id: str) -> None:
         """One best-effort pass (no retries) removing a failed put's chunks."""

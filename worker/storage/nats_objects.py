@@ -40,7 +40,6 @@ import binascii
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import replace
 from typing import Any, TypeVar
 
 import nats.errors
@@ -72,7 +71,7 @@ from worker.storage.codec import (
     num_chunks_of,
 )
 from worker.storage.names import check_ball_id, check_bucket_id, chunk_key
-from worker.storage.remote import RemoteStore, plan_checksums, plan_etag
+from worker.storage.remote import RemoteStore, plan_checksums, stored_info
 from worker.storage.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -513,7 +512,7 @@ class NatsObjectStore(RemoteStore):
                 )
             except RoryError as error:  # invisible to readers (chunk 0 says how many there are)
                 log.warning("could not remove stale chunks of %s/%s: %s", self.bucket, plan.ball_id, error)
-        return replace(plan.info(full), etag=plan_etag(plan, sums))
+        return stored_info(plan, full, sums)
 
 
 __all__ = ["NatsObjectStore", "StorageFull"]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 from abc import abstractmethod
 from collections.abc import Awaitable, Callable, Iterable, Sequence, Sized
 from dataclasses import replace
@@ -62,34 +63,30 @@ def sha256_hex(views: Sequence[memoryview]) -> str:
     return digest.hexdigest()
 
 
-#: The tag holding when a ball was written (ms since the epoch): this project's writers and MictlanX's
-#: newer client set it on every chunk. It joins the content in the etag (chunk 0's, the commit point).
-WRITTEN_AT_TAG = "updated_at"
-
-
-def content_etag(chunks: Sequence[tuple[int, str | None]], written_at: str | None = None) -> str | None:
-    """A version token from the chunks' (size, SHA-256) and, when known, the write's time.
-
-    The content names the version, and the time tells two writes of the same bytes apart, as the
-    local backend's per-write versions do: state bound to a version (a UDM's running shift) is not
-    taken for a later upload of identical bytes (docs/storage.md, "Versions").
-    """
+def content_etag(chunks: Sequence[tuple[int, str | None]]) -> str | None:
+    """A version token from the chunks' (size, SHA-256): the content itself names the version."""
     if not chunks or not all(checksum for _, checksum in chunks):
         return None
     text = "\n".join(f"{size}:{checksum}" for size, checksum in chunks)
-    if written_at:
-        text += f"\nwritten:{written_at}"
     return "chunks-sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
+#: Chunk tag with the time of the write (ms since the epoch), set by this project's writers and by
+#: MictlanX's newer client; anything but 1-19 digits is ignored.
+WRITTEN_AT_TAG = "updated_at"
+_STAMP = re.compile(r"[0-9]{1,19}")
+
+
 def written_at(chunks: Sequence[ChunkMeta] | Sequence[ChunkPayload]) -> str | None:
-    """The write time chunk 0's tags carry (None for writers that set none)."""
-    return chunks[0].tags.get(WRITTEN_AT_TAG) if chunks else None
+    """``BallInfo.written``: chunk 0's write time (the commit point), None when it has none."""
+    stamp = chunks[0].tags.get(WRITTEN_AT_TAG) if chunks else None
+    return stamp if stamp is not None and _STAMP.fullmatch(stamp) else None
 
 
-def plan_etag(plan: BallPlan, sums: Sequence[str]) -> str | None:
-    """The etag readers will find for ``plan`` once stored with the chunk checksums ``sums``."""
-    return content_etag([(c.size, sums[c.index]) for c in plan.chunks], written_at(plan.chunks))
+def stored_info(plan: BallPlan, full: str, sums: Sequence[str]) -> BallInfo:
+    """What readers will find for ``plan`` once stored with the chunk checksums ``sums``."""
+    etag = content_etag([(c.size, sums[c.index]) for c in plan.chunks])
+    return replace(plan.info(full), etag=etag, written=written_at(plan.chunks))
 
 
 async def plan_checksums(plan: BallPlan) -> tuple[list[str], str]:
@@ -140,9 +137,10 @@ class RemoteStore(PlannedStore):
         """Load the ball (:meth:`_load`) and run ``read`` on its layout and records."""
 
     def _info(self, layout: Layout) -> BallInfo:
-        """BallInfo with the content etag of the chunks' checksums (None when one is unknown)."""
-        etag = content_etag([(m.size, m.checksum) for m in layout.chunks], written_at(layout.chunks))
-        return replace(layout.info(), etag=etag)
+        """BallInfo with the content etag of the chunks' checksums (None when one is unknown) and the
+        write's time."""
+        etag = content_etag([(m.size, m.checksum) for m in layout.chunks])
+        return replace(layout.info(), etag=etag, written=written_at(layout.chunks))
 
     # ------------------------------------------------------------------ shared machinery
     async def _bounded(self, factories: Iterable[Callable[[], Awaitable[T]]]) -> list[T]:
@@ -266,7 +264,7 @@ __all__ = [
     "RemoteStore",
     "content_etag",
     "plan_checksums",
-    "plan_etag",
     "sha256_hex",
+    "stored_info",
     "written_at",
 ]

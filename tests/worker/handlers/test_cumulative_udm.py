@@ -8,6 +8,7 @@ owner reads back), the reset rules (START, a re-uploaded UDM, an older worker's 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import numpy as np
@@ -172,3 +173,65 @@ async def test_a_udm_replaced_during_step1_is_a_conflict_not_mixed_labels(
     step1 = {**job.base(), "step_index": 1, "clustering_status": owner.START, "iterations": 0}
     error = await rig.error(job.op, step1)
     assert error["type"] == "CONFLICT" and job.udm_key in error["message"]
+
+
+@pytest.fixture(params=["local", "nats"])
+async def any_rig(request, rig, nats_url, nc, tmp_path):
+    """The handler rig on the local store, or a worker and owner sharing a JetStream object store
+    (a backend that names a version by its content)."""
+    if request.param == "local":
+        yield rig
+        return
+    from tests.conftest import settings_for
+    from tests.worker.handlers.conftest import handler_registry
+    from tests.worker.storage.conftest import nats_store
+    from worker.runtime.service import WorkerService
+
+    store = nats_store(nc)
+    settings = settings_for(nats_url, tmp_path, storage_backend="nats", nats_object_bucket=store.bucket)
+    worker = WorkerService(settings, handler_registry())
+    await worker.start()
+    try:
+        await worker.pool.wait_ready(timeout=60)
+        yield owner.Rig(nc=nc, settings=settings, store=store, worker=worker)
+    finally:
+        await worker.stop(grace=2.0)
+        await store.aclose()
+        await nc.jetstream().delete_object_store(store.bucket)
+
+
+async def test_the_same_udm_uploaded_again_restarts_from_it_on_every_backend(any_rig):
+    """Uploading the UDM replaces the state even when its bytes are those of the first upload: the
+    running sum of the earlier rounds does not carry over, although MictlanX and NATS give identical
+    bytes the same etag (the write time tells the uploads apart)."""
+    data = owner.blobs(40, 2, 3, seed=27)
+    job = await owner.upload_secure_kmeans(any_rig.store, data, 3, "again", compact=True)
+    r1, _, _ = await owner.secure_kmeans_round(any_rig, job, owner.START, 0, tolerance=-1.0)
+    sent = await any_rig.store.get_ndarray(keys.shift_matrix("again"))
+    restarted = owner.mirror_secure_kmeans(job, [np.zeros_like(sent)])[-1].tolist()
+    continued = owner.mirror_secure_kmeans(job, [sent])[-1].tolist()
+    assert restarted != continued  # the data tells the two apart
+    await asyncio.sleep(0.005)  # a later write time (milliseconds)
+    await any_rig.store.put_ndarray(job.udm_key, job.udm, num_chunks=3)  # byte for byte the first
+    wip = {**job.base(), "step_index": 1, "clustering_status": owner.WIP, "iterations": r1["n_iterations"]}
+    r = await any_rig.ok(job.op, wip)
+    assert await owner.labels_of(any_rig.store, r) == restarted
+
+
+def test_a_sum_from_before_write_times_were_recorded_still_applies():
+    """Upgrading keeps running jobs right: a sum tagged with the UDM's etag alone (as workers wrote it
+    before recording write times) applies to that UDM, whatever its write time."""
+    from worker.storage.base import BallInfo
+
+    udm = BallInfo("u", "ndarray", 1, (4, 2, 2), "float64", 128, None, etag="chunks-sha256:e", written="1700")
+
+    def shift(**tags: str) -> tuple[np.ndarray, BallInfo]:
+        info = BallInfo("c", "ndarray", 1, (2, 2), "float64", 32, None, tags=tags, etag="x")
+        return np.ones((2, 2)), info
+
+    current = secure_kmeans.current_udm_shift
+    assert current(shift(rory_udm_version="chunks-sha256:e"), udm, 2, 2, None) is not None
+    bound = {"rory_udm_version": "chunks-sha256:e", secure_kmeans.UDM_WRITTEN_TAG: "1700"}
+    assert current(shift(**bound), udm, 2, 2, None) is not None
+    earlier = {**bound, secure_kmeans.UDM_WRITTEN_TAG: "1600"}  # the same bytes, uploaded before
+    assert current(shift(**earlier), udm, 2, 2, None) is None
