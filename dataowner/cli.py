@@ -219,7 +219,11 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         )
         sizes = ", ".join(f"{p.name} {p.stat().st_size / 1e6:.1f} MB" for p in paths.values())
         print(f"exported public CKKS {profile} material to {Path(target).resolve()} ({sizes})")
-        print(f"start a worker with KEYS_PATH={Path(target).resolve()}")
+        embedded = args.export is None  # where `rory-worker run --embedded --data-dir` looks
+        print(
+            f"a worker reads them with KEYS_PATH={Path(target).resolve()}"
+            + (" (`rory-worker run --embedded` with the same --data-dir already does)" if embedded else "")
+        )
     return 0
 
 

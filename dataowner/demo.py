@@ -378,7 +378,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="iris only (unless --datasets) and smaller subsets: about a minute",
+        help="iris only (unless --datasets) and smaller subsets: under 10 s",
     )
     parser.add_argument("--only", metavar="ALGOS", help=f"comma-separated subset of: {', '.join(ALGORITHMS)}")
     parser.add_argument(

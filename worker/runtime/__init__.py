@@ -19,6 +19,7 @@ _EXPORTS = {
     "process_cached": "worker.runtime.pool",
     "JobContext": "worker.runtime.context",
     "Resources": "worker.runtime.context",
+    "WorkerServices": "worker.runtime.context",
     "Operation": "worker.runtime.registry",
     "Registry": "worker.runtime.registry",
     "default_registry": "worker.runtime.registry",

@@ -212,4 +212,12 @@ class JobContext:
         return self._get.value(), self._compute.value(), self._put.value()
 
 
-__all__ = ["GET_METHODS", "PUT_METHODS", "JobContext", "Resources", "StageMeter", "TimedStore"]
+__all__ = [
+    "GET_METHODS",
+    "PUT_METHODS",
+    "JobContext",
+    "Resources",
+    "StageMeter",
+    "TimedStore",
+    "WorkerServices",
+]
