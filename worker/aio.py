@@ -21,10 +21,10 @@ async def await_to_end(awaitable: Awaitable[T]) -> T:
     cancelled = False
     while not future.done():
         try:
-            await asyncio.shield(future)
+            await asyncio.wait([future])  # waits only: neither cancels the work nor raises its error
         except asyncio.CancelledError:
             cancelled = True
-    if cancelled:
+    if cancelled:  # before the work's own outcome: a deadline must still read as one
         raise asyncio.CancelledError
     return future.result()
 

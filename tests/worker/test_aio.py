@@ -44,3 +44,21 @@ async def test_failures_of_the_work_propagate() -> None:
 
     with pytest.raises(ValueError, match="boom"):
         await await_to_end(work())
+
+
+async def test_a_cancellation_wins_over_a_failure_that_follows_it() -> None:
+    """Cancelled (a deadline), then the work fails: the caller sees the cancellation, so a deadline
+    still ends as a timeout rather than as the work's error."""
+    release = asyncio.Event()
+
+    async def work() -> None:
+        await release.wait()
+        raise OSError("disk gone")
+
+    waiting = asyncio.ensure_future(await_to_end(work()))
+    await asyncio.sleep(0)
+    waiting.cancel()
+    await asyncio.sleep(0)
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
