@@ -23,7 +23,6 @@ import inspect
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable
 from importlib import metadata
 from typing import Any
 
@@ -34,7 +33,6 @@ from nats.nuid import NUID
 
 from schemas import codec, subjects
 from schemas.envelopes import WorkerStatus
-from worker.errors import StorageUnavailable
 from worker.runtime import connection
 from worker.runtime.context import Resources, WorkerServices
 from worker.runtime.discovery import Discovery
@@ -46,6 +44,7 @@ from worker.runtime.pool import ComputePool
 from worker.runtime.pool_gate import PoolGate
 from worker.runtime.registry import Registry, default_registry
 from worker.settings import JobsMode, Settings
+from worker.storage.unavailable import UnavailableStore
 
 log = logging.getLogger("rory.worker")
 
@@ -58,27 +57,6 @@ def package_version() -> str:
 
 
 VERSION = package_version()
-
-
-class UnavailableStore:
-    """Stand-in when no storage backend can be opened: every call is a 503, health says degraded."""
-
-    backend = "none"
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-
-    async def ping(self) -> bool:
-        return False
-
-    async def aclose(self) -> None:
-        return None
-
-    def __getattr__(self, name: str) -> Callable[..., Awaitable[Any]]:
-        async def unavailable(*args: Any, **kwargs: Any) -> Any:
-            raise StorageUnavailable(f"storage is not available: {self.reason}")
-
-        return unavailable
 
 
 async def open_default_store(settings: Settings) -> Any:
