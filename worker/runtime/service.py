@@ -44,6 +44,7 @@ from worker.runtime.pool import ComputePool
 from worker.runtime.pool_gate import PoolGate
 from worker.runtime.registry import Registry, default_registry
 from worker.settings import JobsMode, Settings
+from worker.storage.base import ObjectStore
 from worker.storage.unavailable import UnavailableStore
 
 log = logging.getLogger("rory.worker")
@@ -59,7 +60,7 @@ def package_version() -> str:
 VERSION = package_version()
 
 
-async def open_default_store(settings: Settings) -> Any:
+async def open_default_store(settings: Settings) -> ObjectStore:
     """The configured store behind the read cache; an UnavailableStore if it cannot be opened.
 
     A local store first sweeps what crashed writers left behind (unreferenced versions older
@@ -95,7 +96,7 @@ class WorkerService:
         settings: Settings,
         registry: Registry | None = None,
         *,
-        store: Any | None = None,
+        store: ObjectStore | None = None,
         connect_options: dict[str, Any] | None = None,
     ) -> None:
         self.settings = settings
