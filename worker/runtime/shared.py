@@ -33,6 +33,7 @@ import glob
 import mmap
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -234,26 +235,42 @@ MapKey = tuple[str, int, tuple[int, ...], str]
 Mappings = dict[MapKey, tuple[tuple[int, int], np.ndarray]]
 _kept: Mappings = {}
 KEEP_IDLE_S = 5.0
-_forget_timer: threading.Timer | None = None
+#: When the slot went idle with mappings kept (None: a call is running, or nothing is kept). One
+#: daemon thread per process forgets them (started with the first kept mapping): a timer thread per
+#: call cost ~0.2 ms of thread start and cancel on every call.
+_idle_since: float | None = None
+_idle_lock = threading.Lock()
+_forgetter: threading.Thread | None = None
 
 
 def _keep(mappings: Mappings) -> None:
     """Keep ``mappings`` (only those) for the next call, and forget them after KEEP_IDLE_S idle."""
-    global _forget_timer
-    _kept.clear()
-    _kept.update(mappings)
-    if mappings:
-        _forget_timer = threading.Timer(KEEP_IDLE_S, _kept.clear)
-        _forget_timer.daemon = True
-        _forget_timer.start()
+    global _idle_since, _forgetter
+    with _idle_lock:
+        _kept.clear()
+        _kept.update(mappings)
+        _idle_since = time.monotonic() if mappings else None
+        if mappings and _forgetter is None:
+            _forgetter = threading.Thread(target=_forget_when_idle, name="rory-forget", daemon=True)
+            _forgetter.start()
 
 
 def _stop_forgetting() -> None:
     """A call starts: the kept mappings must stay while it runs."""
-    global _forget_timer
-    if _forget_timer is not None:
-        _forget_timer.cancel()
-        _forget_timer = None
+    global _idle_since
+    with _idle_lock:
+        _idle_since = None
+
+
+def _forget_when_idle() -> None:
+    """Daemon thread: drop the kept mappings once the slot has been idle for KEEP_IDLE_S."""
+    global _idle_since
+    while True:
+        time.sleep(KEEP_IDLE_S / 4)  # a daemon thread of the compute process, never an event loop
+        with _idle_lock:
+            if _idle_since is not None and time.monotonic() - _idle_since >= KEEP_IDLE_S:
+                _kept.clear()
+                _idle_since = None
 
 
 def _map(shared: SharedArray, reused: Mappings | None = None) -> np.ndarray:
